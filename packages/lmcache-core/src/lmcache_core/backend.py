@@ -1,0 +1,126 @@
+"""A loaded backend: its plugin registered alone in a pluggy manager, and the calls the core makes.
+
+:class:`Backend` validates every kernel call's arguments, then routes it to the backend's own
+hook when the backend implements it and its :class:`Capabilities` cover the layout and dtype;
+otherwise to the reference backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Sequence
+from functools import cache
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from lmcache_core import hookspecs
+from lmcache_core.layout import KVLayout
+from lmcache_core.plugin_api import Capabilities, check_api_version
+from lmcache_core.validation import check_transfer
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+_KERNEL_HOOKS = ("lmcache_gather", "lmcache_scatter")
+_NOTHING = Capabilities(layouts=frozenset(), dtypes=frozenset(), status="no kernels")
+
+
+def import_plugin(path: str) -> object:
+    """Import ``"pkg.module"`` or ``"pkg.module:attribute"`` and return the plugin object."""
+    module_name, _, attr = path.partition(":")
+    module: ModuleType = importlib.import_module(module_name)
+    return getattr(module, attr) if attr else module
+
+
+class Backend:
+    """A backend plugin ready to use. ``reference`` is the fallback (None for the reference)."""
+
+    def __init__(self, name: str, plugin: object, reference: Backend | None = None) -> None:
+        self.name = name
+        self.reference = reference
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self._pm.add_hookspecs(hookspecs)
+        self._pm.register(plugin, name=name)
+        self._pm.check_pending()  # a hookimpl with no matching spec is a typo: fail at load
+        if not self._implements("lmcache_api_version"):
+            raise pluggy.PluginValidationError(
+                plugin, f"backend {name!r} does not implement the required hook lmcache_api_version"
+            )
+        check_api_version(name, self._pm.hook.lmcache_api_version())
+        caps = self._pm.hook.lmcache_capabilities() if self._implements("lmcache_capabilities") else None
+        self.capabilities: Capabilities = caps if caps is not None else _NOTHING
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r}, {self.capabilities.status!r})"
+
+    def _implements(self, hook: str) -> bool:
+        return bool(getattr(self._pm.hook, hook).get_hookimpls())
+
+    def handles(self, layout: KVLayout) -> bool:
+        """True when this backend's own kernels (not the reference's) move ``layout``."""
+        return all(self._implements(h) for h in _KERNEL_HOOKS) and self.capabilities.covers(
+            layout.kind, layout.dtype
+        )
+
+    def _kernel_owner(self, layout: KVLayout) -> Backend:
+        if self.handles(layout) or self.reference is None:
+            return self
+        return self.reference
+
+    def kernel_name(self, layout: KVLayout) -> str:
+        """Name of the backend whose kernels will move ``layout``."""
+        return self._kernel_owner(layout).name
+
+    def gather(self, layout: KVLayout, kv_caches: Sequence[torch.Tensor], slot_mapping: torch.Tensor,
+               out: torch.Tensor, skip_prefix: int = 0, stream: int = 0) -> None:
+        """Copy chunk tokens' KV from paged ``kv_caches`` into ``out``.
+
+        ``slot_mapping``: int64 ``[num_tokens]``, -1 skips a token; ``out``: contiguous
+        ``[num_kv, num_layers, num_tokens, hidden]``. Rows before ``skip_prefix`` and rows of -1
+        slots are left as they were. May be asynchronous on ``stream``.
+        """
+        check_transfer(layout, kv_caches, slot_mapping, "out", out, skip_prefix)
+        owner = self._kernel_owner(layout)
+        owner._pm.hook.lmcache_gather(layout=layout, kv_caches=kv_caches, slot_mapping=slot_mapping,
+                                      out=out, skip_prefix=skip_prefix, stream=stream)
+
+    def scatter(self, layout: KVLayout, kv_caches: Sequence[torch.Tensor], slot_mapping: torch.Tensor,
+                src: torch.Tensor, skip_prefix: int = 0, stream: int = 0) -> None:
+        """Copy chunk tokens' KV from ``src`` into paged ``kv_caches``: the inverse of gather."""
+        check_transfer(layout, kv_caches, slot_mapping, "src", src, skip_prefix)
+        owner = self._kernel_owner(layout)
+        owner._pm.hook.lmcache_scatter(layout=layout, kv_caches=kv_caches, slot_mapping=slot_mapping,
+                                       src=src, skip_prefix=skip_prefix, stream=stream)
+
+    def _device_call(self, hook: str, **kwargs: Any) -> Any:
+        owner = self if self._implements(hook) or self.reference is None else self.reference
+        return getattr(owner._pm.hook, hook)(**kwargs)
+
+    def alloc_host(self, nbytes: int, pinned: bool = True) -> torch.Tensor:
+        """uint8 ``[nbytes]`` host buffer, page-locked when ``pinned`` and the device supports it."""
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+            raise ValueError(f"nbytes: expected a non-negative int, given {nbytes!r}")
+        return self._device_call("lmcache_alloc_host", nbytes=nbytes, pinned=pinned)
+
+    def new_stream(self, device: Any = None) -> int:
+        """Opaque integer handle of a new stream (0: the current/default stream)."""
+        return self._device_call("lmcache_new_stream", device=device)
+
+    def record_event(self, stream: int = 0) -> Any:
+        """Record an event on ``stream``; returns an opaque handle for :meth:`synchronize`."""
+        return self._device_call("lmcache_record_event", stream=stream)
+
+    def synchronize(self, handle: Any = None) -> None:
+        """Wait for ``handle`` (an event or stream); None waits for the whole device."""
+        self._device_call("lmcache_synchronize", handle=handle)
+
+
+@cache
+def reference_backend() -> Backend:
+    """The pure-PyTorch reference backend (always loadable, even without entry-point metadata)."""
+    return Backend("reference", import_plugin("lmcache_core.backends.reference"))

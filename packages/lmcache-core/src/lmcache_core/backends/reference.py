@@ -1,0 +1,140 @@
+"""Reference backend: gather and scatter in pure PyTorch, for every layout on every torch device.
+
+It is the fallback for anything a vendor backend does not cover, and the oracle the conformance
+suite compares every backend against, bit for bit. It is vectorised: one advanced-indexing copy
+per ``(kv, layer)`` plane, never a Python loop per token.
+
+Data is moved through same-width integer views (bf16 as int16, fp8 as uint8, ...) so every copy
+is bit-exact, NaN payloads included, and dtypes without indexing kernels (fp8) work.
+
+May assume: arguments were checked by :mod:`lmcache_core.validation`. Must not: import any
+vendor module, or allocate per token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from lmcache_core.hookspecs import hookimpl
+from lmcache_core.layout import KVLayout
+from lmcache_core.plugin_api import API_VERSION, Capabilities
+
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def as_bits(t: torch.Tensor) -> torch.Tensor:
+    """View ``t`` as the integer dtype of the same width (same shape and strides)."""
+    return t.view(_INT_OF_SIZE[t.element_size()])
+
+
+def plane_view(layout: KVLayout, kv_caches: Sequence[torch.Tensor], plane: int) -> torch.Tensor:
+    """Integer view ``[num_blocks, block_size, num_kv_heads, head_size]`` of one (kv, layer) plane."""
+    base = as_bits(kv_caches[layout.plane_tensor[plane]])
+    return base.as_strided(
+        (layout.num_blocks, layout.block_size, layout.num_kv_heads, layout.head_size),
+        layout.strides,
+        base.storage_offset() + layout.plane_offset[plane],
+    )
+
+
+class _Rows:
+    """Which chunk tokens move and where their slots are, computed once per call.
+
+    ``token_index``: int64 ``[n]`` chunk token indices (None when every token from
+    ``skip_prefix`` on moves); ``block``, ``offset``: int64 ``[n]`` on the KV device.
+    """
+
+    def __init__(self, layout: KVLayout, slot_mapping: torch.Tensor, skip_prefix: int,
+                 kv_device: torch.device) -> None:
+        slots = slot_mapping[skip_prefix:].to(kv_device)
+        valid = slots >= 0
+        if bool(valid.all()):
+            self.token_index: torch.Tensor | None = None
+        else:
+            self.token_index = torch.nonzero(valid).squeeze(1) + skip_prefix
+            slots = slots[valid]
+        self.count = int(slots.numel())
+        self.skip_prefix = skip_prefix
+        self.block = torch.div(slots, layout.block_size, rounding_mode="floor")
+        self.offset = slots - self.block * layout.block_size
+
+
+@hookimpl
+def lmcache_api_version() -> tuple[int, int]:
+    return API_VERSION
+
+
+@hookimpl
+def lmcache_capabilities() -> Capabilities:
+    return Capabilities(pinned_host=_accelerator_available(), status="ok (pure PyTorch)")
+
+
+@hookimpl
+def lmcache_gather(layout: KVLayout, kv_caches: Sequence[torch.Tensor], slot_mapping: torch.Tensor,
+                   out: torch.Tensor, skip_prefix: int, stream: int) -> bool:
+    rows = _Rows(layout, slot_mapping, skip_prefix, kv_caches[0].device)
+    if rows.count == 0:
+        return True
+    out_bits = as_bits(out)
+    token_index = None if rows.token_index is None else rows.token_index.to(out.device)
+    for plane in range(layout.num_kv * layout.num_layers):
+        kv, layer = divmod(plane, layout.num_layers)
+        picked = plane_view(layout, kv_caches, plane)[rows.block, rows.offset]
+        picked = picked.reshape(rows.count, layout.hidden)
+        dst = out_bits[kv, layer]
+        if token_index is None:
+            dst[rows.skip_prefix:].copy_(picked)
+        else:
+            dst.index_copy_(0, token_index, picked.to(out.device))
+    return True
+
+
+@hookimpl
+def lmcache_scatter(layout: KVLayout, kv_caches: Sequence[torch.Tensor], slot_mapping: torch.Tensor,
+                    src: torch.Tensor, skip_prefix: int, stream: int) -> bool:
+    device = kv_caches[0].device
+    rows = _Rows(layout, slot_mapping, skip_prefix, device)
+    if rows.count == 0:
+        return True
+    src_bits = as_bits(src)
+    token_index = None if rows.token_index is None else rows.token_index.to(src.device)
+    shape = (rows.count, layout.num_kv_heads, layout.head_size)
+    for plane in range(layout.num_kv * layout.num_layers):
+        kv, layer = divmod(plane, layout.num_layers)
+        chunk_rows = src_bits[kv, layer]
+        if token_index is None:
+            picked = chunk_rows[rows.skip_prefix:]
+        else:
+            picked = chunk_rows.index_select(0, token_index)
+        plane_view(layout, kv_caches, plane)[rows.block, rows.offset] = picked.reshape(shape).to(device)
+    return True
+
+
+def _accelerator_available() -> bool:
+    accel = getattr(torch, "accelerator", None)
+    return bool(accel is not None and accel.is_available())
+
+
+@hookimpl
+def lmcache_alloc_host(nbytes: int, pinned: bool) -> torch.Tensor:
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned and _accelerator_available())
+
+
+@hookimpl
+def lmcache_new_stream(device: Any) -> int:
+    return 0  # the reference runs on the device's current stream
+
+
+@hookimpl
+def lmcache_record_event(stream: int) -> Any:
+    return 0
+
+
+@hookimpl
+def lmcache_synchronize(handle: Any) -> bool:
+    if _accelerator_available():
+        torch.accelerator.synchronize()
+    return True

@@ -1,0 +1,114 @@
+"""Argument checks that run before any backend kernel touches memory.
+
+Every failure raises ValueError or TypeError naming the argument, what was expected and what was
+given. Backends receive only checked arguments; native backends check slot indices and sizes
+again in native code (defence in depth), since they can also be called directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from lmcache_core.layout import KVLayout
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def check_kv_caches(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> None:
+    """``kv_caches`` must be the tensors ``layout`` was detected from (count, shape, strides)."""
+    import torch
+
+    if not isinstance(kv_caches, (list, tuple)):
+        raise TypeError(
+            f"kv_caches: expected a list or tuple of tensors, given {type(kv_caches).__name__}"
+        )
+    if len(kv_caches) != layout.num_tensors:
+        raise ValueError(
+            f"kv_caches: expected {layout.num_tensors} tensors for layout {layout.kind} "
+            f"({layout.num_layers} layers), given {len(kv_caches)}"
+        )
+    device = None
+    for i, t in enumerate(kv_caches):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"kv_caches[{i}]: expected torch.Tensor, given {type(t).__name__}")
+        if _dtype_name(t) != layout.dtype:
+            raise TypeError(f"kv_caches[{i}]: expected dtype {layout.dtype}, given {_dtype_name(t)}")
+        if tuple(t.shape) != layout.tensor_shape:
+            raise ValueError(
+                f"kv_caches[{i}]: expected shape {layout.tensor_shape}, given {tuple(t.shape)}"
+            )
+        if tuple(t.stride()) != layout.tensor_stride:
+            raise ValueError(
+                f"kv_caches[{i}]: expected strides {layout.tensor_stride}, given {tuple(t.stride())}"
+            )
+        if device is None:
+            device = t.device
+        elif t.device != device:
+            raise ValueError(f"kv_caches[{i}]: expected device {device}, given {t.device}")
+
+
+def check_chunk(name: str, layout: KVLayout, chunk: torch.Tensor) -> int:
+    """Check a host chunk ``[num_kv, num_layers, num_tokens, hidden]``; return ``num_tokens``."""
+    import torch
+
+    if not isinstance(chunk, torch.Tensor):
+        raise TypeError(f"{name}: expected torch.Tensor, given {type(chunk).__name__}")
+    if _dtype_name(chunk) != layout.dtype:
+        raise TypeError(f"{name}: expected dtype {layout.dtype}, given {_dtype_name(chunk)}")
+    if chunk.dim() != 4 or (
+        chunk.shape[0] != layout.num_kv
+        or chunk.shape[1] != layout.num_layers
+        or chunk.shape[3] != layout.hidden
+    ):
+        raise ValueError(
+            f"{name}: expected shape [{layout.num_kv}, {layout.num_layers}, num_tokens, "
+            f"{layout.hidden}] ([num_kv, num_layers, num_tokens, hidden]), given {tuple(chunk.shape)}"
+        )
+    if not chunk.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor, given strides {chunk.stride()}")
+    return int(chunk.shape[2])
+
+
+def check_slot_mapping(layout: KVLayout, slot_mapping: torch.Tensor, num_tokens: int,
+                       skip_prefix: int) -> None:
+    """int64 ``[num_tokens]`` with every slot after ``skip_prefix`` in ``[-1, num_slots)``."""
+    import torch
+
+    if not isinstance(slot_mapping, torch.Tensor):
+        raise TypeError(f"slot_mapping: expected torch.Tensor, given {type(slot_mapping).__name__}")
+    if slot_mapping.dtype != torch.int64:
+        raise TypeError(f"slot_mapping: expected dtype int64, given {_dtype_name(slot_mapping)}")
+    if slot_mapping.dim() != 1 or slot_mapping.shape[0] != num_tokens:
+        raise ValueError(
+            f"slot_mapping: expected shape [{num_tokens}] (one slot per chunk token), "
+            f"given {tuple(slot_mapping.shape)}"
+        )
+    if isinstance(skip_prefix, bool) or not isinstance(skip_prefix, int):
+        raise TypeError(f"skip_prefix: expected int, given {type(skip_prefix).__name__}")
+    if not 0 <= skip_prefix <= num_tokens:
+        raise ValueError(f"skip_prefix: expected 0 <= skip_prefix <= {num_tokens}, given {skip_prefix}")
+    live = slot_mapping[skip_prefix:]
+    if live.numel() == 0:
+        return
+    bad = (live < -1) | (live >= layout.num_slots)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0, 0]) + skip_prefix
+        raise ValueError(
+            f"slot_mapping: expected slots in [-1, {layout.num_slots}) "
+            f"(num_blocks {layout.num_blocks} * block_size {layout.block_size}), "
+            f"given {int(slot_mapping[i])} at index {i}"
+        )
+
+
+def check_transfer(layout: KVLayout, kv_caches: Sequence[torch.Tensor], slot_mapping: torch.Tensor,
+                   chunk_name: str, chunk: torch.Tensor, skip_prefix: int) -> None:
+    """All checks for one gather (``chunk_name="out"``) or scatter (``"src"``)."""
+    check_kv_caches(layout, kv_caches)
+    num_tokens = check_chunk(chunk_name, layout, chunk)
+    check_slot_mapping(layout, slot_mapping, num_tokens, skip_prefix)
