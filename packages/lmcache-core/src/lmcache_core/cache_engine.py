@@ -1,0 +1,306 @@
+"""CacheEngine: store, look up and retrieve a prompt's KV by chunk, over the L1 host pool.
+
+Data path, per chunk of ``chunk_size`` tokens::
+
+    store:    engine pages --gather--> host chunk (L1)        [num_kv, num_layers, chunk, hidden]
+    lookup:   prefix hashes --> longest run of chunks present  (tokens)
+    retrieve: host chunk (L1) --scatter--> engine pages
+
+A stored chunk holds every layer group's rows: group 0's chunk, then group 1's, ... in one host
+buffer. Tiers beyond L1 attach at the two places marked ``# lower tiers``: a miss in L1 is where
+a lower tier would be asked, and a chunk leaving L1 is where it would be written behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lmcache_core.config import CacheEngineConfig
+from lmcache_core.keys import CacheKey, KeyScope, salt_tag
+from lmcache_core.layout import ChunkFormat, KVCacheSpec, KVLayout
+from lmcache_core.layout_registry import LayoutHints, detect_layout
+from lmcache_core.memory.l1_pool import L1Pool, L1Stats
+from lmcache_core.tokens import TokenChunker, as_token_array
+
+if TYPE_CHECKING:
+    import torch
+
+    from lmcache_core.backend import Backend
+
+logger = logging.getLogger(__name__)
+
+KVGroups = Sequence["torch.Tensor"] | Sequence[Sequence["torch.Tensor"]]
+
+
+@dataclass
+class EngineStats:
+    """Counters since the engine was made. Tokens are prompt tokens; bytes are chunk bytes."""
+
+    stored_chunks: int = 0
+    stored_tokens: int = 0
+    stored_bytes: int = 0
+    store_skipped_present: int = 0
+    store_rejected_full: int = 0
+    lookups: int = 0
+    lookup_tokens: int = 0
+    lookup_hit_tokens: int = 0
+    retrieved_chunks: int = 0
+    retrieved_tokens: int = 0
+    retrieved_bytes: int = 0
+    retrieve_misses: int = 0
+
+
+def _as_groups(kv_caches: Any) -> list[list[torch.Tensor]]:
+    """One group ``[t0, t1, ...]`` or several ``[[...], [...]]`` -> list of groups."""
+    if not isinstance(kv_caches, (list, tuple)) or len(kv_caches) == 0:
+        raise TypeError(
+            f"kv_caches: expected a non-empty list of tensors (or of per-group lists), "
+            f"given {type(kv_caches).__name__}"
+        )
+    if isinstance(kv_caches[0], (list, tuple)):
+        return [list(g) for g in kv_caches]
+    return [list(kv_caches)]
+
+
+class CacheEngine:
+    """Chunked KV cache for one engine process (one tensor-parallel rank).
+
+    ``tokens``: the prompt's token ids (list, numpy or CPU tensor, ``[num_tokens]``).
+    ``kv_caches``: the engine's paged KV tensors of one layer group, or a list of groups.
+    ``slot_mapping``: int64 ``[num_tokens]`` token -> slot (one per group for several groups).
+
+    ``chunk_formats`` lets a process that never sees the KV tensors (an engine's scheduler)
+    compute keys and look up; the worker's registered layouts must then have the same formats.
+    """
+
+    def __init__(self, config: CacheEngineConfig | None = None, backend: Backend | None = None,
+                 layout_hints: LayoutHints | Sequence[LayoutHints] | None = None,
+                 chunk_formats: Sequence[ChunkFormat] | None = None) -> None:
+        self.config = config or CacheEngineConfig()
+        self._backend = backend
+        self._hints = layout_hints
+        self._chunker = TokenChunker(self.config.chunk_size, self.config.save_partial_chunks)
+        self._l1: L1Pool | None = None
+        self._spec: KVCacheSpec | None = None
+        self._spec_tag = "+".join(f.tag for f in chunk_formats) if chunk_formats else None
+        self._registered: tuple[tuple[int, tuple[int, ...]], ...] | None = None
+        self._scopes: dict[str | None, KeyScope] = {}
+        self._stream = 0
+        self._lock = threading.Lock()
+        self.stats = EngineStats()
+
+    # ---- set-up --------------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> Backend:
+        """The backend moving KV; chosen for the KV's device at :meth:`register_kv_caches`."""
+        if self._backend is None:
+            raise RuntimeError("backend: not chosen yet; call register_kv_caches first")
+        return self._backend
+
+    @property
+    def spec(self) -> KVCacheSpec:
+        if self._spec is None:
+            raise RuntimeError("spec: no KV caches registered; call register_kv_caches first")
+        return self._spec
+
+    def register_kv_caches(self, kv_caches: KVGroups,
+                           hints: LayoutHints | Sequence[LayoutHints] | None = None) -> KVCacheSpec:
+        """Detect the layout of each layer group and choose the backend for the KV's device."""
+        groups = _as_groups(kv_caches)
+        hints = hints if hints is not None else self._hints
+        if hints is None or isinstance(hints, LayoutHints):
+            group_hints = [hints or LayoutHints()] * len(groups)
+        else:
+            group_hints = list(hints)
+            if len(group_hints) != len(groups):
+                raise ValueError(
+                    f"hints: expected one LayoutHints per layer group ({len(groups)}), "
+                    f"given {len(group_hints)}"
+                )
+        spec = KVCacheSpec(tuple(detect_layout(g, h) for g, h in zip(groups, group_hints, strict=True)))
+        if self._backend is None:
+            from lmcache_core.selection import select_backend
+
+            device = groups[0][0].device
+            selection = select_backend(device.type, self.config.backend)
+            self._backend = selection.backend
+            logger.info("backend %s (%s) for KV on %s", self._backend.name, selection.why, device)
+            self._stream = self._backend.new_stream(device)
+        if self._spec_tag is not None and self._spec_tag != spec.tag:
+            raise ValueError(f"kv_caches: expected chunk format {self._spec_tag}, given {spec.tag}")
+        self._spec = spec
+        self._spec_tag = spec.tag
+        self._registered = self._fingerprint(groups)
+        if self._l1 is None:
+            backend = self._backend
+            pinned = self.config.pinned
+            self._l1 = L1Pool(self.config.l1_bytes, lambda n: backend.alloc_host(n, pinned))
+        for g in spec.groups:
+            logger.info("layout %s", g.describe())
+        return spec
+
+    @staticmethod
+    def _fingerprint(groups: list[list[torch.Tensor]]) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        return tuple((t.data_ptr(), tuple(t.shape)) for g in groups for t in g)
+
+    def _prepare(self, kv_caches: KVGroups, slot_mapping: Any, num_tokens: int
+                 ) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+        groups = _as_groups(kv_caches)
+        if self._spec is None or self._fingerprint(groups) != self._registered:
+            self.register_kv_caches(groups)
+        slots = list(slot_mapping) if isinstance(slot_mapping, (list, tuple)) else [slot_mapping]
+        if len(slots) != len(groups):
+            raise ValueError(
+                f"slot_mapping: expected one int64 tensor per layer group ({len(groups)}), given {len(slots)}"
+            )
+        for i, sm in enumerate(slots):
+            if not hasattr(sm, "shape") or sm.dim() != 1 or sm.shape[0] != num_tokens:
+                shape = tuple(sm.shape) if hasattr(sm, "shape") else type(sm).__name__
+                raise ValueError(
+                    f"slot_mapping[{i}]: expected a 1-D tensor of {num_tokens} slots (one per token), "
+                    f"given {shape}"
+                )
+        return groups, slots
+
+    def _scope(self, cache_salt: str | None) -> KeyScope:
+        salt = cache_salt if cache_salt is not None else self.config.cache_salt
+        scope = self._scopes.get(salt)
+        if scope is None:
+            if self._spec_tag is None:
+                raise RuntimeError("keys: chunk format unknown; register_kv_caches or pass chunk_formats")
+            c = self.config
+            scope = KeyScope(c.model_id, self._spec_tag, c.world_size, c.rank, salt_tag(salt))
+            self._scopes[salt] = scope
+        return scope
+
+    def _keys(self, tokens: Any, cache_salt: str | None) -> tuple[int, list[tuple[int, int, CacheKey]]]:
+        """``(num_tokens, [(start, end, key), ...])`` for the chunks of ``tokens``."""
+        arr = as_token_array(tokens)
+        salt = cache_salt if cache_salt is not None else self.config.cache_salt
+        scope = self._scope(cache_salt)
+        return len(arr), [(s, e, scope.key(h)) for s, e, h in self._chunker.prefix_hashes(arr, salt)]
+
+    def _chunk_views(self, buffer: torch.Tensor, num_tokens: int) -> list[torch.Tensor]:
+        """Typed views ``[num_kv, num_layers, num_tokens, hidden]`` of each group inside ``buffer``."""
+        import torch
+
+        views, offset = [], 0
+        for g in self.spec.groups:
+            fmt = g.chunk_format
+            n = fmt.nbytes(num_tokens)
+            dtype = getattr(torch, fmt.dtype)
+            views.append(buffer[offset:offset + n].view(dtype).view(fmt.shape(num_tokens)))
+            offset += n
+        return views
+
+    # ---- the three operations ----------------------------------------------------------------
+
+    def store(self, tokens: Any, kv_caches: KVGroups, slot_mapping: Any, *,
+              cache_salt: str | None = None) -> int:
+        """Copy the KV of ``tokens`` out of the engine's pages into L1, chunk by chunk.
+
+        Chunks already cached are only refreshed in the LRU. Storing stops at the first chunk
+        with a ``-1`` slot (its KV is not in the engine) or when L1 cannot make room.
+        Returns the number of tokens newly stored.
+        """
+        groups, slots = self._prepare(kv_caches, slot_mapping, len(as_token_array(tokens)))
+        _, chunks = self._keys(tokens, cache_salt)
+        assert self._l1 is not None
+        stored = 0
+        for start, end, key in chunks:
+            if self._l1.touch(key):
+                self.stats.store_skipped_present += 1
+                continue
+            chunk_slots = [sm[start:end] for sm in slots]
+            if any(bool((sm < 0).any()) for sm in chunk_slots):
+                break
+            nbytes = self.spec.chunk_nbytes(end - start)
+            buffer = self._l1.reserve(nbytes)
+            if buffer is None:
+                self.stats.store_rejected_full += 1
+                logger.debug("L1 full (everything pinned or chunk too large); store stops at %d", start)
+                break
+            try:
+                for layout, kv, sm, view in zip(self.spec.groups, groups, chunk_slots,
+                                                self._chunk_views(buffer, end - start), strict=True):
+                    self.backend.gather(layout, kv, sm, view, 0, self._stream)
+                self.backend.synchronize(self.backend.record_event(self._stream))
+            except BaseException:
+                self._l1.release(buffer)
+                raise
+            self._l1.commit(key, buffer, end - start)  # lower tiers: write-behind starts here
+            stored += end - start
+            with self._lock:
+                self.stats.stored_chunks += 1
+                self.stats.stored_bytes += nbytes
+        with self._lock:
+            self.stats.stored_tokens += stored
+        return stored
+
+    def lookup(self, tokens: Any, *, cache_salt: str | None = None) -> int:
+        """Length in tokens of the longest cached prefix of ``tokens`` (chunk-granular)."""
+        hit = 0
+        num_tokens, chunks = self._keys(tokens, cache_salt)
+        for _start, end, key in chunks:
+            if self._l1 is None or key not in self._l1:  # lower tiers: ask them here
+                break
+            hit = end
+        with self._lock:
+            self.stats.lookups += 1
+            self.stats.lookup_tokens += num_tokens
+            self.stats.lookup_hit_tokens += hit
+        return hit
+
+    def retrieve(self, tokens: Any, kv_caches: KVGroups, slot_mapping: Any,
+                 skip_leading_tokens: int = 0, *, cache_salt: str | None = None) -> int:
+        """Scatter the cached prefix of ``tokens`` into the engine's pages.
+
+        Tokens before ``skip_leading_tokens`` are already in the engine and are not written.
+        Loading stops at the first chunk not in the cache. Returns the number of tokens written
+        (from ``skip_leading_tokens`` to the end of the loaded prefix).
+        """
+        if isinstance(skip_leading_tokens, bool) or not isinstance(skip_leading_tokens, int) \
+                or skip_leading_tokens < 0:
+            raise ValueError(
+                f"skip_leading_tokens: expected a non-negative int, given {skip_leading_tokens!r}"
+            )
+        groups, slots = self._prepare(kv_caches, slot_mapping, len(as_token_array(tokens)))
+        _, chunks = self._keys(tokens, cache_salt)
+        assert self._l1 is not None
+        loaded = 0
+        for start, end, key in chunks:
+            if end <= skip_leading_tokens:
+                continue
+            entry = self._l1.pin(key)
+            if entry is None:  # lower tiers: load from them here
+                self.stats.retrieve_misses += 1
+                break
+            try:
+                skip = max(0, skip_leading_tokens - start)
+                for layout, kv, sm, view in zip(self.spec.groups, groups, slots,
+                                                self._chunk_views(entry.buffer, end - start), strict=True):
+                    self.backend.scatter(layout, kv, sm[start:end], view, skip, self._stream)
+                self.backend.synchronize(self.backend.record_event(self._stream))
+            finally:
+                self._l1.unpin(entry)
+            loaded += end - start - skip
+            with self._lock:
+                self.stats.retrieved_chunks += 1
+                self.stats.retrieved_bytes += entry.nbytes
+        with self._lock:
+            self.stats.retrieved_tokens += loaded
+        return loaded
+
+    def l1_stats(self) -> L1Stats:
+        """Counters of the L1 pool (zeroes before the first registration)."""
+        if self._l1 is None:
+            return L1Stats(capacity_bytes=self.config.l1_bytes)
+        return self._l1.stats()
+
+    def layouts(self) -> tuple[KVLayout, ...]:
+        return self.spec.groups

@@ -1,0 +1,1 @@
+"""Host memory for cached chunks (L1)."""
