@@ -1,0 +1,42 @@
+# lmcache-core monorepo. The two commands a newcomer needs:
+#   make demo   runs the main job on embedded defaults
+#   make test   creates .venv, installs every package editable, runs lint, types and all tests,
+#               and prints the per-vendor matrix
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+CONSTRAINTS := -c constraints/dev.txt
+TEST_PLUGINS := tests/plugins/lmcache-dummy-backend tests/plugins/lmcache-dummy-twin tests/plugins/lmcache-broken-probe
+
+.PHONY: test demo venv lint typecheck matrix clean
+
+$(VENV)/.installed: constraints/dev.txt requirements-dev.txt packages/lmcache-core/pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q $(CONSTRAINTS) torch==2.13.0
+	$(PIP) install -q $(CONSTRAINTS) -r requirements-dev.txt
+	$(PIP) install -q $(CONSTRAINTS) -e packages/lmcache-core
+	touch $@
+
+venv: $(VENV)/.installed
+
+$(VENV)/.test-plugins: $(VENV)/.installed $(wildcard tests/plugins/*/pyproject.toml)
+	$(PIP) install -q $(CONSTRAINTS) $(addprefix -e ,$(TEST_PLUGINS))
+	touch $@
+
+lint: venv
+	$(PY) tools/check_neutral.py
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+test: venv $(VENV)/.test-plugins lint typecheck
+	$(PY) tools/test_matrix.py
+
+demo: venv
+	$(VENV)/bin/lmcache-core demo
+
+clean:
+	rm -rf $(VENV) reports build packages/*/build

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Build each package, run its tests, and print the per-vendor matrix (the end of `make test`).
+
+One row per package: whether it built here, whether its conformance suite ran or was skipped
+(and why), and its pass/fail/skip counts. Exit status 1 when any build that should work here
+failed or any test failed.
+
+Usage: python tools/test_matrix.py [--only NAME ...] [-- extra pytest args]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORTS = ROOT / "reports"
+
+
+@dataclass(frozen=True)
+class Package:
+    """A row of the matrix: how to build it (None: pure Python, installed with the venv) and test it."""
+
+    name: str
+    tests: tuple[str, ...]
+    build: tuple[str, ...] | None = None
+
+
+PACKAGES = (
+    Package("lmcache-core (reference)", ("packages/lmcache-core/tests", "tests")),
+    Package("lmcache-arm", ("packages/lmcache-arm/tests",),
+            build=("make", "-C", "packages/lmcache-arm", "install")),
+)
+
+
+@dataclass
+class Row:
+    name: str
+    built: str = "n/a (pure Python)"
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    conformance: str = "not run"
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def _parse_junit(path: Path, row: Row) -> None:
+    conf_run = conf_skip = 0
+    skip_reasons: set[str] = set()
+    for case in ET.parse(path).getroot().iter("testcase"):
+        is_conf = "onformance" in case.get("classname", "") + case.get("name", "")
+        if case.find("failure") is not None or case.find("error") is not None:
+            row.failed += 1
+        elif (sk := case.find("skipped")) is not None:
+            row.skipped += 1
+            if is_conf:
+                conf_skip += 1
+                skip_reasons.add((sk.get("message") or "").strip()[:120])
+        else:
+            row.passed += 1
+            conf_run += is_conf
+    if conf_run:
+        row.conformance = f"ran ({conf_run} cases)"
+    elif conf_skip:
+        row.conformance = f"skipped: {'; '.join(sorted(skip_reasons))}"
+
+
+def run_package(pkg: Package, pytest_args: list[str]) -> Row:
+    row = Row(pkg.name)
+    slug = _slug(pkg.name)
+    started = time.monotonic()
+    if pkg.build is not None:
+        log = REPORTS / f"build-{slug}.log"
+        print(f"== build {pkg.name}: {' '.join(pkg.build)} (log: {log.relative_to(ROOT)})", flush=True)
+        with log.open("w") as f:
+            rc = subprocess.call(pkg.build, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        if rc != 0:
+            row.built = f"FAILED (rc {rc}, see {log.relative_to(ROOT)})"
+            row.failed += 1
+            print(log.read_text()[-4000:], flush=True)
+            row.seconds = time.monotonic() - started
+            return row
+        row.built = "yes"
+    paths = [p for p in pkg.tests if (ROOT / p).exists()]
+    if not paths:
+        row.notes.append("no tests found")
+        return row
+    xml = REPORTS / f"junit-{slug}.xml"
+    cmd = [sys.executable, "-m", "pytest", *paths, f"--junitxml={xml}", *pytest_args]
+    print(f"== test {pkg.name}: {' '.join(cmd[1:])}", flush=True)
+    rc = subprocess.call(cmd, cwd=ROOT)
+    if xml.exists():
+        _parse_junit(xml, row)
+    if rc not in (0, 5) and row.failed == 0:
+        row.failed += 1
+        row.notes.append(f"pytest exited {rc}")
+    row.seconds = time.monotonic() - started
+    return row
+
+
+def print_matrix(rows: list[Row]) -> None:
+    headers = ("package", "built", "conformance", "passed", "failed", "skipped", "time")
+    table = [(r.name, r.built, r.conformance, str(r.passed), str(r.failed), str(r.skipped),
+              f"{r.seconds:.0f}s") for r in rows]
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    print("\nPer-vendor matrix (this host: " + os.uname().machine + ", no accelerator unless stated)")
+    print(line)
+    print("-" * len(line))
+    for t in table:
+        print("  ".join(c.ljust(w) for c, w in zip(t, widths)))
+    for r in rows:
+        for n in r.notes:
+            print(f"note: {r.name}: {n}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", default=[], help="package name to run (repeatable)")
+    args, pytest_args = parser.parse_known_args()
+    pytest_args = [a for a in pytest_args if a != "--"]
+    REPORTS.mkdir(exist_ok=True)
+    chosen = [p for p in PACKAGES if not args.only or p.name.split()[0] in args.only]
+    rows = [run_package(p, pytest_args) for p in chosen]
+    print_matrix(rows)
+    passed = sum(r.passed for r in rows)
+    failed = sum(r.failed for r in rows)
+    skipped = sum(r.skipped for r in rows)
+    print(f"\n{passed} passed, {failed} failed, {skipped} skipped")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
