@@ -245,7 +245,10 @@ class CacheEngine:
     def lookup(self, tokens: Any, *, cache_salt: str | None = None) -> int:
         """Length in tokens of the longest cached prefix of ``tokens`` (chunk-granular)."""
         hit = 0
-        num_tokens, chunks = self._keys(tokens, cache_salt)
+        if self._spec_tag is None:  # nothing registered or declared: nothing can be cached yet
+            num_tokens, chunks = len(as_token_array(tokens)), []
+        else:
+            num_tokens, chunks = self._keys(tokens, cache_salt)
         for _start, end, key in chunks:
             if self._l1 is None or key not in self._l1:  # lower tiers: ask them here
                 break
