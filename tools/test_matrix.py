@@ -34,8 +34,11 @@ class Package:
 
 PACKAGES = (
     Package("lmcache-core (reference)", ("packages/lmcache-core/tests", "tests")),
-    Package("lmcache-arm", ("packages/lmcache-arm/tests",),
-            build=("make", "-C", "packages/lmcache-arm", "install")),
+    Package(
+        "lmcache-arm",
+        ("packages/lmcache-arm/tests",),
+        build=("make", "-C", "packages/lmcache-arm", "install"),
+    ),
 )
 
 
@@ -111,15 +114,17 @@ def run_package(pkg: Package, pytest_args: list[str]) -> Row:
 
 def print_matrix(rows: list[Row]) -> None:
     headers = ("package", "built", "conformance", "passed", "failed", "skipped", "time")
-    table = [(r.name, r.built, r.conformance, str(r.passed), str(r.failed), str(r.skipped),
-              f"{r.seconds:.0f}s") for r in rows]
+    table = [
+        (r.name, r.built, r.conformance, str(r.passed), str(r.failed), str(r.skipped), f"{r.seconds:.0f}s")
+        for r in rows
+    ]
     widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     print("\nPer-vendor matrix (this host: " + os.uname().machine + ", no accelerator unless stated)")
     print(line)
     print("-" * len(line))
     for t in table:
-        print("  ".join(c.ljust(w) for c, w in zip(t, widths)))
+        print("  ".join(c.ljust(w) for c, w in zip(t, widths, strict=True)))
     for r in rows:
         for n in r.notes:
             print(f"note: {r.name}: {n}")

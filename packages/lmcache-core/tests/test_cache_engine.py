@@ -45,8 +45,9 @@ def test_store_lookup_retrieve_round_trip(kind):
     assert eng.lookup(tokens) == 50
     assert eng.retrieve(tokens, dst, s_dst) == 50
     layout = eng.spec.groups[0]
-    assert torch.equal(gather_all(layout, src, s_src).view(torch.int16),
-                       gather_all(layout, dst, s_dst).view(torch.int16))
+    assert torch.equal(
+        gather_all(layout, src, s_src).view(torch.int16), gather_all(layout, dst, s_dst).view(torch.int16)
+    )
 
 
 def test_lookup_is_chunk_granular_prefix():
@@ -119,8 +120,11 @@ def test_scheduler_side_lookup_uses_declared_formats():
     assert eng.lookup(list(range(32))) == 0  # works before any KV is registered
     eng.store(list(range(32)), src, slots_for(32, 8, 32))
     assert eng.lookup(list(range(32))) == 32
-    wrong = CacheEngine(CacheEngineConfig(chunk_size=16), layout_hints=hints,
-                        chunk_formats=[ChunkFormat(2, 3, 16, "bfloat16", 2)])
+    wrong = CacheEngine(
+        CacheEngineConfig(chunk_size=16),
+        layout_hints=hints,
+        chunk_formats=[ChunkFormat(2, 3, 16, "bfloat16", 2)],
+    )
     with pytest.raises(ValueError, match="chunk format"):
         wrong.store(list(range(32)), src, slots_for(32, 8, 32))
 
@@ -138,8 +142,9 @@ def test_two_layer_groups_with_different_block_sizes():
     assert "+" in eng.spec.tag
     assert eng.retrieve(tokens, [d0, d1], [t0, t1]) == 40
     for layout, a, sa, b, sb in ((eng.spec.groups[0], g0, s0, d0, t0), (eng.spec.groups[1], g1, s1, d1, t1)):
-        assert torch.equal(gather_all(layout, a, sa).view(torch.int16),
-                           gather_all(layout, b, sb).view(torch.int16))
+        assert torch.equal(
+            gather_all(layout, a, sa).view(torch.int16), gather_all(layout, b, sb).view(torch.int16)
+        )
 
 
 def test_bad_arguments():

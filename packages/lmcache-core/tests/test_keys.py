@@ -25,11 +25,14 @@ def test_ranks_and_salts_never_share_keys():
     assert salt_tag(None) == salt_tag("") == "-"
 
 
-@pytest.mark.parametrize(("kwargs", "arg"), [
-    ({"model_id": "", "spec_tag": "t"}, "model_id"),
-    ({"model_id": "a|b", "spec_tag": "t"}, "model_id"),
-    ({"model_id": "m", "spec_tag": "t", "world_size": 2, "rank": 2}, "rank"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "arg"),
+    [
+        ({"model_id": "", "spec_tag": "t"}, "model_id"),
+        ({"model_id": "a|b", "spec_tag": "t"}, "model_id"),
+        ({"model_id": "m", "spec_tag": "t", "world_size": 2, "rank": 2}, "rank"),
+    ],
+)
 def test_bad_scope(kwargs, arg):
     with pytest.raises(ValueError, match=arg):
         KeyScope(**kwargs)

@@ -24,7 +24,7 @@ def test_hash_follows_documented_formula():
     h = hashlib.sha256(b"lmcache-core/prefix/v1\0tenant").digest()
     expected = []
     for start in range(0, 5, 2):
-        part = np.array(tokens[start:start + 2], dtype="<u4").tobytes()
+        part = np.array(tokens[start : start + 2], dtype="<u4").tobytes()
         h = hashlib.sha256(h + part).digest()
         expected.append(h)
     assert [g[2] for g in got] == expected
@@ -37,9 +37,11 @@ def test_prefix_property_and_salt():
     b = c.prefix_hashes([*range(6), 99, 7, 8])
     assert a[:2] == b[:2] and a[2] != b[2]
     changed_first = c.prefix_hashes([5, *range(1, 9)])
-    assert all(x[2] != y[2] for x, y in zip(a, changed_first))  # a change early changes every later hash
+    assert all(
+        x[2] != y[2] for x, y in zip(a, changed_first, strict=True)
+    )  # a change early changes every later hash
     salted = c.prefix_hashes(list(range(9)), cache_salt="other")
-    assert all(x[2] != y[2] for x, y in zip(a, salted))
+    assert all(x[2] != y[2] for x, y in zip(a, salted, strict=True))
     assert salt_root(None) == salt_root("")
 
 
@@ -53,8 +55,10 @@ def test_input_types_agree():
 
 
 def test_identical_across_processes_without_hashseed():
-    code = ("from lmcache_core.tokens import TokenChunker;"
-            "print(TokenChunker(4).prefix_hashes(list(range(13)), 's')[-1][2].hex())")
+    code = (
+        "from lmcache_core.tokens import TokenChunker;"
+        "print(TokenChunker(4).prefix_hashes(list(range(13)), 's')[-1][2].hex())"
+    )
     outs = set()
     for seed in ("0", "1", "random"):
         env = {**os.environ, "PYTHONHASHSEED": seed}

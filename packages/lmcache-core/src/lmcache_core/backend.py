@@ -76,8 +76,15 @@ class Backend:
         """Name of the backend whose kernels will move ``layout``."""
         return self._kernel_owner(layout).name
 
-    def gather(self, layout: KVLayout, kv_caches: Sequence[torch.Tensor], slot_mapping: torch.Tensor,
-               out: torch.Tensor, skip_prefix: int = 0, stream: int = 0) -> None:
+    def gather(
+        self,
+        layout: KVLayout,
+        kv_caches: Sequence[torch.Tensor],
+        slot_mapping: torch.Tensor,
+        out: torch.Tensor,
+        skip_prefix: int = 0,
+        stream: int = 0,
+    ) -> None:
         """Copy chunk tokens' KV from paged ``kv_caches`` into ``out``.
 
         ``slot_mapping``: int64 ``[num_tokens]``, -1 skips a token; ``out``: contiguous
@@ -86,16 +93,35 @@ class Backend:
         """
         check_transfer(layout, kv_caches, slot_mapping, "out", out, skip_prefix)
         owner = self._kernel_owner(layout)
-        owner._pm.hook.lmcache_gather(layout=layout, kv_caches=kv_caches, slot_mapping=slot_mapping,
-                                      out=out, skip_prefix=skip_prefix, stream=stream)
+        owner._pm.hook.lmcache_gather(
+            layout=layout,
+            kv_caches=kv_caches,
+            slot_mapping=slot_mapping,
+            out=out,
+            skip_prefix=skip_prefix,
+            stream=stream,
+        )
 
-    def scatter(self, layout: KVLayout, kv_caches: Sequence[torch.Tensor], slot_mapping: torch.Tensor,
-                src: torch.Tensor, skip_prefix: int = 0, stream: int = 0) -> None:
+    def scatter(
+        self,
+        layout: KVLayout,
+        kv_caches: Sequence[torch.Tensor],
+        slot_mapping: torch.Tensor,
+        src: torch.Tensor,
+        skip_prefix: int = 0,
+        stream: int = 0,
+    ) -> None:
         """Copy chunk tokens' KV from ``src`` into paged ``kv_caches``: the inverse of gather."""
         check_transfer(layout, kv_caches, slot_mapping, "src", src, skip_prefix)
         owner = self._kernel_owner(layout)
-        owner._pm.hook.lmcache_scatter(layout=layout, kv_caches=kv_caches, slot_mapping=slot_mapping,
-                                       src=src, skip_prefix=skip_prefix, stream=stream)
+        owner._pm.hook.lmcache_scatter(
+            layout=layout,
+            kv_caches=kv_caches,
+            slot_mapping=slot_mapping,
+            src=src,
+            skip_prefix=skip_prefix,
+            stream=stream,
+        )
 
     def _device_call(self, hook: str, **kwargs: Any) -> Any:
         owner = self if self._implements(hook) or self.reference is None else self.reference

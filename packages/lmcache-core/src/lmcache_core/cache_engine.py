@@ -77,9 +77,13 @@ class CacheEngine:
     compute keys and look up; the worker's registered layouts must then have the same formats.
     """
 
-    def __init__(self, config: CacheEngineConfig | None = None, backend: Backend | None = None,
-                 layout_hints: LayoutHints | Sequence[LayoutHints] | None = None,
-                 chunk_formats: Sequence[ChunkFormat] | None = None) -> None:
+    def __init__(
+        self,
+        config: CacheEngineConfig | None = None,
+        backend: Backend | None = None,
+        layout_hints: LayoutHints | Sequence[LayoutHints] | None = None,
+        chunk_formats: Sequence[ChunkFormat] | None = None,
+    ) -> None:
         self.config = config or CacheEngineConfig()
         self._backend = backend
         self._hints = layout_hints
@@ -108,8 +112,9 @@ class CacheEngine:
             raise RuntimeError("spec: no KV caches registered; call register_kv_caches first")
         return self._spec
 
-    def register_kv_caches(self, kv_caches: KVGroups,
-                           hints: LayoutHints | Sequence[LayoutHints] | None = None) -> KVCacheSpec:
+    def register_kv_caches(
+        self, kv_caches: KVGroups, hints: LayoutHints | Sequence[LayoutHints] | None = None
+    ) -> KVCacheSpec:
         """Detect the layout of each layer group and choose the backend for the KV's device."""
         groups = _as_groups(kv_caches)
         hints = hints if hints is not None else self._hints
@@ -148,8 +153,9 @@ class CacheEngine:
     def _fingerprint(groups: list[list[torch.Tensor]]) -> tuple[tuple[int, tuple[int, ...]], ...]:
         return tuple((t.data_ptr(), tuple(t.shape)) for g in groups for t in g)
 
-    def _prepare(self, kv_caches: KVGroups, slot_mapping: Any, num_tokens: int
-                 ) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+    def _prepare(
+        self, kv_caches: KVGroups, slot_mapping: Any, num_tokens: int
+    ) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
         groups = _as_groups(kv_caches)
         if self._spec is None or self._fingerprint(groups) != self._registered:
             self.register_kv_caches(groups)
@@ -194,14 +200,15 @@ class CacheEngine:
             fmt = g.chunk_format
             n = fmt.nbytes(num_tokens)
             dtype = getattr(torch, fmt.dtype)
-            views.append(buffer[offset:offset + n].view(dtype).view(fmt.shape(num_tokens)))
+            views.append(buffer[offset : offset + n].view(dtype).view(fmt.shape(num_tokens)))
             offset += n
         return views
 
     # ---- the three operations ----------------------------------------------------------------
 
-    def store(self, tokens: Any, kv_caches: KVGroups, slot_mapping: Any, *,
-              cache_salt: str | None = None) -> int:
+    def store(
+        self, tokens: Any, kv_caches: KVGroups, slot_mapping: Any, *, cache_salt: str | None = None
+    ) -> int:
         """Copy the KV of ``tokens`` out of the engine's pages into L1, chunk by chunk.
 
         Chunks already cached are only refreshed in the LRU. Storing stops at the first chunk
@@ -226,8 +233,9 @@ class CacheEngine:
                 logger.debug("L1 full (everything pinned or chunk too large); store stops at %d", start)
                 break
             try:
-                for layout, kv, sm, view in zip(self.spec.groups, groups, chunk_slots,
-                                                self._chunk_views(buffer, end - start), strict=True):
+                for layout, kv, sm, view in zip(
+                    self.spec.groups, groups, chunk_slots, self._chunk_views(buffer, end - start), strict=True
+                ):
                     self.backend.gather(layout, kv, sm, view, 0, self._stream)
                 self.backend.synchronize(self.backend.record_event(self._stream))
             except BaseException:
@@ -245,8 +253,9 @@ class CacheEngine:
     def lookup(self, tokens: Any, *, cache_salt: str | None = None) -> int:
         """Length in tokens of the longest cached prefix of ``tokens`` (chunk-granular)."""
         hit = 0
+        chunks: list[tuple[int, int, CacheKey]] = []
         if self._spec_tag is None:  # nothing registered or declared: nothing can be cached yet
-            num_tokens, chunks = len(as_token_array(tokens)), []
+            num_tokens = len(as_token_array(tokens))
         else:
             num_tokens, chunks = self._keys(tokens, cache_salt)
         for _start, end, key in chunks:
@@ -259,16 +268,26 @@ class CacheEngine:
             self.stats.lookup_hit_tokens += hit
         return hit
 
-    def retrieve(self, tokens: Any, kv_caches: KVGroups, slot_mapping: Any,
-                 skip_leading_tokens: int = 0, *, cache_salt: str | None = None) -> int:
+    def retrieve(
+        self,
+        tokens: Any,
+        kv_caches: KVGroups,
+        slot_mapping: Any,
+        skip_leading_tokens: int = 0,
+        *,
+        cache_salt: str | None = None,
+    ) -> int:
         """Scatter the cached prefix of ``tokens`` into the engine's pages.
 
         Tokens before ``skip_leading_tokens`` are already in the engine and are not written.
         Loading stops at the first chunk not in the cache. Returns the number of tokens written
         (from ``skip_leading_tokens`` to the end of the loaded prefix).
         """
-        if isinstance(skip_leading_tokens, bool) or not isinstance(skip_leading_tokens, int) \
-                or skip_leading_tokens < 0:
+        if (
+            isinstance(skip_leading_tokens, bool)
+            or not isinstance(skip_leading_tokens, int)
+            or skip_leading_tokens < 0
+        ):
             raise ValueError(
                 f"skip_leading_tokens: expected a non-negative int, given {skip_leading_tokens!r}"
             )
@@ -285,8 +304,9 @@ class CacheEngine:
                 break
             try:
                 skip = max(0, skip_leading_tokens - start)
-                for layout, kv, sm, view in zip(self.spec.groups, groups, slots,
-                                                self._chunk_views(entry.buffer, end - start), strict=True):
+                for layout, kv, sm, view in zip(
+                    self.spec.groups, groups, slots, self._chunk_views(entry.buffer, end - start), strict=True
+                ):
                     self.backend.scatter(layout, kv, sm[start:end], view, skip, self._stream)
                 self.backend.synchronize(self.backend.record_event(self._stream))
             finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from lmcache_core.plugin_api import BACKENDS_GROUP, BackendProbe
 
@@ -37,24 +38,28 @@ class DiscoveredBackend:
         return self.probe.reason
 
 
-def _entry_points() -> list:
+def _entry_points() -> list[Any]:
     import importlib_metadata
 
-    seen: dict[str, object] = {}
+    seen: dict[str, Any] = {}
     for ep in importlib_metadata.entry_points(group=BACKENDS_GROUP):
         if ep.name in seen:
-            logger.warning("backend %r is registered twice (%s and %s); using the first",
-                           ep.name, seen[ep.name].value, ep.value)  # type: ignore[attr-defined]
+            logger.warning(
+                "backend %r is registered twice (%s and %s); using the first",
+                ep.name,
+                seen[ep.name].value,
+                ep.value,
+            )
             continue
         seen[ep.name] = ep
     return list(seen.values())
 
 
-def _run_probe(ep: object) -> DiscoveredBackend:
-    name, target = ep.name, ep.value  # type: ignore[attr-defined]
+def _run_probe(ep: Any) -> DiscoveredBackend:
+    name, target = ep.name, ep.value
     dist = getattr(getattr(ep, "dist", None), "name", None)
     try:
-        probe_fn = ep.load()  # type: ignore[attr-defined]
+        probe_fn = ep.load()
         result = probe_fn()
         if not isinstance(result, BackendProbe):
             raise TypeError(f"probe returned {type(result).__name__}, expected BackendProbe")

@@ -35,11 +35,11 @@ class KeyScope:
 
     def __post_init__(self) -> None:
         if not self.model_id or _SEP in self.model_id:
-            raise ValueError(f"model_id: expected a non-empty string without {_SEP!r}, given {self.model_id!r}")
-        if not 0 <= self.rank < self.world_size:
             raise ValueError(
-                f"rank: expected 0 <= rank < world_size ({self.world_size}), given {self.rank}"
+                f"model_id: expected a non-empty string without {_SEP!r}, given {self.model_id!r}"
             )
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank: expected 0 <= rank < world_size ({self.world_size}), given {self.rank}")
 
     def key(self, prefix_hash: bytes) -> CacheKey:
         return CacheKey(self, prefix_hash)

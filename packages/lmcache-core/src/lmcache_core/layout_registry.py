@@ -160,9 +160,21 @@ def _detect_vllm_flash_nhd(kv_caches: Sequence[torch.Tensor], hints: LayoutHints
         raise LayoutMismatch(f"axis 0 must be 2 (K, V), is {two}")
     s = first.stride()
     pt, po = _per_layer_planes(len(kv_caches), s[0])
-    return _build("vllm_flash_nhd", first, len(kv_caches), num_kv=2, num_layers=len(kv_caches),
-                  num_blocks=nb, block_size=bs, num_kv_heads=h, head_size=d, plane_tensor=pt,
-                  plane_offset=po, strides=(s[1], s[2], s[3], s[4]), hints=hints)
+    return _build(
+        "vllm_flash_nhd",
+        first,
+        len(kv_caches),
+        num_kv=2,
+        num_layers=len(kv_caches),
+        num_blocks=nb,
+        block_size=bs,
+        num_kv_heads=h,
+        head_size=d,
+        plane_tensor=pt,
+        plane_offset=po,
+        strides=(s[1], s[2], s[3], s[4]),
+        hints=hints,
+    )
 
 
 def _detect_vllm_flash_hnd(kv_caches: Sequence[torch.Tensor], hints: LayoutHints) -> KVLayout:
@@ -172,9 +184,21 @@ def _detect_vllm_flash_hnd(kv_caches: Sequence[torch.Tensor], hints: LayoutHints
         raise LayoutMismatch(f"axis 0 must be 2 (K, V), is {two}")
     s = first.stride()
     pt, po = _per_layer_planes(len(kv_caches), s[0])
-    return _build("vllm_flash_hnd", first, len(kv_caches), num_kv=2, num_layers=len(kv_caches),
-                  num_blocks=nb, block_size=bs, num_kv_heads=h, head_size=d, plane_tensor=pt,
-                  plane_offset=po, strides=(s[1], s[3], s[2], s[4]), hints=hints)
+    return _build(
+        "vllm_flash_hnd",
+        first,
+        len(kv_caches),
+        num_kv=2,
+        num_layers=len(kv_caches),
+        num_blocks=nb,
+        block_size=bs,
+        num_kv_heads=h,
+        head_size=d,
+        plane_tensor=pt,
+        plane_offset=po,
+        strides=(s[1], s[3], s[2], s[4]),
+        hints=hints,
+    )
 
 
 def _detect_flashinfer(kv_caches: Sequence[torch.Tensor], hints: LayoutHints) -> KVLayout:
@@ -184,9 +208,21 @@ def _detect_flashinfer(kv_caches: Sequence[torch.Tensor], hints: LayoutHints) ->
         raise LayoutMismatch(f"axis 1 must be 2 (K, V), is {two}")
     s = first.stride()
     pt, po = _per_layer_planes(len(kv_caches), s[1])
-    return _build("flashinfer", first, len(kv_caches), num_kv=2, num_layers=len(kv_caches),
-                  num_blocks=nb, block_size=bs, num_kv_heads=h, head_size=d, plane_tensor=pt,
-                  plane_offset=po, strides=(s[0], s[2], s[3], s[4]), hints=hints)
+    return _build(
+        "flashinfer",
+        first,
+        len(kv_caches),
+        num_kv=2,
+        num_layers=len(kv_caches),
+        num_blocks=nb,
+        block_size=bs,
+        num_kv_heads=h,
+        head_size=d,
+        plane_tensor=pt,
+        plane_offset=po,
+        strides=(s[0], s[2], s[3], s[4]),
+        hints=hints,
+    )
 
 
 def _detect_vllm_cpu(kv_caches: Sequence[torch.Tensor], hints: LayoutHints) -> KVLayout:
@@ -203,9 +239,21 @@ def _detect_vllm_cpu(kv_caches: Sequence[torch.Tensor], hints: LayoutHints) -> K
             f"vllm_cpu needs each head's [block_size, 2*head_size] memory contiguous, strides are {s}"
         )
     pt, po = _per_layer_planes(len(kv_caches), bs * d)
-    return _build("vllm_cpu", first, len(kv_caches), num_kv=2, num_layers=len(kv_caches),
-                  num_blocks=nb, block_size=bs, num_kv_heads=h, head_size=d, plane_tensor=pt,
-                  plane_offset=po, strides=(s[0], d, s[1], 1), hints=hints)
+    return _build(
+        "vllm_cpu",
+        first,
+        len(kv_caches),
+        num_kv=2,
+        num_layers=len(kv_caches),
+        num_blocks=nb,
+        block_size=bs,
+        num_kv_heads=h,
+        head_size=d,
+        plane_tensor=pt,
+        plane_offset=po,
+        strides=(s[0], d, s[1], 1),
+        hints=hints,
+    )
 
 
 def _detect_mla(kv_caches: Sequence[torch.Tensor], hints: LayoutHints) -> KVLayout:
@@ -215,9 +263,21 @@ def _detect_mla(kv_caches: Sequence[torch.Tensor], hints: LayoutHints) -> KVLayo
         raise LayoutMismatch("3-D tensors are ambiguous (mla or sglang): pass block_size or kind")
     s = first.stride()
     pt, po = _per_layer_planes(len(kv_caches), 0, num_kv=1)
-    return _build("mla", first, len(kv_caches), num_kv=1, num_layers=len(kv_caches),
-                  num_blocks=nb, block_size=bs, num_kv_heads=1, head_size=latent, plane_tensor=pt,
-                  plane_offset=po, strides=(s[0], s[1], latent * s[2], s[2]), hints=hints)
+    return _build(
+        "mla",
+        first,
+        len(kv_caches),
+        num_kv=1,
+        num_layers=len(kv_caches),
+        num_blocks=nb,
+        block_size=bs,
+        num_kv_heads=1,
+        head_size=latent,
+        plane_tensor=pt,
+        plane_offset=po,
+        strides=(s[0], s[1], latent * s[2], s[2]),
+        hints=hints,
+    )
 
 
 def _detect_sglang(kv_caches: Sequence[torch.Tensor], hints: LayoutHints) -> KVLayout:
@@ -231,9 +291,21 @@ def _detect_sglang(kv_caches: Sequence[torch.Tensor], hints: LayoutHints) -> KVL
     s = first.stride()
     pt = list(range(2 * layers))
     po = [0] * (2 * layers)
-    return _build("sglang", first, len(kv_caches), num_kv=2, num_layers=layers, num_blocks=slots,
-                  block_size=1, num_kv_heads=h, head_size=d, plane_tensor=pt, plane_offset=po,
-                  strides=(s[0], 0, s[1], s[2]), hints=hints)
+    return _build(
+        "sglang",
+        first,
+        len(kv_caches),
+        num_kv=2,
+        num_layers=layers,
+        num_blocks=slots,
+        block_size=1,
+        num_kv_heads=h,
+        head_size=d,
+        plane_tensor=pt,
+        plane_offset=po,
+        strides=(s[0], 0, s[1], s[2]),
+        hints=hints,
+    )
 
 
 def _detect_trtllm(kv_caches: Sequence[torch.Tensor], hints: LayoutHints) -> KVLayout:
@@ -246,47 +318,65 @@ def _detect_trtllm(kv_caches: Sequence[torch.Tensor], hints: LayoutHints) -> KVL
     s = first.stride()
     pt = [0] * (2 * layers)
     po = [kv * s[2] + layer * s[1] for kv in range(2) for layer in range(layers)]
-    return _build("trtllm", first, 1, num_kv=2, num_layers=layers, num_blocks=nb, block_size=bs,
-                  num_kv_heads=h, head_size=d, plane_tensor=pt, plane_offset=po,
-                  strides=(s[0], s[4], s[3], s[5]), hints=hints)
+    return _build(
+        "trtllm",
+        first,
+        1,
+        num_kv=2,
+        num_layers=layers,
+        num_blocks=nb,
+        block_size=bs,
+        num_kv_heads=h,
+        head_size=d,
+        plane_tensor=pt,
+        plane_offset=po,
+        strides=(s[0], s[4], s[3], s[5]),
+        hints=hints,
+    )
 
 
 # ---- example allocators (tests, conformance suite, benchmarks) ------------------------------
 
 
-def _alloc_vllm_flash_nhd(L: int, nb: int, bs: int, h: int, d: int, dtype: Any, device: Any,
-                          physical_hnd: bool = False) -> list[torch.Tensor]:
+def _alloc_vllm_flash_nhd(
+    L: int, nb: int, bs: int, h: int, d: int, dtype: Any, device: Any, physical_hnd: bool = False
+) -> list[torch.Tensor]:
     import torch
 
     if physical_hnd:  # HND memory behind the NHD shape, as vLLM hands out for HND backends
-        return [torch.empty(2, nb, h, bs, d, dtype=dtype, device=device).permute(0, 1, 3, 2, 4)
-                for _ in range(L)]
+        return [
+            torch.empty(2, nb, h, bs, d, dtype=dtype, device=device).permute(0, 1, 3, 2, 4) for _ in range(L)
+        ]
     return [torch.empty(2, nb, bs, h, d, dtype=dtype, device=device) for _ in range(L)]
 
 
-def _alloc_vllm_flash_hnd(L: int, nb: int, bs: int, h: int, d: int, dtype: Any, device: Any,
-                          physical_hnd: bool = False) -> list[torch.Tensor]:
+def _alloc_vllm_flash_hnd(
+    L: int, nb: int, bs: int, h: int, d: int, dtype: Any, device: Any, physical_hnd: bool = False
+) -> list[torch.Tensor]:
     import torch
 
     return [torch.empty(2, nb, h, bs, d, dtype=dtype, device=device) for _ in range(L)]
 
 
-def _alloc_flashinfer(L: int, nb: int, bs: int, h: int, d: int, dtype: Any, device: Any,
-                      physical_hnd: bool = False) -> list[torch.Tensor]:
+def _alloc_flashinfer(
+    L: int, nb: int, bs: int, h: int, d: int, dtype: Any, device: Any, physical_hnd: bool = False
+) -> list[torch.Tensor]:
     import torch
 
     return [torch.empty(nb, 2, bs, h, d, dtype=dtype, device=device) for _ in range(L)]
 
 
-def _alloc_vllm_cpu(L: int, nb: int, bs: int, h: int, d: int, dtype: Any, device: Any,
-                    physical_hnd: bool = False) -> list[torch.Tensor]:
+def _alloc_vllm_cpu(
+    L: int, nb: int, bs: int, h: int, d: int, dtype: Any, device: Any, physical_hnd: bool = False
+) -> list[torch.Tensor]:
     import torch
 
     return [torch.empty(nb, h, bs, 2 * d, dtype=dtype, device=device) for _ in range(L)]
 
 
-def _alloc_mla(L: int, nb: int, bs: int, h: int, d: int, dtype: Any, device: Any,
-               physical_hnd: bool = False) -> list[torch.Tensor]:
+def _alloc_mla(
+    L: int, nb: int, bs: int, h: int, d: int, dtype: Any, device: Any, physical_hnd: bool = False
+) -> list[torch.Tensor]:
     import torch
 
     if h != 1:
@@ -294,8 +384,9 @@ def _alloc_mla(L: int, nb: int, bs: int, h: int, d: int, dtype: Any, device: Any
     return [torch.empty(nb, bs, d, dtype=dtype, device=device) for _ in range(L)]
 
 
-def _alloc_sglang(L: int, nb: int, bs: int, h: int, d: int, dtype: Any, device: Any,
-                  physical_hnd: bool = False) -> list[torch.Tensor]:
+def _alloc_sglang(
+    L: int, nb: int, bs: int, h: int, d: int, dtype: Any, device: Any, physical_hnd: bool = False
+) -> list[torch.Tensor]:
     import torch
 
     if bs != 1:
@@ -303,8 +394,9 @@ def _alloc_sglang(L: int, nb: int, bs: int, h: int, d: int, dtype: Any, device: 
     return [torch.empty(nb, h, d, dtype=dtype, device=device) for _ in range(2 * L)]
 
 
-def _alloc_trtllm(L: int, nb: int, bs: int, h: int, d: int, dtype: Any, device: Any,
-                  physical_hnd: bool = False) -> list[torch.Tensor]:
+def _alloc_trtllm(
+    L: int, nb: int, bs: int, h: int, d: int, dtype: Any, device: Any, physical_hnd: bool = False
+) -> list[torch.Tensor]:
     import torch
 
     return [torch.empty(nb, L, 2, h, bs, d, dtype=dtype, device=device)]
@@ -313,20 +405,52 @@ def _alloc_trtllm(L: int, nb: int, bs: int, h: int, d: int, dtype: Any, device: 
 LAYOUT_KINDS: dict[str, LayoutKind] = {
     k.name: k
     for k in (
-        LayoutKind("vllm_flash_nhd", "[2, num_blocks, block_size, num_kv_heads, head_size] per layer",
-                   _detect_vllm_flash_nhd, _alloc_vllm_flash_nhd, 5),
-        LayoutKind("vllm_flash_hnd", "[2, num_blocks, num_kv_heads, block_size, head_size] per layer",
-                   _detect_vllm_flash_hnd, _alloc_vllm_flash_hnd, 5),
-        LayoutKind("flashinfer", "[num_blocks, 2, block_size, num_kv_heads, head_size] per layer",
-                   _detect_flashinfer, _alloc_flashinfer, 5),
-        LayoutKind("vllm_cpu", "[num_blocks, num_kv_heads, block_size, 2*head_size] per layer "
-                   "(per head: block_size rows of K, then of V)", _detect_vllm_cpu, _alloc_vllm_cpu, 4),
-        LayoutKind("mla", "[num_blocks, block_size, latent_dim] per layer", _detect_mla, _alloc_mla, 3,
-                   mla=True),
-        LayoutKind("sglang", "[num_slots, num_kv_heads, head_size], K of every layer then V",
-                   _detect_sglang, _alloc_sglang, 3),
-        LayoutKind("trtllm", "[num_blocks, num_layers, 2, num_kv_heads, block_size, head_size]",
-                   _detect_trtllm, _alloc_trtllm, 6),
+        LayoutKind(
+            "vllm_flash_nhd",
+            "[2, num_blocks, block_size, num_kv_heads, head_size] per layer",
+            _detect_vllm_flash_nhd,
+            _alloc_vllm_flash_nhd,
+            5,
+        ),
+        LayoutKind(
+            "vllm_flash_hnd",
+            "[2, num_blocks, num_kv_heads, block_size, head_size] per layer",
+            _detect_vllm_flash_hnd,
+            _alloc_vllm_flash_hnd,
+            5,
+        ),
+        LayoutKind(
+            "flashinfer",
+            "[num_blocks, 2, block_size, num_kv_heads, head_size] per layer",
+            _detect_flashinfer,
+            _alloc_flashinfer,
+            5,
+        ),
+        LayoutKind(
+            "vllm_cpu",
+            "[num_blocks, num_kv_heads, block_size, 2*head_size] per layer "
+            "(per head: block_size rows of K, then of V)",
+            _detect_vllm_cpu,
+            _alloc_vllm_cpu,
+            4,
+        ),
+        LayoutKind(
+            "mla", "[num_blocks, block_size, latent_dim] per layer", _detect_mla, _alloc_mla, 3, mla=True
+        ),
+        LayoutKind(
+            "sglang",
+            "[num_slots, num_kv_heads, head_size], K of every layer then V",
+            _detect_sglang,
+            _alloc_sglang,
+            3,
+        ),
+        LayoutKind(
+            "trtllm",
+            "[num_blocks, num_layers, 2, num_kv_heads, block_size, head_size]",
+            _detect_trtllm,
+            _alloc_trtllm,
+            6,
+        ),
     )
 }
 
@@ -336,9 +460,7 @@ def get_layout_kind(name: str) -> LayoutKind:
     try:
         return LAYOUT_KINDS[name]
     except KeyError:
-        raise ValueError(
-            f"layout kind: expected one of {sorted(LAYOUT_KINDS)}, given {name!r}"
-        ) from None
+        raise ValueError(f"layout kind: expected one of {sorted(LAYOUT_KINDS)}, given {name!r}") from None
 
 
 def detect_layout(kv_caches: Sequence[torch.Tensor], hints: LayoutHints | None = None) -> KVLayout:
@@ -349,9 +471,7 @@ def detect_layout(kv_caches: Sequence[torch.Tensor], hints: LayoutHints | None =
     """
     hints = hints or LayoutHints()
     if not isinstance(kv_caches, (list, tuple)):
-        raise TypeError(
-            f"kv_caches: expected a list or tuple of tensors, given {type(kv_caches).__name__}"
-        )
+        raise TypeError(f"kv_caches: expected a list or tuple of tensors, given {type(kv_caches).__name__}")
     if hints.kind is not None:
         kind = get_layout_kind(hints.kind)
         try:
@@ -393,8 +513,14 @@ def allocate_example(
 ) -> tuple[list[torch.Tensor], LayoutHints]:
     """Allocate uninitialised engine tensors of ``kind`` and the hints that detect them."""
     k = get_layout_kind(kind)
-    tensors = k.allocate(num_layers, num_blocks, block_size, num_kv_heads, head_size, dtype, device,
-                         physical_hnd)
-    hints = LayoutHints(kind=kind, num_kv_heads=num_kv_heads, head_size=head_size,
-                        block_size=block_size, num_layers=num_layers)
+    tensors = k.allocate(
+        num_layers, num_blocks, block_size, num_kv_heads, head_size, dtype, device, physical_hnd
+    )
+    hints = LayoutHints(
+        kind=kind,
+        num_kv_heads=num_kv_heads,
+        head_size=head_size,
+        block_size=block_size,
+        num_layers=num_layers,
+    )
     return tensors, hints

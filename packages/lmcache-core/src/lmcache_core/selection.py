@@ -92,8 +92,7 @@ def select_backend(device_type: str = "cpu", name: str | None = None) -> Selecti
         try:
             backend = load_backend(tied[0])
         except Exception as e:  # quiet: the user did not ask for it by name
-            logger.warning("backend %r failed to load, skipped: %s: %s", tied[0].name,
-                           type(e).__name__, e)
+            logger.warning("backend %r failed to load, skipped: %s: %s", tied[0].name, type(e).__name__, e)
             continue
         return Selection(backend, tuple(found), f"highest priority ({priority}) for {device_type!r}")
     logger.info("no registered backend loaded for %r; using the built-in reference", device_type)

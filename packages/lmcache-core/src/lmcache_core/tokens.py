@@ -84,4 +84,3 @@ class TokenChunker:
             h = hashlib.sha256(h + arr[start:end].tobytes()).digest()
             out.append((start, end, h))
         return out
-

@@ -25,9 +25,7 @@ def check_kv_caches(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> None
     import torch
 
     if not isinstance(kv_caches, (list, tuple)):
-        raise TypeError(
-            f"kv_caches: expected a list or tuple of tensors, given {type(kv_caches).__name__}"
-        )
+        raise TypeError(f"kv_caches: expected a list or tuple of tensors, given {type(kv_caches).__name__}")
     if len(kv_caches) != layout.num_tensors:
         raise ValueError(
             f"kv_caches: expected {layout.num_tensors} tensors for layout {layout.kind} "
@@ -40,9 +38,7 @@ def check_kv_caches(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> None
         if _dtype_name(t) != layout.dtype:
             raise TypeError(f"kv_caches[{i}]: expected dtype {layout.dtype}, given {_dtype_name(t)}")
         if tuple(t.shape) != layout.tensor_shape:
-            raise ValueError(
-                f"kv_caches[{i}]: expected shape {layout.tensor_shape}, given {tuple(t.shape)}"
-            )
+            raise ValueError(f"kv_caches[{i}]: expected shape {layout.tensor_shape}, given {tuple(t.shape)}")
         if tuple(t.stride()) != layout.tensor_stride:
             raise ValueError(
                 f"kv_caches[{i}]: expected strides {layout.tensor_stride}, given {tuple(t.stride())}"
@@ -75,8 +71,9 @@ def check_chunk(name: str, layout: KVLayout, chunk: torch.Tensor) -> int:
     return int(chunk.shape[2])
 
 
-def check_slot_mapping(layout: KVLayout, slot_mapping: torch.Tensor, num_tokens: int,
-                       skip_prefix: int) -> None:
+def check_slot_mapping(
+    layout: KVLayout, slot_mapping: torch.Tensor, num_tokens: int, skip_prefix: int
+) -> None:
     """int64 ``[num_tokens]`` with every slot after ``skip_prefix`` in ``[-1, num_slots)``."""
     import torch
 
@@ -106,8 +103,14 @@ def check_slot_mapping(layout: KVLayout, slot_mapping: torch.Tensor, num_tokens:
         )
 
 
-def check_transfer(layout: KVLayout, kv_caches: Sequence[torch.Tensor], slot_mapping: torch.Tensor,
-                   chunk_name: str, chunk: torch.Tensor, skip_prefix: int) -> None:
+def check_transfer(
+    layout: KVLayout,
+    kv_caches: Sequence[torch.Tensor],
+    slot_mapping: torch.Tensor,
+    chunk_name: str,
+    chunk: torch.Tensor,
+    skip_prefix: int,
+) -> None:
     """All checks for one gather (``chunk_name="out"``) or scatter (``"src"``)."""
     check_kv_caches(layout, kv_caches)
     num_tokens = check_chunk(chunk_name, layout, chunk)

@@ -47,8 +47,9 @@ class _Rows:
     ``skip_prefix`` on moves); ``block``, ``offset``: int64 ``[n]`` on the KV device.
     """
 
-    def __init__(self, layout: KVLayout, slot_mapping: torch.Tensor, skip_prefix: int,
-                 kv_device: torch.device) -> None:
+    def __init__(
+        self, layout: KVLayout, slot_mapping: torch.Tensor, skip_prefix: int, kv_device: torch.device
+    ) -> None:
         slots = slot_mapping[skip_prefix:].to(kv_device)
         valid = slots >= 0
         if bool(valid.all()):
@@ -73,8 +74,14 @@ def lmcache_capabilities() -> Capabilities:
 
 
 @hookimpl
-def lmcache_gather(layout: KVLayout, kv_caches: Sequence[torch.Tensor], slot_mapping: torch.Tensor,
-                   out: torch.Tensor, skip_prefix: int, stream: int) -> bool:
+def lmcache_gather(
+    layout: KVLayout,
+    kv_caches: Sequence[torch.Tensor],
+    slot_mapping: torch.Tensor,
+    out: torch.Tensor,
+    skip_prefix: int,
+    stream: int,
+) -> bool:
     rows = _Rows(layout, slot_mapping, skip_prefix, kv_caches[0].device)
     if rows.count == 0:
         return True
@@ -86,15 +93,21 @@ def lmcache_gather(layout: KVLayout, kv_caches: Sequence[torch.Tensor], slot_map
         picked = picked.reshape(rows.count, layout.hidden)
         dst = out_bits[kv, layer]
         if token_index is None:
-            dst[rows.skip_prefix:].copy_(picked)
+            dst[rows.skip_prefix :].copy_(picked)
         else:
             dst.index_copy_(0, token_index, picked.to(out.device))
     return True
 
 
 @hookimpl
-def lmcache_scatter(layout: KVLayout, kv_caches: Sequence[torch.Tensor], slot_mapping: torch.Tensor,
-                    src: torch.Tensor, skip_prefix: int, stream: int) -> bool:
+def lmcache_scatter(
+    layout: KVLayout,
+    kv_caches: Sequence[torch.Tensor],
+    slot_mapping: torch.Tensor,
+    src: torch.Tensor,
+    skip_prefix: int,
+    stream: int,
+) -> bool:
     device = kv_caches[0].device
     rows = _Rows(layout, slot_mapping, skip_prefix, device)
     if rows.count == 0:
@@ -106,7 +119,7 @@ def lmcache_scatter(layout: KVLayout, kv_caches: Sequence[torch.Tensor], slot_ma
         kv, layer = divmod(plane, layout.num_layers)
         chunk_rows = src_bits[kv, layer]
         if token_index is None:
-            picked = chunk_rows[rows.skip_prefix:]
+            picked = chunk_rows[rows.skip_prefix :]
         else:
             picked = chunk_rows.index_select(0, token_index)
         plane_view(layout, kv_caches, plane)[rows.block, rows.offset] = picked.reshape(shape).to(device)

@@ -41,8 +41,16 @@ class SyntheticModel:
     recompute exactly. Cost grows linearly with the tokens prefilled, as a prefill does.
     """
 
-    def __init__(self, num_layers: int, num_kv_heads: int, head_size: int, width: int, vocab: int,
-                 num_blocks: int, block_size: int) -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        head_size: int,
+        width: int,
+        vocab: int,
+        num_blocks: int,
+        block_size: int,
+    ) -> None:
         import torch
 
         g = torch.Generator().manual_seed(0)
@@ -50,10 +58,13 @@ class SyntheticModel:
         self.embed = torch.randn(vocab, width, generator=g)
         self.pos = torch.randn(8192, width, generator=g) * 0.1
         self.w = [torch.randn(width, width, generator=g) / width**0.5 for _ in range(num_layers)]
-        self.wkv = [torch.randn(width, 2 * num_kv_heads * head_size, generator=g) / width**0.5
-                    for _ in range(num_layers)]
-        self.kv = [torch.zeros(num_blocks, num_kv_heads, block_size, 2 * head_size)
-                   for _ in range(num_layers)]
+        self.wkv = [
+            torch.randn(width, 2 * num_kv_heads * head_size, generator=g) / width**0.5
+            for _ in range(num_layers)
+        ]
+        self.kv = [
+            torch.zeros(num_blocks, num_kv_heads, block_size, 2 * head_size) for _ in range(num_layers)
+        ]
         self.num_blocks = num_blocks
 
     def prefill(self, tokens: list[int], slots: torch.Tensor, start: int) -> None:
@@ -63,7 +74,7 @@ class SyntheticModel:
         if start >= len(tokens):
             return
         ids = torch.tensor(tokens[start:])
-        x = self.embed[ids] + self.pos[start:len(tokens)]
+        x = self.embed[ids] + self.pos[start : len(tokens)]
         s = slots[start:]
         blk, off = s // self.bs, s % self.bs
         for layer in range(self.L):
@@ -92,20 +103,26 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     block_size, num_blocks = 16, args.num_blocks
-    model = SyntheticModel(args.layers, args.kv_heads, args.head_size, args.width, 32000,
-                           num_blocks, block_size)
+    model = SyntheticModel(
+        args.layers, args.kv_heads, args.head_size, args.width, 32000, num_blocks, block_size
+    )
     engine = CacheEngine(
-        CacheEngineConfig(model_id="synthetic-demo", chunk_size=args.chunk_size,
-                          l1_bytes=args.l1_gib * 2**30),
+        CacheEngineConfig(
+            model_id="synthetic-demo", chunk_size=args.chunk_size, l1_bytes=args.l1_gib * 2**30
+        ),
         layout_hints=LayoutHints(kind="vllm_cpu", block_size=block_size),
     )
     engine.register_kv_caches(model.kv)
     rng = random.Random(0)
     results: list[TurnResult] = []
-    print(f"synthetic model: {args.layers} layers, {args.kv_heads} kv heads x {args.head_size}, fp32, "
-          f"vLLM CPU layout, block {block_size}; chunk {args.chunk_size} tokens")
-    print(f"{'conv':>4} {'turn':>4} {'prompt':>7} {'hit':>6} {'TTFT miss ms':>13} {'TTFT hit ms':>12} "
-          f"{'speed-up':>9} {'MiB loaded':>11} {'KV identical':>13}")
+    print(
+        f"synthetic model: {args.layers} layers, {args.kv_heads} kv heads x {args.head_size}, fp32, "
+        f"vLLM CPU layout, block {block_size}; chunk {args.chunk_size} tokens"
+    )
+    print(
+        f"{'conv':>4} {'turn':>4} {'prompt':>7} {'hit':>6} {'TTFT miss ms':>13} {'TTFT hit ms':>12} "
+        f"{'speed-up':>9} {'MiB loaded':>11} {'KV identical':>13}"
+    )
     for conv in range(args.conversations):
         history = [rng.randrange(32000) for _ in range(args.system_tokens)]
         for turn in range(args.turns):
@@ -113,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             prompt = list(history)
             free = rng.sample(range(num_blocks), num_blocks)
             slots_miss = _slots(len(prompt), block_size, free[: num_blocks // 2])
-            slots_hit = _slots(len(prompt), block_size, free[num_blocks // 2:])
+            slots_hit = _slots(len(prompt), block_size, free[num_blocks // 2 :])
 
             t0 = time.perf_counter()
             model.prefill(prompt, slots_miss, 0)
@@ -129,34 +146,54 @@ def run(args: argparse.Namespace) -> int:
             engine.store(prompt, model.kv, slots_hit)  # after the first token, as an engine would
 
             identical = _same_rows(expected, slots_miss, model.kv, slots_hit, model)
-            r = TurnResult(conv, turn, len(prompt), hit, ttft_miss * 1e3, ttft_hit * 1e3,
-                           engine.stats.retrieved_bytes - before, identical)
+            r = TurnResult(
+                conv,
+                turn,
+                len(prompt),
+                hit,
+                ttft_miss * 1e3,
+                ttft_hit * 1e3,
+                engine.stats.retrieved_bytes - before,
+                identical,
+            )
             results.append(r)
-            print(f"{conv:>4} {turn:>4} {r.prompt_tokens:>7} {r.hit_tokens:>6} {r.ttft_miss_ms:>13.1f} "
-                  f"{r.ttft_hit_ms:>12.1f} {r.ttft_miss_ms / r.ttft_hit_ms:>8.2f}x "
-                  f"{r.bytes_loaded / 2**20:>11.1f} {'yes' if identical else 'NO':>13}")
+            print(
+                f"{conv:>4} {turn:>4} {r.prompt_tokens:>7} {r.hit_tokens:>6} {r.ttft_miss_ms:>13.1f} "
+                f"{r.ttft_hit_ms:>12.1f} {r.ttft_miss_ms / r.ttft_hit_ms:>8.2f}x "
+                f"{r.bytes_loaded / 2**20:>11.1f} {'yes' if identical else 'NO':>13}"
+            )
     later = [r for r in results if r.turn > 0]
     miss = sum(r.ttft_miss_ms for r in later)
     hit_ms = sum(r.ttft_hit_ms for r in later)
     st = engine.stats
-    print(f"\nturns after the first: TTFT {miss:.0f} ms without lmcache-core, {hit_ms:.0f} ms with "
-          f"({miss / hit_ms:.2f}x); hit tokens {sum(r.hit_tokens for r in later)}")
-    print(f"stored {st.stored_chunks} chunks ({st.stored_bytes / 2**20:.1f} MiB), loaded "
-          f"{st.retrieved_chunks} chunks ({st.retrieved_bytes / 2**20:.1f} MiB); backend "
-          f"{engine.backend.name} (kernels: {engine.backend.kernel_name(engine.spec.groups[0])})")
+    print(
+        f"\nturns after the first: TTFT {miss:.0f} ms without lmcache-core, {hit_ms:.0f} ms with "
+        f"({miss / hit_ms:.2f}x); hit tokens {sum(r.hit_tokens for r in later)}"
+    )
+    print(
+        f"stored {st.stored_chunks} chunks ({st.stored_bytes / 2**20:.1f} MiB), loaded "
+        f"{st.retrieved_chunks} chunks ({st.retrieved_bytes / 2**20:.1f} MiB); backend "
+        f"{engine.backend.name} (kernels: {engine.backend.kernel_name(engine.spec.groups[0])})"
+    )
     ok = all(r.identical for r in results)
     print("every turn's KV identical to a full recompute:", "yes" if ok else "NO")
     return 0 if ok else 1
 
 
-def _same_rows(expected: list[torch.Tensor], slots_a: torch.Tensor, actual: list[torch.Tensor],
-               slots_b: torch.Tensor, model: SyntheticModel) -> bool:
+def _same_rows(
+    expected: list[torch.Tensor],
+    slots_a: torch.Tensor,
+    actual: list[torch.Tensor],
+    slots_b: torch.Tensor,
+    model: SyntheticModel,
+) -> bool:
     import torch
 
     def rows(kv: list[torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
         blk, off = slots // model.bs, slots % model.bs
-        return torch.stack([t.view(model.num_blocks, model.H, 2, model.bs, model.D)[blk, :, :, off]
-                            for t in kv])
+        return torch.stack(
+            [t.view(model.num_blocks, model.H, 2, model.bs, model.D)[blk, :, :, off] for t in kv]
+        )
 
     return torch.equal(rows(expected, slots_a).view(torch.int32), rows(actual, slots_b).view(torch.int32))
 
