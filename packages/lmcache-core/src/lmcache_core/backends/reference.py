@@ -40,6 +40,29 @@ def plane_view(layout: KVLayout, kv_caches: Sequence[torch.Tensor], plane: int) 
     )
 
 
+def slot_view(layout: KVLayout, kv_caches: Sequence[torch.Tensor], plane: int) -> torch.Tensor | None:
+    """Integer view ``[num_slots, num_kv_heads, head_size]`` of one plane, or None.
+
+    ``[num_slots, hidden]`` when a token's heads are adjacent. Possible when a block is ``block_size`` evenly spaced tokens (``block_stride ==
+    block_size * token_stride``, or one token per block), so slot numbers index the view directly.
+    """
+    if layout.block_size == 1:
+        step = layout.block_stride
+    elif layout.block_stride == layout.block_size * layout.token_stride:
+        step = layout.token_stride
+    else:
+        return None
+    base = as_bits(kv_caches[layout.plane_tensor[plane]])
+    offset = base.storage_offset() + layout.plane_offset[plane]
+    if layout.contiguous_run() == layout.hidden:  # whole rows: a 2-D view indexes fastest
+        return base.as_strided((layout.num_slots, layout.hidden), (step, 1), offset)
+    return base.as_strided(
+        (layout.num_slots, layout.num_kv_heads, layout.head_size),
+        (step, layout.head_stride, layout.channel_stride),
+        offset,
+    )
+
+
 class _Rows:
     """Which chunk tokens move and where their slots are, computed once per call.
 
@@ -57,6 +80,7 @@ class _Rows:
         else:
             self.token_index = torch.nonzero(valid).squeeze(1) + skip_prefix
             slots = slots[valid]
+        self.slots = slots
         self.count = int(slots.numel())
         self.skip_prefix = skip_prefix
         self.block = torch.div(slots, layout.block_size, rounding_mode="floor")
@@ -87,11 +111,18 @@ def lmcache_gather(
         return True
     out_bits = as_bits(out)
     token_index = None if rows.token_index is None else rows.token_index.to(out.device)
+    same_device = out.device == kv_caches[0].device
     for plane in range(layout.num_kv * layout.num_layers):
         kv, layer = divmod(plane, layout.num_layers)
+        dst = out_bits[kv, layer]
+        by_slot = slot_view(layout, kv_caches, plane)
+        if token_index is None and same_device and by_slot is not None:
+            # one copy, straight into the chunk
+            moved = dst[rows.skip_prefix :].view(rows.count, *by_slot.shape[1:])
+            torch.index_select(by_slot, 0, rows.slots, out=moved)
+            continue
         picked = plane_view(layout, kv_caches, plane)[rows.block, rows.offset]
         picked = picked.reshape(rows.count, layout.hidden)
-        dst = out_bits[kv, layer]
         if token_index is None:
             dst[rows.skip_prefix :].copy_(picked)
         else:
@@ -122,7 +153,12 @@ def lmcache_scatter(
             picked = chunk_rows[rows.skip_prefix :]
         else:
             picked = chunk_rows.index_select(0, token_index)
-        plane_view(layout, kv_caches, plane)[rows.block, rows.offset] = picked.reshape(shape).to(device)
+        picked = picked.to(device)
+        by_slot = slot_view(layout, kv_caches, plane)
+        if by_slot is not None:
+            by_slot.index_copy_(0, rows.slots, picked.view(rows.count, *by_slot.shape[1:]))
+        else:
+            plane_view(layout, kv_caches, plane)[rows.block, rows.offset] = picked.view(shape)
     return True
 
 
