@@ -47,10 +47,11 @@ def _default_device_type() -> str:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "current_backend":
+    if name == "current_backend":  # resolved once, on first use
         from lmcache_core.selection import get_backend
 
         backend: Backend = get_backend(_default_device_type())
+        globals()["current_backend"] = backend
         return backend
     if name in _LAZY:
         import importlib

@@ -39,10 +39,13 @@ class DiscoveredBackend:
 
 
 def _entry_points() -> list[Any]:
-    import importlib_metadata
+    # The standard library's importlib.metadata (3.10+), not the importlib_metadata backport:
+    # importing the backport installs a process-wide finder that hides other distributions'
+    # metadata from importlib.metadata users in the same process.
+    from importlib.metadata import entry_points
 
     seen: dict[str, Any] = {}
-    for ep in importlib_metadata.entry_points(group=BACKENDS_GROUP):
+    for ep in entry_points(group=BACKENDS_GROUP):
         if ep.name in seen:
             logger.warning(
                 "backend %r is registered twice (%s and %s); using the first",

@@ -62,7 +62,9 @@ def _explicit(name: str, found: list[DiscoveredBackend], device_type: str, sourc
         backend = load_backend(chosen)
     except Exception as e:
         raise RuntimeError(
-            f"{source}={name!r}: backend {name!r} failed to load: {type(e).__name__}: {e}"
+            f"{source}={name!r}: backend {name!r} failed to load: {type(e).__name__}: {e}. "
+            f"Reinstall a version of {chosen.distribution or chosen.target} that matches this "
+            f"lmcache-core, or unset {BACKEND_ENV}."
         ) from e
     return Selection(backend, tuple(found), f"chosen by {source}")
 

@@ -103,6 +103,18 @@ def check_slot_mapping(
         )
 
 
+def check_devices(
+    kv_caches: Sequence[torch.Tensor], slot_mapping: torch.Tensor, chunk_name: str, chunk: torch.Tensor
+) -> None:
+    """``slot_mapping`` and the chunk live on the host or on the KV's device; never on ``meta``."""
+    kv_device = kv_caches[0].device
+    if kv_device.type == "meta":
+        raise ValueError("kv_caches: expected tensors with storage, given tensors on device meta")
+    for name, t in (("slot_mapping", slot_mapping), (chunk_name, chunk)):
+        if t.device.type != "cpu" and t.device != kv_device:
+            raise ValueError(f"{name}: expected device cpu or {kv_device} (the KV's), given {t.device}")
+
+
 def check_transfer(
     layout: KVLayout,
     kv_caches: Sequence[torch.Tensor],
@@ -114,4 +126,7 @@ def check_transfer(
     """All checks for one gather (``chunk_name="out"``) or scatter (``"src"``)."""
     check_kv_caches(layout, kv_caches)
     num_tokens = check_chunk(chunk_name, layout, chunk)
+    if not hasattr(slot_mapping, "device"):
+        raise TypeError(f"slot_mapping: expected torch.Tensor, given {type(slot_mapping).__name__}")
+    check_devices(kv_caches, slot_mapping, chunk_name, chunk)
     check_slot_mapping(layout, slot_mapping, num_tokens, skip_prefix)

@@ -1,0 +1,468 @@
+"""Bad arguments to Backend.gather / Backend.scatter, and bad backend names.
+
+Every failure must be a ValueError or TypeError whose message names the argument, what was
+expected and what was given; and nothing may be written before the check fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from lmcache_core.backend import Backend, reference_backend
+from lmcache_core.layout import KVLayout
+from lmcache_core.layout_registry import allocate_example, detect_layout
+from lmcache_core.plugin_api import BACKEND_ENV
+from lmcache_core.selection import get_backend, select_backend
+
+L, NB, BS, H, D = 2, 5, 4, 3, 8  # 20 slots, hidden 24
+NUM_SLOTS = NB * BS
+
+
+def nhd(dtype: torch.dtype = torch.float16) -> tuple[list[torch.Tensor], KVLayout]:
+    tensors, hints = allocate_example(
+        "vllm_flash_nhd", num_layers=L, num_blocks=NB, block_size=BS, num_kv_heads=H, head_size=D, dtype=dtype
+    )
+    for i, t in enumerate(tensors):
+        t.copy_(torch.randn(t.shape, generator=torch.Generator().manual_seed(i)))
+    return tensors, detect_layout(tensors, hints)
+
+
+def chunk(num_tokens: int = 3, dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    return torch.full((2, L, num_tokens, H * D), 7.0, dtype=dtype)
+
+
+SLOTS = torch.tensor([0, 5, 19], dtype=torch.int64)
+
+Call = Callable[..., None]
+
+
+def gather(backend: Backend) -> Call:
+    return backend.gather
+
+
+def scatter(backend: Backend) -> Call:
+    return backend.scatter
+
+
+OPS = {"gather": ("out", gather), "scatter": ("src", scatter)}
+
+
+def raises(exc: type[Exception], call: Callable[[], object], *fragments: str) -> str:
+    """Run ``call``; it must raise ``exc`` whose message holds every fragment. Returns the message."""
+    with pytest.raises(exc) as e:
+        call()
+    msg = str(e.value)
+    for f in fragments:
+        assert f in msg, f"{f!r} not in {msg!r}"
+    return msg
+
+
+@pytest.fixture(params=list(OPS))
+def op(request: pytest.FixtureRequest) -> tuple[str, Call]:
+    name, make = OPS[request.param]
+    return name, make(reference_backend())
+
+
+def test_valid_call_works(op: tuple[str, Call]) -> None:
+    _, call = op
+    kv, layout = nhd()
+    call(layout, kv, SLOTS, chunk())  # the baseline the other tests perturb
+
+
+# ---- slot_mapping ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("bad_value", "index"), [(NUM_SLOTS, 2), (NUM_SLOTS + 100, 0), (2**40, 1)])
+def test_slot_out_of_range_names_value_and_index(op: tuple[str, Call], bad_value: int, index: int) -> None:
+    _, call = op
+    kv, layout = nhd()
+    slots = SLOTS.clone()
+    slots[index] = bad_value
+    raises(
+        ValueError,
+        lambda: call(layout, kv, slots, chunk()),
+        "slot_mapping",
+        f"expected slots in [-1, {NUM_SLOTS})",
+        f"num_blocks {NB} * block_size {BS}",
+        f"given {bad_value} at index {index}",
+    )
+
+
+def test_slot_below_minus_one(op: tuple[str, Call]) -> None:
+    _, call = op
+    kv, layout = nhd()
+    slots = torch.tensor([0, -2, 3], dtype=torch.int64)
+    raises(
+        ValueError,
+        lambda: call(layout, kv, slots, chunk()),
+        "slot_mapping",
+        "[-1, 20)",
+        "given -2 at index 1",
+    )
+
+
+def test_first_bad_slot_is_reported(op: tuple[str, Call]) -> None:
+    _, call = op
+    kv, layout = nhd()
+    slots = torch.tensor([1, 99, -5], dtype=torch.int64)
+    raises(ValueError, lambda: call(layout, kv, slots, chunk()), "given 99 at index 1")
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.float32, torch.uint8])
+def test_slot_dtype(op: tuple[str, Call], dtype: torch.dtype) -> None:
+    _, call = op
+    kv, layout = nhd()
+    name = str(dtype).removeprefix("torch.")
+    raises(
+        TypeError,
+        lambda: call(layout, kv, SLOTS.to(dtype), chunk()),
+        "slot_mapping",
+        "expected dtype int64",
+        f"given {name}",
+    )
+
+
+def test_slot_not_a_tensor(op: tuple[str, Call]) -> None:
+    _, call = op
+    kv, layout = nhd()
+    raises(
+        TypeError,
+        lambda: call(layout, kv, [0, 5, 19], chunk()),
+        "slot_mapping",
+        "expected torch.Tensor",
+        "given list",
+    )
+
+
+@pytest.mark.parametrize("shape", [(4,), (2,), (1, 3), ()])
+def test_slot_shape(op: tuple[str, Call], shape: tuple[int, ...]) -> None:
+    _, call = op
+    kv, layout = nhd()
+    slots = torch.zeros(shape, dtype=torch.int64)
+    raises(
+        ValueError,
+        lambda: call(layout, kv, slots, chunk(3)),
+        "slot_mapping",
+        "expected shape [3]",
+        f"given {shape}",
+    )
+
+
+def test_skipped_prefix_slots_are_not_checked(op: tuple[str, Call]) -> None:
+    """Only live slots are validated; a skipped token's slot may hold anything."""
+    _, call = op
+    kv, layout = nhd()
+    slots = torch.tensor([12345, -9, 4], dtype=torch.int64)
+    call(layout, kv, slots, chunk(), 2)
+
+
+# ---- skip_prefix -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("skip", [-1, 4, 100])
+def test_skip_prefix_range(op: tuple[str, Call], skip: int) -> None:
+    _, call = op
+    kv, layout = nhd()
+    raises(
+        ValueError,
+        lambda: call(layout, kv, SLOTS, chunk(3), skip),
+        "skip_prefix",
+        "expected 0 <= skip_prefix <= 3",
+        f"given {skip}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("skip", "type_name"),
+    [(1.0, "float"), (True, "bool"), ("1", "str"), (torch.tensor(1), "Tensor"), (None, "NoneType")],
+)
+def test_skip_prefix_type(op: tuple[str, Call], skip: object, type_name: str) -> None:
+    _, call = op
+    kv, layout = nhd()
+    raises(
+        TypeError,
+        lambda: call(layout, kv, SLOTS, chunk(3), skip),
+        "skip_prefix",
+        "expected int",
+        f"given {type_name}",
+    )
+
+
+# ---- the chunk (out / src) -------------------------------------------------------------------
+
+
+def test_chunk_dtype(op: tuple[str, Call]) -> None:
+    name, call = op
+    kv, layout = nhd()
+    raises(
+        TypeError,
+        lambda: call(layout, kv, SLOTS, chunk(dtype=torch.bfloat16)),
+        f"{name}:",
+        "expected dtype float16",
+        "given bfloat16",
+    )
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(2, L, 3, H * D + 1), (1, L, 3, H * D), (2, L + 1, 3, H * D), (2, L, 3 * H * D), (2, L, 3, H, D)],
+)
+def test_chunk_shape(op: tuple[str, Call], shape: tuple[int, ...]) -> None:
+    name, call = op
+    kv, layout = nhd()
+    bad = torch.zeros(shape, dtype=torch.float16)
+    raises(
+        ValueError,
+        lambda: call(layout, kv, SLOTS, bad),
+        f"{name}:",
+        f"expected shape [2, {L}, num_tokens, {H * D}]",
+        "[num_kv, num_layers, num_tokens, hidden]",
+        f"given {shape}",
+    )
+
+
+def test_chunk_not_contiguous(op: tuple[str, Call]) -> None:
+    name, call = op
+    kv, layout = nhd()
+    bad = torch.zeros(2, L, H * D, 3, dtype=torch.float16).transpose(2, 3)
+    raises(
+        ValueError,
+        lambda: call(layout, kv, SLOTS, bad),
+        f"{name}:",
+        "expected a contiguous tensor",
+        f"given strides {bad.stride()}",
+    )
+
+
+def test_chunk_not_a_tensor(op: tuple[str, Call]) -> None:
+    name, call = op
+    kv, layout = nhd()
+    raises(
+        TypeError,
+        lambda: call(layout, kv, SLOTS, chunk().numpy()),
+        f"{name}:",
+        "expected torch.Tensor",
+        "given ndarray",
+    )
+
+
+# ---- kv_caches -------------------------------------------------------------------------------
+
+
+def test_kv_dtype(op: tuple[str, Call]) -> None:
+    _, call = op
+    kv, layout = nhd()
+    bad = [kv[0], kv[1].to(torch.bfloat16)]
+    raises(
+        TypeError,
+        lambda: call(layout, bad, SLOTS, chunk()),
+        "kv_caches[1]",
+        "expected dtype float16",
+        "given bfloat16",
+    )
+
+
+def test_kv_shape(op: tuple[str, Call]) -> None:
+    _, call = op
+    kv, layout = nhd()
+    bad = [kv[0][:, :4], kv[1]]
+    raises(
+        ValueError,
+        lambda: call(layout, bad, SLOTS, chunk()),
+        "kv_caches[0]",
+        f"expected shape {(2, NB, BS, H, D)}",
+        f"given {(2, 4, BS, H, D)}",
+    )
+
+
+def test_kv_strides(op: tuple[str, Call]) -> None:
+    """Same shape, other memory order (HND memory behind the NHD shape) is not the detected layout."""
+    _, call = op
+    kv, layout = nhd()
+    permuted = torch.empty(2, NB, H, BS, D, dtype=torch.float16).permute(0, 1, 3, 2, 4)
+    raises(
+        ValueError,
+        lambda: call(layout, [kv[0], permuted], SLOTS, chunk()),
+        "kv_caches[1]",
+        f"expected strides {kv[0].stride()}",
+        f"given {permuted.stride()}",
+    )
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_kv_layer_count(op: tuple[str, Call], count: int) -> None:
+    _, call = op
+    kv, layout = nhd()
+    bad = [kv[0]] * count
+    raises(
+        ValueError,
+        lambda: call(layout, bad, SLOTS, chunk()),
+        "kv_caches",
+        "expected 2 tensors",
+        "vllm_flash_nhd",
+        f"({L} layers)",
+        f"given {count}",
+    )
+
+
+def test_trtllm_layer_count(op: tuple[str, Call]) -> None:
+    _, call = op
+    tensors, hints = allocate_example(
+        "trtllm", num_layers=3, num_blocks=2, block_size=2, num_kv_heads=1, head_size=4, dtype=torch.float32
+    )
+    layout = detect_layout(tensors, hints)
+    src = torch.zeros(2, 3, 1, 4)
+    slots = torch.tensor([1])
+    raises(
+        ValueError,
+        lambda: call(layout, tensors * 2, slots, src),
+        "expected 1 tensors",
+        "(3 layers)",
+        "given 2",
+    )
+
+
+def test_kv_mixed_devices(op: tuple[str, Call]) -> None:
+    _, call = op
+    kv, layout = nhd()
+    on_meta = torch.empty_strided(kv[1].shape, kv[1].stride(), dtype=kv[1].dtype, device="meta")
+    raises(
+        ValueError,
+        lambda: call(layout, [kv[0], on_meta], SLOTS, chunk()),
+        "kv_caches[1]",
+        "expected device cpu",
+        "given meta",
+    )
+
+
+def test_kv_entry_not_a_tensor(op: tuple[str, Call]) -> None:
+    _, call = op
+    kv, layout = nhd()
+    raises(
+        TypeError,
+        lambda: call(layout, [kv[0], kv[1].numpy()], SLOTS, chunk()),
+        "kv_caches[1]",
+        "expected torch.Tensor",
+        "given ndarray",
+    )
+
+
+@pytest.mark.parametrize("container", ["tensor", "generator", "dict"])
+def test_kv_not_a_list(op: tuple[str, Call], container: str) -> None:
+    _, call = op
+    kv, layout = nhd()
+    bad: object = {
+        "tensor": lambda: torch.stack(kv),
+        "generator": lambda: (t for t in kv),
+        "dict": lambda: dict(enumerate(kv)),
+    }[container]()
+    raises(
+        TypeError,
+        lambda: call(layout, bad, SLOTS, chunk()),
+        "kv_caches",
+        "expected a list or tuple of tensors",
+        f"given {type(bad).__name__}",
+    )
+
+
+def test_kv_tuple_accepted(op: tuple[str, Call]) -> None:
+    _, call = op
+    kv, layout = nhd()
+    call(layout, tuple(kv), SLOTS, chunk())
+
+
+# ---- nothing written before a check fails ----------------------------------------------------
+
+
+def test_bad_slot_leaves_kv_unchanged() -> None:
+    kv, layout = nhd()
+    before = [t.clone() for t in kv]
+    slots = torch.tensor([0, 1, 2, 3, NUM_SLOTS], dtype=torch.int64)  # only the last is bad
+    with pytest.raises(ValueError, match="at index 4"):
+        reference_backend().scatter(layout, kv, slots, chunk(5))
+    for t, b in zip(kv, before, strict=True):
+        assert torch.equal(t.view(torch.int16), b.view(torch.int16))
+
+
+def test_bad_slot_leaves_out_unchanged() -> None:
+    kv, layout = nhd()
+    out = chunk(5)
+    slots = torch.tensor([0, 1, 2, 3, -3], dtype=torch.int64)
+    with pytest.raises(ValueError, match="given -3 at index 4"):
+        reference_backend().gather(layout, kv, slots, out)
+    assert bool((out == 7.0).all())
+
+
+def test_bad_kv_leaves_out_unchanged() -> None:
+    kv, layout = nhd()
+    out = chunk()
+    with pytest.raises(TypeError):
+        reference_backend().gather(layout, [kv[0], kv[1].to(torch.float32)], SLOTS, out)
+    assert bool((out == 7.0).all())
+
+
+# ---- alloc_host ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nbytes", [-1, 1.5, True, "8", None])
+def test_alloc_host_size(nbytes: Any) -> None:
+    raises(
+        ValueError,
+        lambda: reference_backend().alloc_host(nbytes),
+        "nbytes",
+        "expected a non-negative int",
+        f"given {nbytes!r}",
+    )
+
+
+# ---- backend names ---------------------------------------------------------------------------
+
+
+def test_unknown_backend_name_lists_valid_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    msg = raises(
+        ValueError,
+        lambda: select_backend("cpu", name="nope"),
+        "name: expected one of",
+        "'reference'",
+        "given 'nope'",
+    )
+    assert "[" in msg and "]" in msg
+    raises(ValueError, lambda: get_backend("cpu", name="nope"), "given 'nope'")
+
+
+def test_unknown_backend_env_lists_valid_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BACKEND_ENV, "nope")
+    raises(
+        ValueError,
+        lambda: select_backend("cpu"),
+        f"{BACKEND_ENV}: expected one of",
+        "'reference'",
+        "given 'nope'",
+    )
+
+
+def test_backend_env_names_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BACKEND_ENV, "reference")
+    selection = select_backend("cpu")
+    assert selection.backend is reference_backend()
+    assert BACKEND_ENV in selection.why
+
+
+def test_slot_mapping_and_chunk_device(op: tuple[str, Call]) -> None:
+    name, call = op
+    kv, layout = nhd()
+    raises(
+        ValueError,
+        lambda: call(layout, kv, SLOTS.to("meta"), chunk()),
+        "slot_mapping",
+        "expected device cpu",
+        "given meta",
+    )
+    raises(ValueError, lambda: call(layout, kv, SLOTS, chunk().to("meta")), name, "given meta")
+    on_meta = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta") for t in kv]
+    raises(ValueError, lambda: call(layout, on_meta, SLOTS, chunk()), "kv_caches", "meta")
