@@ -15,7 +15,8 @@ $(VENV)/.installed: constraints/dev.txt requirements-dev.txt packages/lmcache-co
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q $(CONSTRAINTS) torch==2.13.0
 	$(PIP) install -q $(CONSTRAINTS) -r requirements-dev.txt
-	$(PIP) install -q $(CONSTRAINTS) -e packages/lmcache-core
+	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	$(PIP) install -q $(CONSTRAINTS) -e "packages/lmcache-core[test]"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -2,13 +2,15 @@
 
 Data path, per chunk of ``chunk_size`` tokens::
 
-    store:    engine pages --gather--> host chunk (L1)        [num_kv, num_layers, chunk, hidden]
-    lookup:   prefix hashes --> longest run of chunks present  (tokens)
-    retrieve: host chunk (L1) --scatter--> engine pages
+    store:    engine pages --gather--> host chunk (L1) --write-behind--> L2 tiers
+    lookup:   prefix hashes --> longest run of chunks in L1, then in L2 (tokens); L2 hits
+              start prefetching into L1
+    retrieve: host chunk (L1, or waited for / loaded from L2) --scatter--> engine pages
 
-A stored chunk holds every layer group's rows: group 0's chunk, then group 1's, ... in one host
-buffer. Tiers beyond L1 attach at the two places marked ``# lower tiers``: a miss in L1 is where
-a lower tier would be asked, and a chunk leaving L1 is where it would be written behind.
+Host chunks are ``[num_kv, num_layers, chunk, hidden]`` per layer group; a stored chunk holds
+every group's rows: group 0's chunk, then group 1's, ... in one host buffer. L2 tiers
+(``config.l2_urls``, :mod:`lmcache_core.storage`) are optional: store returns once a chunk is in
+L1, and an L2 that fails or goes away costs hits, never correctness.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ from lmcache_core.config import CacheEngineConfig
 from lmcache_core.keys import CacheKey, KeyScope, salt_tag
 from lmcache_core.layout import ChunkFormat, KVCacheSpec, KVLayout
 from lmcache_core.layout_registry import LayoutHints, detect_layout
-from lmcache_core.memory.l1_pool import L1Pool, L1Stats
+from lmcache_core.memory.l1_pool import L1Entry, L1Pool, L1Stats
 from lmcache_core.tokens import TokenChunker, as_token_array
 
 if TYPE_CHECKING:
     import torch
 
     from lmcache_core.backend import Backend
+    from lmcache_core.storage.adapter import L2Adapter
+    from lmcache_core.storage.metrics import TierSnapshot
+    from lmcache_core.storage.object_format import ObjectMeta
+    from lmcache_core.storage.tiers import ChunkRef, L2Tiers
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +58,9 @@ class EngineStats:
     retrieved_tokens: int = 0
     retrieved_bytes: int = 0
     retrieve_misses: int = 0
+    lookup_l2_hit_tokens: int = 0
+    retrieved_l2_chunks: int = 0
+    l2_write_dropped: int = 0
 
 
 def _as_groups(kv_caches: Any) -> list[list[torch.Tensor]]:
@@ -96,6 +105,13 @@ class CacheEngine:
         self._stream = 0
         self._lock = threading.Lock()
         self.stats = EngineStats()
+        self._formats: tuple[ChunkFormat, ...] | None = tuple(chunk_formats) if chunk_formats else None
+        self._adapters: list[L2Adapter] = []
+        self._tiers: L2Tiers | None = None
+        if self.config.l2_urls:
+            from lmcache_core.storage.registry import open_adapters
+
+            self._adapters = open_adapters(self.config.l2_urls)
 
     # ---- set-up --------------------------------------------------------------------------------
 
@@ -140,11 +156,24 @@ class CacheEngine:
             raise ValueError(f"kv_caches: expected chunk format {self._spec_tag}, given {spec.tag}")
         self._spec = spec
         self._spec_tag = spec.tag
+        self._formats = tuple(g.chunk_format for g in spec.groups)
         self._registered = self._fingerprint(groups)
         if self._l1 is None:
             backend = self._backend
             pinned = self.config.pinned
             self._l1 = L1Pool(self.config.l1_bytes, lambda n: backend.alloc_host(n, pinned))
+            if self._adapters:
+                from lmcache_core.storage.tiers import L2Tiers
+
+                c = self.config
+                self._tiers = L2Tiers(
+                    self._adapters,
+                    self._l1,
+                    queue_bytes=c.l2_queue_bytes or max(1, c.l1_bytes // 4),
+                    queue_items=c.l2_queue_items,
+                    batch=c.l2_batch,
+                    workers=c.l2_workers,
+                )
         for g in spec.groups:
             logger.info("layout %s", g.describe())
         return spec
@@ -204,6 +233,50 @@ class CacheEngine:
             offset += n
         return views
 
+    def _meta(self, num_tokens: int) -> ObjectMeta:
+        """What the L2 header of a ``num_tokens`` chunk says: one group's ``[num_kv, num_layers,
+        num_tokens, hidden]`` in its dtype, or the bytes of several groups back to back."""
+        from lmcache_core.storage.object_format import ObjectMeta
+
+        formats = self._formats or ()
+        tag = self._spec_tag or ""
+        if len(formats) == 1:
+            f = formats[0]
+            return ObjectMeta(tag, f.dtype, f.shape(num_tokens), num_tokens)
+        return ObjectMeta(tag, "uint8", (sum(f.nbytes(num_tokens) for f in formats),), num_tokens)
+
+    def _ref(self, key: CacheKey, num_tokens: int) -> ChunkRef:
+        from lmcache_core.storage.tiers import ChunkRef
+
+        nbytes = sum(f.nbytes(num_tokens) for f in self._formats or ())
+        return ChunkRef(key, str(key), nbytes, self._meta(num_tokens))
+
+    def _l2_run(self, chunks: list[tuple[int, int, CacheKey]], prefetch: bool) -> int:
+        """How many of ``chunks`` (the first is not in L1) are, in order, in L1 or an L2 tier;
+        starts prefetching the L2 ones into L1 when ``prefetch``."""
+        from lmcache_core.storage.tiers import locate
+
+        l1 = self._l1
+        in_l1 = [l1 is not None and key in l1 for _, _, key in chunks]
+        need = [i for i, hit in enumerate(in_l1) if not hit]
+        where = dict(zip(need, locate(self._adapters, [str(chunks[i][2]) for i in need]), strict=True))
+        run = 0
+        refs, tiers = [], []
+        for i, (start, end, key) in enumerate(chunks):
+            if in_l1[i]:
+                run += 1
+                continue
+            tier = where[i]
+            if tier is None:
+                break
+            run += 1
+            if prefetch and self._formats:
+                refs.append(self._ref(key, end - start))
+                tiers.append(tier)
+        if refs and self._tiers is not None:
+            self._tiers.prefetch(refs, tiers)
+        return run
+
     # ---- the three operations ----------------------------------------------------------------
 
     def store(
@@ -241,11 +314,14 @@ class CacheEngine:
             except BaseException:
                 self._l1.release(buffer)
                 raise
-            self._l1.commit(key, buffer, end - start)  # lower tiers: write-behind starts here
+            tiers = self._tiers
+            entry = self._l1.commit(key, buffer, end - start, pins=tiers.pins_per_store if tiers else 0)
+            dropped = tiers.write_behind(self._ref(key, end - start), entry) if tiers else 0
             stored += end - start
             with self._lock:
                 self.stats.stored_chunks += 1
                 self.stats.stored_bytes += nbytes
+                self.stats.l2_write_dropped += dropped
         with self._lock:
             self.stats.stored_tokens += stored
         return stored
@@ -258,14 +334,22 @@ class CacheEngine:
             num_tokens = len(as_token_array(tokens))
         else:
             num_tokens, chunks = self._keys(tokens, cache_salt)
-        for _start, end, key in chunks:
-            if self._l1 is None or key not in self._l1:  # lower tiers: ask them here
+        first_miss = len(chunks)
+        for i, (_start, end, key) in enumerate(chunks):
+            if self._l1 is None or key not in self._l1:
+                first_miss = i
                 break
             hit = end
+        l1_hit = hit
+        if first_miss < len(chunks) and self._adapters:
+            run = self._l2_run(chunks[first_miss:], prefetch=self.config.l2_prefetch)
+            if run:
+                hit = chunks[first_miss + run - 1][1]
         with self._lock:
             self.stats.lookups += 1
             self.stats.lookup_tokens += num_tokens
             self.stats.lookup_hit_tokens += hit
+            self.stats.lookup_l2_hit_tokens += hit - l1_hit
         return hit
 
     def retrieve(
@@ -294,13 +378,22 @@ class CacheEngine:
         groups, slots = self._prepare(kv_caches, slot_mapping, len(as_token_array(tokens)))
         _, chunks = self._keys(tokens, cache_salt)
         assert self._l1 is not None
+        chunks = [c for c in chunks if c[1] > skip_leading_tokens]
+        if self._tiers is not None:
+            tiers = self._tiers
+            missing = next(
+                (i for i, c in enumerate(chunks) if c[2] not in self._l1 and not tiers.pending(c[2])), None
+            )
+            if missing is not None:  # load what L1 lacks while the chunks before it are scattered
+                self._l2_run(chunks[missing:], prefetch=True)
         loaded = 0
         for start, end, key in chunks:
-            if end <= skip_leading_tokens:
-                continue
             entry = self._l1.pin(key)
-            if entry is None:  # lower tiers: load from them here
-                self.stats.retrieve_misses += 1
+            if entry is None and self._tiers is not None:
+                entry = self._fetch(key, end - start)
+            if entry is None:
+                with self._lock:
+                    self.stats.retrieve_misses += 1
                 break
             try:
                 skip = max(0, skip_leading_tokens - start)
@@ -318,6 +411,46 @@ class CacheEngine:
         with self._lock:
             self.stats.retrieved_tokens += loaded
         return loaded
+
+    def _fetch(self, key: CacheKey, num_tokens: int) -> L1Entry | None:
+        assert self._tiers is not None
+        entry = self._tiers.fetch(self._ref(key, num_tokens))
+        if entry is not None:
+            with self._lock:
+                self.stats.retrieved_l2_chunks += 1
+        return entry
+
+    # ---- L2 tiers ------------------------------------------------------------------------------
+
+    def l2_stats(self) -> list[TierSnapshot]:
+        """Counters, gauges and latency histograms of each L2 tier (empty without L2)."""
+        return [a.metrics.snapshot() for a in self._adapters]
+
+    def register_prometheus(self, registry: Any = None) -> Any:
+        """Export :meth:`l2_stats` through prometheus-client (needs ``lmcache-core[metrics]``)."""
+        from lmcache_core.storage.metrics import register_prometheus
+
+        return register_prometheus(self.l2_stats, registry)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every chunk queued for L2 is written (or failed); False on time-out."""
+        return self._tiers.flush(timeout) if self._tiers is not None else True
+
+    def close(self) -> None:
+        """Write what is queued for L2 (up to ``config.l2_flush_seconds``) and close the tiers."""
+        if self._tiers is not None:
+            self._tiers.close(self.config.l2_flush_seconds)
+            self._tiers = None
+        else:
+            for a in self._adapters:
+                a.close()
+        self._adapters = []
+
+    def __enter__(self) -> CacheEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def l1_stats(self) -> L1Stats:
         """Counters of the L1 pool (zeroes before the first registration)."""

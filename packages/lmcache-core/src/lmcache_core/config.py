@@ -37,6 +37,13 @@ class CacheEngineConfig:
     ``cache_salt``: default tenant salt (per-call salts override it).
     ``save_partial_chunks``: also store a prompt's trailing partial chunk.
     ``pinned``: ask the backend for page-locked host buffers.
+
+    L2 tiers (:mod:`lmcache_core.storage`): ``l2_urls`` lists them nearest first
+    (``LMCACHE_L2_URLS``, comma or space separated), e.g. ``("fs:///mnt/kv?budget=500G",)``.
+    ``l2_queue_bytes``: bound of each tier's write-behind queue in bytes (0: a quarter of
+    ``l1_bytes``); ``l2_queue_items``: bound in chunks; ``l2_batch``: chunks per adapter call;
+    ``l2_workers``: write-behind threads per tier; ``l2_prefetch``: start L2 -> L1 loads on
+    lookup; ``l2_flush_seconds``: how long closing the engine waits for queued writes.
     """
 
     model_id: str = "model"
@@ -48,9 +55,36 @@ class CacheEngineConfig:
     save_partial_chunks: bool = True
     pinned: bool = True
     backend: str | None = None
+    l2_urls: tuple[str, ...] = ()
+    l2_queue_bytes: int = 0
+    l2_queue_items: int = 1024
+    l2_batch: int = 8
+    l2_workers: int = 2
+    l2_prefetch: bool = True
+    l2_flush_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("chunk_size", "l1_bytes", "world_size"):
+        from lmcache_core.storage.url import split_urls
+
+        object.__setattr__(self, "l2_urls", split_urls(self.l2_urls))
+        for url in self.l2_urls:
+            if "://" not in url:
+                raise ValueError(
+                    f"l2_urls: expected URLs like fs:///path or redis://host:port/0, given {url!r}"
+                )
+        if (
+            isinstance(self.l2_queue_bytes, bool)
+            or not isinstance(self.l2_queue_bytes, int)
+            or self.l2_queue_bytes < 0
+        ):
+            raise ValueError(
+                f"l2_queue_bytes: expected a non-negative int (0: auto), given {self.l2_queue_bytes!r}"
+            )
+        if not isinstance(self.l2_flush_seconds, (int, float)) or self.l2_flush_seconds < 0:
+            raise ValueError(
+                f"l2_flush_seconds: expected a non-negative number, given {self.l2_flush_seconds!r}"
+            )
+        for name in ("chunk_size", "l1_bytes", "world_size", "l2_queue_items", "l2_batch", "l2_workers"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name}: expected a positive int, given {v!r}")
@@ -73,12 +107,19 @@ class CacheEngineConfig:
             var = f"LMCACHE_{f.name.upper()}"
             if f.name == "l1_bytes":
                 values[f.name] = parse_bytes(var, raw)
-            elif f.name in ("chunk_size", "world_size", "rank"):
+            elif f.name == "l2_queue_bytes":
+                values[f.name] = 0 if raw.strip() == "0" else parse_bytes(var, raw)
+            elif f.name in ("chunk_size", "world_size", "rank", "l2_queue_items", "l2_batch", "l2_workers"):
                 try:
                     values[f.name] = int(raw)
                 except ValueError:
                     raise ValueError(f"{var}: expected an integer, given {raw!r}") from None
-            elif f.name in ("save_partial_chunks", "pinned"):
+            elif f.name == "l2_flush_seconds":
+                try:
+                    values[f.name] = float(raw)
+                except ValueError:
+                    raise ValueError(f"{var}: expected a number of seconds, given {raw!r}") from None
+            elif f.name in ("save_partial_chunks", "pinned", "l2_prefetch"):
                 if raw.lower() not in ("0", "1", "true", "false", "yes", "no"):
                     raise ValueError(f"{var}: expected one of 0/1/true/false/yes/no, given {raw!r}")
                 values[f.name] = raw.lower() in ("1", "true", "yes")

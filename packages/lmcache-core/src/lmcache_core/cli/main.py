@@ -21,6 +21,7 @@ from lmcache_core.cli.errors import CLIError
 COMMANDS: dict[str, str] = {
     "info": "lmcache_core.cli.info",
     "bench kernels": "lmcache_core.cli.bench_kernels",
+    "bench l2": "lmcache_core.cli.bench_l2",
     "demo": "lmcache_core.cli.demo",
 }
 

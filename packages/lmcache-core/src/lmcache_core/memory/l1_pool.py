@@ -135,13 +135,27 @@ class L1Pool:
                 s.used_bytes -= nbytes
             raise
 
-    def commit(self, key: Hashable, buffer: torch.Tensor, num_tokens: int) -> None:
-        """Store the filled ``buffer`` under ``key`` (most recently used)."""
+    def commit(self, key: Hashable, buffer: torch.Tensor, num_tokens: int, pins: int = 0) -> L1Entry:
+        """Store the filled ``buffer`` under ``key`` (most recently used) and return its entry.
+
+        ``pins`` pins it at once (each pin paired with :meth:`unpin`): a chunk handed to a
+        lower tier's writer, or to a waiting reader, cannot be evicted before they are done.
+        """
+        if isinstance(pins, bool) or not isinstance(pins, int) or pins < 0:
+            raise ValueError(f"pins: expected a non-negative int, given {pins!r}")
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:  # a racing writer stored it first; keep one copy
+            old = self._entries.get(key)
+            if old is not None and old.pins == 0:  # a racing writer stored it first; keep one copy
+                del self._entries[key]
                 self._free.setdefault(old.nbytes, []).append(old.buffer)
-            self._entries[key] = L1Entry(key, buffer, num_tokens)
+            elif old is not None:  # the other copy is in use: keep it, recycle ours
+                old.pins += pins
+                self._entries.move_to_end(key)
+                self._free.setdefault(int(buffer.numel()), []).append(buffer)
+                return old
+            entry = L1Entry(key, buffer, num_tokens, pins)
+            self._entries[key] = entry
+            return entry
 
     def release(self, buffer: torch.Tensor) -> None:
         """Give back a reserved buffer that was not committed."""

@@ -1,0 +1,224 @@
+"""The byte format of a chunk in every L2 tier: a small self-describing header, then the payload.
+
+::
+
+    offset  size  field
+    0       4     magic b"LMKV"
+    4       2     version (1)
+    6       2     header_len: bytes before the payload (header + zero padding)
+    8       8     payload_len (bytes)
+    16      8     payload checksum (algorithm below; crc32 uses the low 32 bits)
+    24      1     checksum algorithm: 1 = xxh3_64, 2 = crc32
+    25      1     ndim of the chunk's shape
+    26      2     key length (bytes, utf-8)
+    28      2     format tag length
+    30      1     dtype length
+    31      1     reserved (0)
+    32      4     num_tokens covered by the chunk
+    36      4     crc32 of the used header bytes, computed with this field zeroed
+    40      8*n   shape (uint64 each)
+    ...           key, format tag, dtype (utf-8), then zero padding up to header_len
+    header_len    payload_len bytes of payload
+
+All integers are little-endian. The key is stored in full, so a reader can check it got the
+object it asked for (object names are digests of keys). A header whose magic, version, header
+checksum, key, format or sizes do not match, or a payload whose checksum does not match, is a
+*corrupt* object: callers treat it as a miss and never hand its bytes on.
+
+Checksum choice (measured on this project's machine, 32 MiB, median of 7): xxh3_64 15.3 GiB/s,
+xxh64 5.0, zlib.crc32 1.05, hashlib.blake2b 0.49, sha256 0.62. xxh3_64 costs about 2 ms per
+32 MiB chunk and releases the GIL; crc32 (30 ms) does not scale across threads here. xxh3 comes
+from the optional ``xxhash`` package; without it writers fall back to crc32, and a reader
+without ``xxhash`` reports xxh3 objects as unverifiable misses (never as hits).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+MAGIC = b"LMKV"
+VERSION = 1
+XXH3_64 = 1
+CRC32 = 2
+ALGORITHMS = {"xxh3": XXH3_64, "crc32": CRC32}
+
+_FIXED = struct.Struct("<4sHHQQBBHHBBII")
+FIXED_SIZE = _FIXED.size  # 40
+_CRC_OFFSET = 36
+#: Largest header we write or accept (keeps a reader's first read bounded).
+MAX_HEADER = 4096
+#: Headers are padded to a multiple of this, so payloads start 64-byte aligned in files.
+HEADER_ALIGN = 64
+
+_xxhash: Any
+try:  # optional: the fast checksum
+    import xxhash as _xxhash
+except ImportError:  # pragma: no cover - depends on the environment
+    _xxhash = None
+
+
+class CorruptObject(ValueError):
+    """An object whose header or payload does not check out; ``reason`` is a short tag."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def has_xxhash() -> bool:
+    return _xxhash is not None
+
+
+def default_algorithm() -> int:
+    """xxh3_64 when ``xxhash`` is installed, else crc32."""
+    return XXH3_64 if _xxhash is not None else CRC32
+
+
+def parse_algorithm(name: str) -> int:
+    """``"xxh3"`` / ``"crc32"`` -> algorithm id; ValueError listing the valid names otherwise."""
+    algo = ALGORITHMS.get(name)
+    if algo is None:
+        raise ValueError(f"checksum: expected one of {sorted(ALGORITHMS)}, given {name!r}")
+    if algo == XXH3_64 and _xxhash is None:
+        raise ValueError("checksum: xxh3 needs the 'xxhash' package (pip install xxhash), not installed")
+    return algo
+
+
+def checksum(algo: int, payload: Any) -> int:
+    """Checksum of ``payload`` (any C-contiguous buffer) with algorithm ``algo``."""
+    if algo == XXH3_64:
+        if _xxhash is None:
+            raise CorruptObject("unverifiable", "object uses xxh3_64 and the 'xxhash' package is missing")
+        return int(_xxhash.xxh3_64_intdigest(payload))
+    if algo == CRC32:
+        return zlib.crc32(payload)
+    raise CorruptObject("bad_header", f"unknown checksum algorithm {algo}")
+
+
+@dataclass(frozen=True)
+class ObjectMeta:
+    """What a chunk is: format tag (e.g. a ``KVCacheSpec.tag``), dtype, shape and tokens covered."""
+
+    fmt: str
+    dtype: str
+    shape: tuple[int, ...]
+    num_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ObjectHeader:
+    """A decoded header. ``header_len`` is where the payload starts."""
+
+    key: str
+    meta: ObjectMeta
+    payload_len: int
+    checksum: int
+    algorithm: int
+    header_len: int
+
+    @property
+    def total_len(self) -> int:
+        return self.header_len + self.payload_len
+
+
+def encode_header(
+    key: str, meta: ObjectMeta, payload: Any, payload_len: int, algo: int, align: int = HEADER_ALIGN
+) -> bytes:
+    """Header bytes for ``payload`` (a buffer of ``payload_len`` bytes), padded to ``align``."""
+    kb, fb, db = key.encode(), meta.fmt.encode(), meta.dtype.encode()
+    if len(kb) > 2048 or len(fb) > 1024 or len(db) > 64 or len(meta.shape) > 16:
+        raise ValueError(
+            f"key/meta: expected key <= 2048 bytes, format <= 1024, dtype <= 64, ndim <= 16, given "
+            f"{len(kb)}, {len(fb)}, {len(db)}, {len(meta.shape)}"
+        )
+    used = FIXED_SIZE + 8 * len(meta.shape) + len(kb) + len(fb) + len(db)
+    header_len = -(-used // align) * align
+    if header_len > MAX_HEADER and align <= MAX_HEADER:
+        raise ValueError(f"header: {header_len} bytes exceeds {MAX_HEADER}")
+    out = bytearray(header_len)
+    _FIXED.pack_into(
+        out, 0, MAGIC, VERSION, header_len, payload_len, checksum(algo, payload), algo, len(meta.shape),
+        len(kb), len(fb), len(db), 0, meta.num_tokens, 0,
+    )  # fmt: skip
+    pos = FIXED_SIZE
+    struct.pack_into(f"<{len(meta.shape)}Q", out, pos, *meta.shape)
+    pos += 8 * len(meta.shape)
+    for part in (kb, fb, db):
+        out[pos : pos + len(part)] = part
+        pos += len(part)
+    struct.pack_into("<I", out, _CRC_OFFSET, zlib.crc32(memoryview(out)[:used]))
+    return bytes(out)
+
+
+def header_size_needed(prefix: Any) -> int:
+    """Bytes of header that follow from the first ``FIXED_SIZE`` bytes (``prefix``)."""
+    if len(prefix) < FIXED_SIZE:
+        raise CorruptObject("truncated", f"{len(prefix)} bytes, header needs {FIXED_SIZE}")
+    magic, version, header_len = struct.unpack_from("<4sHH", prefix, 0)
+    if magic != MAGIC:
+        raise CorruptObject("bad_magic", repr(bytes(magic)))
+    if version != VERSION:
+        raise CorruptObject("bad_version", f"{version}, this reader knows {VERSION}")
+    return int(header_len)
+
+
+def decode_header(data: Any, expect_key: str | None = None) -> ObjectHeader:
+    """Decode and check the header at the start of ``data`` (at least ``header_len`` bytes).
+
+    Raises :class:`CorruptObject` on any mismatch, including a stored key that is not ``expect_key``.
+    """
+    header_len = header_size_needed(data)
+    if len(data) < FIXED_SIZE or header_len < FIXED_SIZE:
+        raise CorruptObject("bad_header", f"header_len {header_len}")
+    (_, _, _, payload_len, csum, algo, ndim, klen, flen, dlen, _, num_tokens, hcrc) = _FIXED.unpack_from(
+        data, 0
+    )
+    used = FIXED_SIZE + 8 * ndim + klen + flen + dlen
+    if used > header_len or len(data) < used:
+        raise CorruptObject("bad_header", f"fields need {used} bytes, header has {header_len}")
+    raw = bytearray(memoryview(data)[:used])
+    raw[_CRC_OFFSET : _CRC_OFFSET + 4] = b"\0\0\0\0"
+    if zlib.crc32(raw) != hcrc:
+        raise CorruptObject("bad_header", "header checksum mismatch")
+    pos = FIXED_SIZE
+    shape = struct.unpack_from(f"<{ndim}Q", raw, pos)
+    pos += 8 * ndim
+    key = bytes(raw[pos : pos + klen]).decode()
+    pos += klen
+    fmt = bytes(raw[pos : pos + flen]).decode()
+    pos += flen
+    dtype = bytes(raw[pos : pos + dlen]).decode()
+    if expect_key is not None and key != expect_key:
+        raise CorruptObject("wrong_key", f"stored key {key!r}, asked for {expect_key!r}")
+    meta = ObjectMeta(fmt, dtype, tuple(int(s) for s in shape), int(num_tokens))
+    return ObjectHeader(key, meta, int(payload_len), int(csum), int(algo), header_len)
+
+
+def verify_payload(header: ObjectHeader, payload: Any) -> None:
+    """Raise :class:`CorruptObject` unless ``payload`` has the header's length and checksum."""
+    n = memoryview(payload).nbytes
+    if n != header.payload_len:
+        raise CorruptObject("truncated", f"payload {n} bytes, header says {header.payload_len}")
+    if checksum(header.algorithm, payload) != header.checksum:
+        raise CorruptObject("bad_checksum", header.key)
+
+
+def encode_object(key: str, meta: ObjectMeta, payload: Any, algo: int | None = None) -> bytes:
+    """Header + payload as one ``bytes`` (for tiers that store a single value)."""
+    view = memoryview(payload).cast("B")
+    header = encode_header(key, meta, view, view.nbytes, default_algorithm() if algo is None else algo)
+    return b"".join((header, view))
+
+
+def split_object(data: Any, expect_key: str | None = None) -> tuple[ObjectHeader, memoryview]:
+    """``(header, payload view)`` of a whole object, both checked; CorruptObject otherwise."""
+    view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
+    header = decode_header(view, expect_key)
+    if view.nbytes != header.total_len:
+        raise CorruptObject("truncated", f"object {view.nbytes} bytes, header says {header.total_len}")
+    payload = view[header.header_len :]
+    verify_payload(header, payload)
+    return header, payload

@@ -1,0 +1,354 @@
+"""L2 tiers behind the L1 pool: write-behind, lookup across tiers, prefetch into L1.
+
+Write-behind: ``CacheEngine.store`` commits a chunk to L1 pinned once per tier and hands it to
+:meth:`L2Tiers.write_behind`, which returns at once. Each tier has a bounded queue (items and
+bytes) drained by ``workers`` threads in batches of up to ``batch`` chunks; a chunk is unpinned
+when its tier has finished with it, so L1 never evicts a chunk still waiting for L2. When a
+queue is full the chunk is not queued for that tier (counted as ``write_dropped``, never
+blocking the store) and its pin is released at once; it then lives in L1 only.
+
+Lookup and prefetch: :meth:`L2Tiers.locate` asks the tiers in order which keys they hold (one
+batched lookup per tier); :meth:`L2Tiers.prefetch` starts L2 -> L1 loads of found chunks into
+buffers reserved from L1, committed when verified. :meth:`L2Tiers.fetch` is what retrieve calls
+on an L1 miss: it waits for that chunk's prefetch, or loads it now, and returns it pinned.
+
+Several tiers stack in order (first = nearest): every tier receives every stored chunk; a
+lookup takes each chunk from the first tier that has it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lmcache_core.storage.adapter import L2Adapter, LoadRequest, OpResult, Status, StoreItem
+from lmcache_core.storage.metrics import TierSnapshot
+from lmcache_core.storage.object_format import ObjectHeader, ObjectMeta
+
+if TYPE_CHECKING:
+    from lmcache_core.memory.l1_pool import L1Entry, L1Pool
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """A chunk as the tiers see it: its L1 key, its L2 key text, size and expected header meta."""
+
+    key: Hashable
+    name: str
+    nbytes: int
+    meta: ObjectMeta
+
+
+@dataclass
+class _WriteJob:
+    ref: ChunkRef
+    entry: L1Entry
+
+
+def _payload(entry: L1Entry) -> Any:
+    """Zero-copy buffer view of an L1 entry's uint8 host tensor."""
+    return entry.buffer.numpy()
+
+
+class _WriteQueue:
+    """Bounded write-behind queue of one tier and its worker threads."""
+
+    def __init__(self, adapter: L2Adapter, l1: L1Pool, max_items: int, max_bytes: int, batch: int,
+                 workers: int) -> None:  # fmt: skip
+        self.adapter = adapter
+        self.l1 = l1
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.batch = batch
+        self._q: deque[_WriteJob] = deque()
+        self._bytes = 0
+        self._busy = 0
+        self._closing = False
+        self._cv = threading.Condition()
+        m = adapter.metrics
+        m.gauge("write_queue_items", lambda: float(len(self._q)))
+        m.gauge("write_queue_bytes", lambda: float(self._bytes))
+        m.gauge("write_in_flight", lambda: float(self._busy))
+        self._threads = [
+            threading.Thread(target=self._work, name=f"l2-write-{adapter.url.scheme}-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def offer(self, job: _WriteJob) -> bool:
+        with self._cv:
+            if (
+                self._closing
+                or len(self._q) >= self.max_items
+                or self._bytes + job.ref.nbytes > self.max_bytes
+            ):
+                return False
+            self._q.append(job)
+            self._bytes += job.ref.nbytes
+            self._cv.notify()
+            return True
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._q and not self._closing:
+                    self._cv.wait()
+                if not self._q:
+                    return
+                jobs = [self._q.popleft() for _ in range(min(self.batch, len(self._q)))]
+                self._busy += 1
+            try:
+                self.adapter.store([StoreItem(j.ref.name, _payload(j.entry), j.ref.meta) for j in jobs])
+            except Exception as e:  # the adapter counts and logs its own failures; this is a bug guard
+                logger.error(
+                    "L2 %s: write-behind batch failed: %s: %s", self.adapter.name, type(e).__name__, e
+                )
+            finally:
+                for j in jobs:
+                    self.l1.unpin(j.entry)
+                with self._cv:
+                    self._busy -= 1
+                    self._bytes -= sum(j.ref.nbytes for j in jobs)
+                    self._cv.notify_all()
+
+    def flush(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while self._q or self._busy:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
+
+    def close(self) -> None:
+        """Stop the workers after their current batch; chunks still queued are not written."""
+        with self._cv:
+            self._closing = True
+            left = list(self._q)
+            self._q.clear()
+            self._bytes -= sum(j.ref.nbytes for j in left)
+            self._cv.notify_all()
+        for j in left:
+            self.l1.unpin(j.entry)
+        for t in self._threads:
+            t.join()
+
+
+class _Ticket:
+    """One chunk's prefetch: set when its load has finished (``hit`` tells how)."""
+
+    __slots__ = ("event", "hit")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.hit = False
+
+
+def locate(adapters: Sequence[L2Adapter], names: Sequence[str]) -> list[int | None]:
+    """For each name, the index of the first of ``adapters`` holding it (None: none does); one
+    batched lookup per tier, each asked only about names the tiers before it lacked."""
+    where: list[int | None] = [None] * len(names)
+    for t, adapter in enumerate(adapters):
+        todo = [i for i, w in enumerate(where) if w is None]
+        if not todo:
+            break
+        found = adapter.lookup([names[i] for i in todo])
+        for i, f in zip(todo, found, strict=True):
+            if f:
+                where[i] = t
+    return where
+
+
+class L2Tiers:
+    """The stacked L2 tiers of one engine, with their write-behind queues and prefetches.
+
+    ``queue_bytes`` / ``queue_items`` bound each tier's write-behind queue; ``batch`` is the
+    chunks per adapter call; ``workers`` the write-behind threads per tier.
+    """
+
+    def __init__(
+        self,
+        adapters: Sequence[L2Adapter],
+        l1: L1Pool,
+        *,
+        queue_bytes: int,
+        queue_items: int = 1024,
+        batch: int = 8,
+        workers: int = 2,
+    ) -> None:
+        for name, v in (("queue_bytes", queue_bytes), ("queue_items", queue_items), ("batch", batch),
+                        ("workers", workers)):  # fmt: skip
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name}: expected a positive int, given {v!r}")
+        self.adapters = list(adapters)
+        self.l1 = l1
+        self.batch = batch
+        self._queues = [_WriteQueue(a, l1, queue_items, queue_bytes, batch, workers) for a in self.adapters]
+        self._lock = threading.Lock()
+        self._tickets: dict[Hashable, _Ticket] = {}
+        for a in self.adapters:
+            a.metrics.gauge("prefetch_in_flight", lambda: float(len(self._tickets)))
+        self._closed = False
+
+    # ---- write-behind --------------------------------------------------------------------------
+
+    @property
+    def pins_per_store(self) -> int:
+        """How many times :meth:`write_behind` expects a newly committed chunk to be pinned."""
+        return len(self.adapters)
+
+    def write_behind(self, ref: ChunkRef, entry: L1Entry) -> int:
+        """Queue ``entry`` (pinned :attr:`pins_per_store` times) for every tier; returns how many
+        tiers dropped it because their queue was full (their pins are released here)."""
+        dropped = 0
+        for q in self._queues:
+            if q.offer(_WriteJob(ref, entry)):
+                q.adapter.metrics.inc("write_queued")
+            else:
+                self.l1.unpin(entry)
+                q.adapter.metrics.inc("write_dropped")
+                q.adapter.log.warning("dropped", f"write-behind queue full; {ref.name} kept in L1 only")
+                dropped += 1
+        return dropped
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued chunk has been written (or failed); False on time-out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for q in self._queues:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not q.flush(left):
+                return False
+        return True
+
+    # ---- lookup and prefetch -----------------------------------------------------------------
+
+    def locate(self, names: Sequence[str]) -> list[int | None]:
+        """For each name, the index of the first tier holding it (None: no tier does)."""
+        return locate(self.adapters, names)
+
+    def pending(self, key: Hashable) -> bool:
+        """Whether a prefetch of ``key`` is under way."""
+        with self._lock:
+            return key in self._tickets
+
+    def prefetch(self, refs: Sequence[ChunkRef], tiers: Sequence[int]) -> int:
+        """Start loading ``refs[i]`` from tier ``tiers[i]`` into L1; returns how many started.
+
+        Chunks already in L1 or already being fetched are skipped, and so is every chunk after
+        the first one L1 cannot make room for.
+        """
+        by_tier: dict[int, list[tuple[ChunkRef, _Ticket, Any]]] = {}
+        for ref, tier in zip(refs, tiers, strict=True):
+            if ref.key in self.l1:
+                continue
+            with self._lock:
+                if self._closed or ref.key in self._tickets:
+                    continue
+                buffer = self.l1.reserve(ref.nbytes)
+                if buffer is None:
+                    break
+                ticket = _Ticket()
+                self._tickets[ref.key] = ticket
+            by_tier.setdefault(tier, []).append((ref, ticket, buffer))
+        started = 0
+        for tier, jobs in by_tier.items():
+            adapter = self.adapters[tier]
+            adapter.metrics.inc("prefetch_issued", len(jobs))
+            for i in range(0, len(jobs), self.batch):
+                part = jobs[i : i + self.batch]
+                reqs = [LoadRequest(ref.name, self._alloc(ref, buf)) for ref, _, buf in part]
+                try:
+                    fut = adapter.submit_load(reqs)
+                except RuntimeError:  # adapter closed
+                    self._finish(part, [OpResult(Status.UNAVAILABLE)] * len(part))
+                    continue
+                fut.add_done_callback(self._on_loaded(part))
+                started += len(part)
+        return started
+
+    @staticmethod
+    def _alloc(ref: ChunkRef, buffer: Any) -> Callable[[ObjectHeader], Any]:
+        view = buffer.numpy()
+
+        def alloc(header: ObjectHeader) -> Any:
+            if header.payload_len != ref.nbytes or header.meta != ref.meta:
+                return None  # another format or size under this key: never load it
+            return view
+
+        return alloc
+
+    def _on_loaded(
+        self, part: list[tuple[ChunkRef, _Ticket, Any]]
+    ) -> Callable[[Future[list[OpResult]]], None]:
+        def done(fut: Future[list[OpResult]]) -> None:
+            try:
+                results = fut.result()
+            except Exception as e:
+                logger.error("L2 prefetch failed: %s: %s", type(e).__name__, e)
+                results = [OpResult(Status.FAILED, type(e).__name__)] * len(part)
+            self._finish(part, results)
+
+        return done
+
+    def _finish(self, part: list[tuple[ChunkRef, _Ticket, Any]], results: list[OpResult]) -> None:
+        for (ref, ticket, buffer), r in zip(part, results, strict=True):
+            if r.status is Status.HIT:
+                self.l1.commit(ref.key, buffer, ref.meta.num_tokens)
+                ticket.hit = True
+            else:
+                self.l1.release(buffer)
+            with self._lock:
+                self._tickets.pop(ref.key, None)
+            ticket.event.set()
+
+    def fetch(self, ref: ChunkRef, tier: int | None = None, timeout: float = 60.0) -> L1Entry | None:
+        """The chunk pinned in L1: waits for its prefetch, or loads it now from the first tier
+        holding it (``tier`` when known). None when no tier has a valid copy."""
+        with self._lock:
+            ticket = self._tickets.get(ref.key)
+        if ticket is not None:
+            ticket.event.wait(timeout)
+            entry = self.l1.pin(ref.key)
+            if entry is not None or not ticket.hit:
+                return entry
+        else:
+            entry = self.l1.pin(ref.key)
+            if entry is not None:
+                return entry
+        order = [tier] if tier is not None else list(range(len(self.adapters)))
+        for t in order:
+            buffer = self.l1.reserve(ref.nbytes)
+            if buffer is None:
+                return None
+            result = self.adapters[t].load([LoadRequest(ref.name, self._alloc(ref, buffer))])[0]
+            if result.status is Status.HIT:
+                return self.l1.commit(ref.key, buffer, ref.meta.num_tokens, pins=1)
+            self.l1.release(buffer)
+        return None
+
+    # ---- the rest ----------------------------------------------------------------------------
+
+    def snapshots(self) -> list[TierSnapshot]:
+        return [a.metrics.snapshot() for a in self.adapters]
+
+    def close(self, flush_timeout: float | None = 30.0) -> None:
+        """Finish queued writes (up to ``flush_timeout`` seconds), then stop threads and adapters."""
+        if not self.flush(flush_timeout):
+            logger.warning("L2: write-behind not finished after %s s; remaining chunks are not written",
+                           flush_timeout)  # fmt: skip
+        with self._lock:
+            self._closed = True
+        for q in self._queues:
+            q.close()
+        for a in self.adapters:
+            a.close()
