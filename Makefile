@@ -32,6 +32,7 @@ lint: venv
 
 typecheck: venv
 	$(VENV)/bin/mypy
+	MYPYPATH=packages/lmcache-arm/src $(VENV)/bin/mypy -p lmcache_arm --no-site-packages
 
 test: venv $(VENV)/.test-plugins lint typecheck
 	$(PY) tools/test_matrix.py

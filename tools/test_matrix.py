@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ class Package:
     name: str
     tests: tuple[str, ...]
     build: tuple[str, ...] | None = None
+    check: tuple[str, ...] | None = None  # a non-pytest test command printing "N passed, M failed"
 
 
 PACKAGES = (
@@ -38,6 +40,12 @@ PACKAGES = (
         "lmcache-arm",
         ("packages/lmcache-arm/tests",),
         build=("make", "-C", "packages/lmcache-arm", "install"),
+    ),
+    Package(
+        "lmcache-arm-aarch64 (cross-built, run under qemu)",
+        (),
+        build=("make", "-C", "packages/lmcache-arm", "deps-cross"),
+        check=("make", "-s", "-C", "packages/lmcache-arm", "cross-test"),
     ),
 )
 
@@ -95,6 +103,10 @@ def run_package(pkg: Package, pytest_args: list[str]) -> Row:
             row.seconds = time.monotonic() - started
             return row
         row.built = "yes"
+    if pkg.check is not None:
+        _run_check(pkg, row)
+        row.seconds = time.monotonic() - started
+        return row
     paths = [p for p in pkg.tests if (ROOT / p).exists()]
     if not paths:
         row.notes.append("no tests found")
@@ -110,6 +122,21 @@ def run_package(pkg: Package, pytest_args: list[str]) -> Row:
         row.notes.append(f"pytest exited {rc}")
     row.seconds = time.monotonic() - started
     return row
+
+
+def _run_check(pkg: Package, row: Row) -> None:
+    """Run a test driver that ends with a line "N passed, M failed"; count from that line."""
+    assert pkg.check is not None
+    print(f"== check {pkg.name}: {' '.join(pkg.check)}", flush=True)
+    proc = subprocess.run(pkg.check, cwd=ROOT, capture_output=True, text=True)
+    print(proc.stdout[-3000:] + proc.stderr[-3000:], flush=True)
+    found = re.findall(r"^(\d+) passed, (\d+) failed", proc.stdout, re.MULTILINE)
+    if found:
+        row.passed, row.failed = int(found[-1][0]), int(found[-1][1])
+        row.conformance = "driver vs scalar reference, every layout"
+    if proc.returncode != 0 and row.failed == 0:
+        row.failed = 1
+        row.notes.append(f"{' '.join(pkg.check)} exited {proc.returncode}")
 
 
 def print_matrix(rows: list[Row]) -> None:

@@ -1,0 +1,324 @@
+/*
+ * test_driver.cpp - checks the host KV kernels against a scalar reference, without Python.
+ *
+ * Built from the same sources as the Python extension (csrc/launcher.cpp, csrc/kv_copy.h,
+ * lmcache_core/kv_index.h): natively on x86-64 (NEON through SIMDe) and with
+ * aarch64-linux-gnu-g++ for a run under qemu-aarch64-static (native NEON). Makefile target:
+ * `make -C packages/lmcache-arm cross-test`.
+ *
+ * Every layout of the core registry is described twice: (1) as the engine's row-major tensors
+ * (the scalar reference indexes those, token by token and element by element) and (2) as the
+ * plane table and (block, token, head, channel) strides the core's layout detector derives
+ * (what the kernels get). For each layout, element size (1, 2, 4, 8 bytes), slot pattern (runs,
+ * distinct, holes with -1, all -1, repeats), skip_prefix (none, some with out-of-range slots
+ * behind it), thread count and copy policy, gather and scatter must equal the reference byte for
+ * byte, and a bad slot must fail with nothing written. Prints "N passed, M failed"; exit status 1
+ * on any failure.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <algorithm>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "launcher.h"
+
+namespace {
+
+using lmcache_core::KVGeometry;
+
+enum Kind { kNHD, kHND, kNHDOverHND, kFlashInfer, kVllmCpu, kMLA, kSGLang, kTrtllm, kNHDChannelStrided, kNumKinds };
+const char* kKindName[] = {"vllm_flash_nhd", "vllm_flash_hnd", "vllm_flash_nhd+hnd_memory", "flashinfer",
+                           "vllm_cpu", "mla", "sglang", "trtllm", "vllm_flash_nhd+channel_strided"};
+
+/* One layer group's engine tensors (raw bytes) and both descriptions of them. */
+struct Model {
+  Kind kind;
+  int64_t L, NB, BS, H, D, es;  /* layers, blocks, block size, heads, head size, element bytes */
+  int64_t num_kv;
+  std::vector<std::vector<uint8_t>> tensors;
+  std::vector<int64_t> plane_tensor, plane_offset;
+  KVGeometry g;
+
+  /* Reference addressing from the engine tensor shapes: (tensor, element offset). */
+  void locate(int64_t kv, int64_t l, int64_t slot, int64_t h, int64_t c, int64_t* t, int64_t* off) const {
+    const int64_t b = slot / BS, k = slot % BS;
+    switch (kind) {
+      case kNHD:  /* per layer [2, NB, BS, H, D] */
+        *t = l; *off = (((kv * NB + b) * BS + k) * H + h) * D + c; return;
+      case kHND:  /* per layer [2, NB, H, BS, D] */
+      case kNHDOverHND:  /* NHD shape, HND memory: the same bytes */
+        *t = l; *off = (((kv * NB + b) * H + h) * BS + k) * D + c; return;
+      case kFlashInfer:  /* per layer [NB, 2, BS, H, D] */
+        *t = l; *off = (((b * 2 + kv) * BS + k) * H + h) * D + c; return;
+      case kVllmCpu:  /* per layer [NB, H, BS, 2D]; per head BS rows of K, then BS rows of V */
+        *t = l; *off = (b * H + h) * 2 * BS * D + kv * BS * D + k * D + c; return;
+      case kMLA:  /* per layer [NB, BS, D] */
+        *t = l; *off = (b * BS + k) * D + c; return;
+      case kSGLang:  /* 2L tensors [NB (slots), H, D]: K of every layer, then V */
+        *t = kv * L + l; *off = (slot * H + h) * D + c; return;
+      case kTrtllm:  /* one tensor [NB, L, 2, H, BS, D] */
+        *t = 0; *off = ((((b * L + l) * 2 + kv) * H + h) * BS + k) * D + c; return;
+      case kNHDChannelStrided:  /* per layer memory [2, NB, BS, D, H] viewed as [2, NB, BS, H, D] */
+        *t = l; *off = (((kv * NB + b) * BS + k) * D + c) * H + h; return;
+      default: *t = 0; *off = 0; return;
+    }
+  }
+};
+
+Model make_model(Kind kind, int64_t L, int64_t NB, int64_t BS, int64_t H, int64_t D, int64_t es) {
+  Model m{};
+  m.kind = kind; m.L = L; m.NB = NB; m.BS = BS; m.H = H; m.D = D; m.es = es;
+  m.num_kv = kind == kMLA ? 1 : 2;
+  int64_t tensor_elems = 0, num_tensors = L;
+  KVGeometry& g = m.g;
+  g = KVGeometry{m.num_kv, L, NB, BS, H, D, 0, 0, 0, 1};
+  for (int64_t kv = 0; kv < m.num_kv; ++kv) {
+    for (int64_t l = 0; l < L; ++l) {
+      int64_t t = l, off = 0;
+      switch (kind) {
+        case kNHD: case kHND: case kNHDOverHND: case kNHDChannelStrided: off = kv * NB * BS * H * D; break;
+        case kFlashInfer: off = kv * BS * H * D; break;
+        case kVllmCpu: off = kv * BS * D; break;
+        case kMLA: off = 0; break;
+        case kSGLang: t = kv * L + l; break;
+        case kTrtllm: t = 0; off = kv * H * BS * D + l * 2 * H * BS * D; break;
+        default: break;
+      }
+      m.plane_tensor.push_back(t);
+      m.plane_offset.push_back(off);
+    }
+  }
+  switch (kind) {
+    case kNHD: g.block_stride = BS * H * D; g.token_stride = H * D; g.head_stride = D; break;
+    case kHND: case kNHDOverHND: g.block_stride = H * BS * D; g.token_stride = D; g.head_stride = BS * D; break;
+    case kFlashInfer: g.block_stride = 2 * BS * H * D; g.token_stride = H * D; g.head_stride = D; break;
+    case kVllmCpu: g.block_stride = H * BS * 2 * D; g.token_stride = D; g.head_stride = BS * 2 * D; break;
+    case kMLA: g.block_stride = BS * D; g.token_stride = D; g.head_stride = D; break;
+    case kSGLang: g.block_stride = H * D; g.token_stride = 0; g.head_stride = D; num_tensors = 2 * L; break;
+    case kTrtllm: g.block_stride = L * 2 * H * BS * D; g.token_stride = D; g.head_stride = BS * D; num_tensors = 1; break;
+    case kNHDChannelStrided:
+      g.block_stride = BS * D * H; g.token_stride = D * H; g.head_stride = 1; g.channel_stride = H; break;
+    default: break;
+  }
+  switch (kind) {
+    case kSGLang: tensor_elems = NB * H * D; break;
+    case kTrtllm: tensor_elems = NB * L * 2 * H * BS * D; break;
+    case kMLA: tensor_elems = NB * BS * D; break;
+    default: tensor_elems = 2 * NB * BS * H * D; break;
+  }
+  m.tensors.assign(static_cast<size_t>(num_tensors), std::vector<uint8_t>(static_cast<size_t>(tensor_elems * es)));
+  return m;
+}
+
+struct Case {
+  std::vector<int64_t> slots;
+  int64_t skip;
+  const char* pattern;
+};
+
+Case make_slots(std::mt19937_64& rng, const Model& m, int pattern_index, bool with_skip) {
+  const int64_t num_slots = m.NB * m.BS;
+  const int64_t n = std::min<int64_t>(num_slots, 5 + static_cast<int64_t>(rng() % 30));
+  Case c;
+  c.skip = 0;
+  static const char* names[] = {"runs", "distinct", "holes", "all_skipped", "repeats"};
+  c.pattern = names[pattern_index];
+  std::vector<int64_t> perm(static_cast<size_t>(num_slots));
+  for (int64_t i = 0; i < num_slots; ++i) perm[i] = i;
+  std::shuffle(perm.begin(), perm.end(), rng);
+  if (pattern_index == 0 || pattern_index == 2) {  /* runs of whole blocks in random order */
+    std::vector<int64_t> blocks(static_cast<size_t>(m.NB));
+    for (int64_t b = 0; b < m.NB; ++b) blocks[b] = b;
+    std::shuffle(blocks.begin(), blocks.end(), rng);
+    int64_t start = static_cast<int64_t>(rng() % static_cast<uint64_t>(m.BS));
+    for (int64_t b : blocks) {
+      for (int64_t k = start; k < m.BS && static_cast<int64_t>(c.slots.size()) < n; ++k) c.slots.push_back(b * m.BS + k);
+      start = 0;
+    }
+    if (pattern_index == 2) {
+      for (auto& s : c.slots) if (rng() % 3 == 0) s = -1;
+    }
+  } else if (pattern_index == 1) {
+    c.slots.assign(perm.begin(), perm.begin() + n);
+  } else if (pattern_index == 3) {
+    c.slots.assign(static_cast<size_t>(n), -1);
+  } else {
+    for (int64_t i = 0; i < n; ++i) c.slots.push_back(static_cast<int64_t>(rng() % static_cast<uint64_t>(num_slots)));
+  }
+  if (with_skip && c.slots.size() > 1) {
+    c.skip = 1 + static_cast<int64_t>(rng() % (c.slots.size() - 1));
+    const int64_t garbage[] = {num_slots, -7, int64_t(1) << 40};
+    for (int64_t t = 0; t < c.skip; ++t) if (rng() % 2) c.slots[t] = garbage[rng() % 3];
+  }
+  return c;
+}
+
+void fill_random(std::mt19937_64& rng, std::vector<uint8_t>& v) {
+  for (auto& b : v) b = static_cast<uint8_t>(rng());
+}
+
+lmcache_arm::TransferArgs make_args(const Model& m, std::vector<uintptr_t>& addr, std::vector<int64_t>& nbytes,
+                                    const Case& c, std::vector<uint8_t>& chunk, int threads) {
+  addr.clear();
+  nbytes.clear();
+  for (const auto& t : m.tensors) {
+    addr.push_back(reinterpret_cast<uintptr_t>(t.data()));
+    nbytes.push_back(static_cast<int64_t>(t.size()));
+  }
+  lmcache_arm::TransferArgs a;
+  a.tensor_address = addr.data();
+  a.tensor_nbytes = nbytes.data();
+  a.num_tensors = static_cast<int64_t>(addr.size());
+  a.plane_tensor = m.plane_tensor.data();
+  a.plane_offset = m.plane_offset.data();
+  a.plane_table_len = static_cast<int64_t>(m.plane_tensor.size());
+  a.geometry = m.g;
+  a.element_size = m.es;
+  a.slot_mapping = c.slots.data();
+  a.num_tokens = static_cast<int64_t>(c.slots.size());
+  a.chunk_address = reinterpret_cast<uintptr_t>(chunk.data());
+  a.chunk_nbytes = static_cast<int64_t>(chunk.size());
+  a.skip_prefix = c.skip;
+  a.num_threads = threads;
+  return a;
+}
+
+/* Scalar reference, element by element through the engine tensor shapes. */
+void reference(Model& m, const Case& c, std::vector<uint8_t>& chunk, bool gather) {
+  const int64_t n = static_cast<int64_t>(c.slots.size()), hidden = m.H * m.D;
+  for (int64_t tok = c.skip; tok < n; ++tok) {
+    const int64_t slot = c.slots[tok];
+    if (slot < 0) continue;
+    for (int64_t kv = 0; kv < m.num_kv; ++kv)
+      for (int64_t l = 0; l < m.L; ++l)
+        for (int64_t h = 0; h < m.H; ++h)
+          for (int64_t ch = 0; ch < m.D; ++ch) {
+            int64_t t = 0, off = 0;
+            m.locate(kv, l, slot, h, ch, &t, &off);
+            uint8_t* k = m.tensors[t].data() + off * m.es;
+            uint8_t* x = chunk.data() + (((kv * m.L + l) * n + tok) * hidden + h * m.D + ch) * m.es;
+            if (gather) memcpy(x, k, m.es); else memcpy(k, x, m.es);
+          }
+  }
+}
+
+struct Tally {
+  int passed = 0, failed = 0;
+  void check(bool ok, const std::string& what) {
+    if (ok) { ++passed; return; }
+    ++failed;
+    if (failed <= 20) printf("FAIL %s\n", what.c_str());
+  }
+};
+
+/* Unique live slots, for scatter (repeated slots have no defined winner). */
+Case dedup(Case c) {
+  std::vector<int64_t> seen;
+  for (size_t t = static_cast<size_t>(c.skip); t < c.slots.size(); ++t) {
+    if (c.slots[t] < 0) continue;
+    bool dup = false;
+    for (int64_t s : seen) dup = dup || s == c.slots[t];
+    if (dup) c.slots[t] = -1; else seen.push_back(c.slots[t]);
+  }
+  return c;
+}
+
+void run_case(Tally& tally, std::mt19937_64& rng, Model& m, const Case& c0, int threads, const std::string& label) {
+  std::vector<uintptr_t> addr;
+  std::vector<int64_t> nbytes;
+  const int64_t n = static_cast<int64_t>(c0.slots.size());
+  const size_t chunk_bytes = static_cast<size_t>(m.num_kv * m.L * n * m.H * m.D * m.es);
+
+  /* gather: chunk poisoned on both sides */
+  for (auto& t : m.tensors) fill_random(rng, t);
+  std::vector<uint8_t> got(chunk_bytes, 0xA5), want(chunk_bytes, 0xA5);
+  lmcache_arm::Status st = lmcache_arm::gather(make_args(m, addr, nbytes, c0, got, threads));
+  reference(m, c0, want, true);
+  tally.check(st.ok && got == want, label + " gather " + (st.ok ? "mismatch" : st.error));
+
+  /* scatter: KV poisoned on both sides, then compared whole */
+  const Case c = dedup(c0);
+  std::vector<uint8_t> src(chunk_bytes);
+  fill_random(rng, src);
+  for (auto& t : m.tensors) std::fill(t.begin(), t.end(), 0xA5);
+  st = lmcache_arm::scatter(make_args(m, addr, nbytes, c, src, threads));
+  std::vector<std::vector<uint8_t>> got_kv = m.tensors;
+  for (auto& t : m.tensors) std::fill(t.begin(), t.end(), 0xA5);
+  reference(m, c, src, false);
+  tally.check(st.ok && got_kv == m.tensors, label + " scatter " + (st.ok ? "mismatch" : st.error));
+}
+
+void run_bad_slot(Tally& tally, Model& m, const std::string& label) {
+  std::vector<uintptr_t> addr;
+  std::vector<int64_t> nbytes;
+  const int64_t num_slots = m.NB * m.BS;
+  Case c{{0, 1 % num_slots, -1, num_slots}, 0, "bad"};
+  const size_t chunk_bytes = static_cast<size_t>(m.num_kv * m.L * 4 * m.H * m.D * m.es);
+  std::vector<uint8_t> chunk(chunk_bytes, 0x5A);
+  for (auto& t : m.tensors) std::fill(t.begin(), t.end(), 0xA5);
+  const std::vector<std::vector<uint8_t>> before = m.tensors;
+  lmcache_arm::Status g = lmcache_arm::gather(make_args(m, addr, nbytes, c, chunk, 2));
+  lmcache_arm::Status s = lmcache_arm::scatter(make_args(m, addr, nbytes, c, chunk, 2));
+  const std::string want = "slot_mapping[3]: expected -1 <= slot < " + std::to_string(num_slots);
+  const bool untouched = m.tensors == before && chunk == std::vector<uint8_t>(chunk_bytes, 0x5A);
+  tally.check(!g.ok && !s.ok && g.error.rfind(want, 0) == 0 && untouched, label + " bad slot: " + g.error);
+}
+
+}  // namespace
+
+int main() {
+  printf("lmcache-arm kernel check, %s, %d OpenMP threads by default\n", lmcache_arm::isa(),
+         lmcache_arm::max_threads());
+#if defined(__aarch64__)
+  if (strcmp(lmcache_arm::isa(), "NEON native") != 0) {
+    printf("FAIL aarch64 build does not use native NEON\n");
+    return 1;
+  }
+#endif
+  const lmcache_arm::Tuning def = lmcache_arm::default_tuning();
+  struct Policy { const char* name; lmcache_arm::Tuning tuning; };
+  const Policy policies[] = {
+      {"default", def},
+      {"all-neon", {SIZE_MAX, def.max_span_bytes, true, 0, false, 1, 1}},
+      {"all-memcpy-tokens-outer", {0, def.max_span_bytes, true, 0, true, 1, 1}},
+      {"no-coalescing-heads-outer", {def.memcpy_min_bytes, def.max_span_bytes, false, 0, false, 1, 1}},
+      {"one-token-spans-prefetch", {def.memcpy_min_bytes, 1, true, 4096, !def.tokens_outer, 3, 1}},
+      {"prefetch", {def.memcpy_min_bytes, def.max_span_bytes, true, 1 << 20, def.tokens_outer, 1, 1}}};
+  const int64_t element_sizes[] = {1, 2, 4, 8};
+  const int64_t head_sizes[] = {8, 3, 64, 65};
+  std::mt19937_64 rng(20240611);
+  Tally tally;
+  for (int k = 0; k < kNumKinds; ++k) {
+    const Kind kind = static_cast<Kind>(k);
+    for (int e = 0; e < 4; ++e) {
+      const int64_t es = element_sizes[e];
+      const int64_t D = kind == kMLA ? (e == 0 ? 576 : head_sizes[e]) : head_sizes[(e + k) % 4];
+      const int64_t H = kind == kMLA ? 1 : 1 + (e + k) % 3;
+      const int64_t BS = kind == kSGLang ? 1 : (e % 2 ? 16 : 4);
+      const int64_t NB = kind == kSGLang ? 40 : 6;
+      Model m = make_model(kind, 2, NB, BS, H, D, es);
+      for (const Policy& p : policies) {
+        lmcache_arm::set_tuning(p.tuning);
+        for (int pattern = 0; pattern < 5; ++pattern) {
+          for (int skip = 0; skip < 2; ++skip) {
+            const Case c = make_slots(rng, m, pattern, skip == 1);
+            const int threads = 1 + (pattern + skip) % 2;
+            const std::string label = std::string(kKindName[k]) + " es=" + std::to_string(es) + " H=" +
+                                      std::to_string(H) + " D=" + std::to_string(D) + " BS=" + std::to_string(BS) +
+                                      " " + p.name + " " + c.pattern + " skip=" + std::to_string(c.skip) +
+                                      " threads=" + std::to_string(threads);
+            run_case(tally, rng, m, c, threads, label);
+          }
+        }
+      }
+      lmcache_arm::set_tuning(def);
+      run_bad_slot(tally, m, kKindName[k]);
+    }
+  }
+  printf("%d passed, %d failed\n", tally.passed, tally.failed);
+  return tally.failed == 0 ? 0 : 1;
+}

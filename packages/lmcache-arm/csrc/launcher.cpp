@@ -1,0 +1,309 @@
+/*
+ * launcher.cpp - checks, span planning and OpenMP dispatch of the host KV kernels.
+ *
+ * Order of work for one transfer: (1) check_transfer validates everything it is given, reading
+ * the slot mapping but writing nothing; (2) plan_spans groups live chunk tokens into spans whose
+ * plane rows are equally spaced; (3) the (plane, span) work items are split statically over
+ * OpenMP threads, plane-major, and each runs copy_span from kv_copy.h.
+ */
+#include "launcher.h"
+
+#include <algorithm>
+#include <atomic>
+#include <string>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "kv_copy.h"
+
+namespace lmcache_arm {
+
+using lmcache_core::KVGeometry;
+
+namespace {
+
+/*
+ * Measured defaults (PERFORMANCE.md, x86-64 through SIMDe): runs of 512 bytes and more go to memcpy
+ * (it beat the NEON loop from 1 KiB rows up; NEON won on 256-byte runs), spans up to 256 KiB,
+ * coalescing on (helps memcpy), no software prefetch (no gain measured), tokens outer for per-head
+ * runs (0.71 -> 0.89 of memcpy on vLLM CPU pages, one thread).
+ */
+constexpr size_t kDefaultMemcpyMinBytes = 512;
+constexpr int64_t kDefaultMaxSpanBytes = 256 * 1024;
+constexpr int64_t kDefaultPrefetchBytes = 0;
+/* Not a measured optimum: at ~5-10 GB/s per thread, 64 KiB is ~10 us of copying, above the cost of
+ * waking a sleeping OpenMP worker on bare metal (a few us). */
+constexpr int64_t kDefaultMinBytesPerThread = 64 * 1024;
+
+std::atomic<size_t> g_memcpy_min_bytes{kDefaultMemcpyMinBytes};
+std::atomic<int64_t> g_max_span_bytes{kDefaultMaxSpanBytes};
+std::atomic<bool> g_coalesce{true};
+std::atomic<int64_t> g_prefetch_bytes{kDefaultPrefetchBytes};
+std::atomic<bool> g_tokens_outer{true};
+std::atomic<int64_t> g_prefetch_distance{1};
+std::atomic<int64_t> g_min_bytes_per_thread{kDefaultMinBytesPerThread};
+
+Status fail(std::string message) {
+  Status s;
+  s.ok = false;
+  s.error = std::move(message);
+  return s;
+}
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+/* a * b + c, or false on int64 overflow. */
+bool mul_add(int64_t a, int64_t b, int64_t c, int64_t* out) {
+  int64_t p = 0;
+  return !__builtin_mul_overflow(a, b, &p) && !__builtin_add_overflow(p, c, out);
+}
+
+/* kv_plane_extent with overflow checks: elements a plane spans from its start. */
+bool checked_extent(const KVGeometry& g, int64_t* out) {
+  int64_t e = 1;
+  if (!mul_add(g.num_blocks - 1, g.block_stride, e, &e) || !mul_add(g.block_size - 1, g.token_stride, e, &e) ||
+      !mul_add(g.num_kv_heads - 1, g.head_stride, e, &e) || !mul_add(g.head_size - 1, g.channel_stride, e, &e)) {
+    return false;
+  }
+  *out = e;
+  return true;
+}
+
+Status check_geometry(const KVGeometry& g, int64_t element_size) {
+  if (element_size != 1 && element_size != 2 && element_size != 4 && element_size != 8) {
+    return fail("element_size: expected 1, 2, 4 or 8 bytes, given " + str(element_size));
+  }
+  if (g.num_kv != 1 && g.num_kv != 2) {
+    return fail("num_kv: expected 1 (MLA) or 2 (K and V), given " + str(g.num_kv));
+  }
+  const struct { const char* name; int64_t value; } counts[] = {
+      {"num_layers", g.num_layers}, {"num_blocks", g.num_blocks}, {"block_size", g.block_size},
+      {"num_kv_heads", g.num_kv_heads}, {"head_size", g.head_size}};
+  for (const auto& c : counts) {
+    if (c.value < 1) return fail(std::string(c.name) + ": expected >= 1, given " + str(c.value));
+  }
+  const struct { const char* name; int64_t value; } strides[] = {
+      {"block_stride", g.block_stride}, {"token_stride", g.token_stride},
+      {"head_stride", g.head_stride}, {"channel_stride", g.channel_stride}};
+  for (const auto& s : strides) {
+    if (s.value < 0) return fail(std::string(s.name) + ": expected >= 0 elements, given " + str(s.value));
+  }
+  int64_t slots = 0, hidden_bytes = 0, planes = 0;
+  if (__builtin_mul_overflow(g.num_blocks, g.block_size, &slots) ||
+      !mul_add(g.num_kv_heads, g.head_size, 0, &hidden_bytes) ||
+      !mul_add(hidden_bytes, element_size, 0, &hidden_bytes) ||
+      __builtin_mul_overflow(g.num_kv, g.num_layers, &planes)) {
+    return fail("geometry: num_blocks * block_size, num_kv_heads * head_size * element_size or "
+                "num_kv * num_layers overflows int64");
+  }
+  return Status{};
+}
+
+Status check_planes(const TransferArgs& a) {
+  const KVGeometry& g = a.geometry;
+  const int64_t planes = lmcache_core::kv_num_planes(g);
+  if (a.num_tensors < 1 || a.tensor_address == nullptr || a.tensor_nbytes == nullptr) {
+    return fail("kv_caches: expected at least one tensor, given " + str(a.num_tensors));
+  }
+  if (a.plane_table_len != planes || a.plane_tensor == nullptr || a.plane_offset == nullptr) {
+    return fail("plane_tensor/plane_offset: expected " + str(planes) +
+                " entries (num_kv * num_layers), given " + str(a.plane_table_len));
+  }
+  int64_t extent = 0;
+  if (!checked_extent(g, &extent)) return fail("geometry: plane extent overflows int64");
+  for (int64_t t = 0; t < a.num_tensors; ++t) {
+    if (a.tensor_address[t] == 0) return fail("kv_caches[" + str(t) + "]: expected a non-null data pointer");
+  }
+  for (int64_t p = 0; p < planes; ++p) {
+    const int64_t t = a.plane_tensor[p];
+    if (t < 0 || t >= a.num_tensors) {
+      return fail("plane_tensor[" + str(p) + "]: expected a tensor index in [0, " + str(a.num_tensors) +
+                  "), given " + str(t));
+    }
+    const int64_t off = a.plane_offset[p];
+    int64_t end_bytes = 0;
+    if (off < 0 || !mul_add(off + extent, a.element_size, 0, &end_bytes) || end_bytes > a.tensor_nbytes[t]) {
+      return fail("plane_offset[" + str(p) + "]: plane spans elements [" + str(off) + ", " + str(off) + " + " +
+                  str(extent) + ") of kv_caches[" + str(t) + "], expected to fit in its " +
+                  str(a.tensor_nbytes[t]) + " bytes (" + str(a.element_size) + " per element)");
+    }
+  }
+  return Status{};
+}
+
+Status check_chunk_and_slots(const TransferArgs& a) {
+  const KVGeometry& g = a.geometry;
+  if (a.num_tokens < 0) return fail("slot_mapping: expected >= 0 tokens, given " + str(a.num_tokens));
+  if (a.skip_prefix < 0 || a.skip_prefix > a.num_tokens) {
+    return fail("skip_prefix: expected 0 <= skip_prefix <= " + str(a.num_tokens) + ", given " +
+                str(a.skip_prefix));
+  }
+  int64_t rows = 0, want = 0;
+  if (!mul_add(lmcache_core::kv_num_planes(g), a.num_tokens, 0, &rows) ||
+      !mul_add(rows, lmcache_core::kv_hidden(g), 0, &want) || !mul_add(want, a.element_size, 0, &want)) {
+    return fail("chunk: size overflows int64");
+  }
+  if (a.chunk_nbytes != want) {
+    return fail("chunk: expected " + str(want) + " bytes ([num_kv " + str(g.num_kv) + ", num_layers " +
+                str(g.num_layers) + ", num_tokens " + str(a.num_tokens) + ", hidden " +
+                str(lmcache_core::kv_hidden(g)) + "] x " + str(a.element_size) + " bytes), given " +
+                str(a.chunk_nbytes));
+  }
+  if (want > 0 && a.chunk_address == 0) return fail("chunk: expected a non-null data pointer");
+  if (a.num_tokens > 0 && a.slot_mapping == nullptr) return fail("slot_mapping: expected a non-null pointer");
+  if (a.num_threads < 0) return fail("num_threads: expected >= 0 (0 = default), given " + str(a.num_threads));
+  const int64_t num_slots = lmcache_core::kv_num_slots(g);
+  for (int64_t t = a.skip_prefix; t < a.num_tokens; ++t) {
+    const int64_t slot = a.slot_mapping[t];
+    if (!lmcache_core::kv_slot_in_range(slot, num_slots)) {
+      return fail("slot_mapping[" + str(t) + "]: expected -1 <= slot < " + str(num_slots) + " (num_blocks " +
+                  str(g.num_blocks) + " * block_size " + str(g.block_size) + "), given " + str(slot));
+    }
+  }
+  return Status{};
+}
+
+/* Group the live tokens from skip_prefix on into spans of equally spaced plane rows. */
+void plan_spans(const TransferArgs& a, int64_t max_span_tokens, std::vector<Span>* spans) {
+  const KVGeometry& g = a.geometry;
+  const int64_t* slots = a.slot_mapping;
+  int64_t t = a.skip_prefix;
+  while (t < a.num_tokens) {
+    if (slots[t] < 0) {
+      ++t;
+      continue;
+    }
+    Span s{t, 1, lmcache_core::kv_plane_row(g, slots[t]), 0};
+    int64_t last = s.row;  // rows are checked in-range plane offsets: last + step cannot overflow
+    while (t + s.count < a.num_tokens && s.count < max_span_tokens) {
+      const int64_t next = slots[t + s.count];
+      if (next < 0) break;
+      const int64_t row = lmcache_core::kv_plane_row(g, next);
+      if (s.count == 1) {
+        s.step = row - s.row;
+      } else if (row != last + s.step) {
+        break;
+      }
+      last = row;
+      ++s.count;
+    }
+    spans->push_back(s);
+    t += s.count;
+  }
+}
+
+template <Direction D>
+Status launch(const TransferArgs& a) {
+  Status st = check_transfer(a);
+  if (!st.ok) return st;
+  const KVGeometry& g = a.geometry;
+  const int64_t es = a.element_size;
+  const int64_t row_bytes = lmcache_core::kv_hidden(g) * es;
+  const Tuning tuning = get_tuning();
+
+  WalkPlan w;
+  w.g = g;
+  w.element_size = es;
+  w.num_tokens = a.num_tokens;
+  w.run = lmcache_core::kv_contiguous_run(g);
+  w.memcpy_min_bytes = tuning.memcpy_min_bytes;
+  w.coalesce = tuning.coalesce;
+  w.prefetch_bytes = tuning.prefetch_bytes;
+  w.tokens_outer = tuning.tokens_outer;
+  w.prefetch_distance = tuning.prefetch_distance;
+
+  std::vector<Span> spans;
+  spans.reserve(static_cast<size_t>(a.num_tokens - a.skip_prefix));
+  plan_spans(a, std::max<int64_t>(1, tuning.max_span_bytes / row_bytes), &spans);
+  if (spans.empty()) return st;
+
+  const int64_t planes = lmcache_core::kv_num_planes(g);
+  std::vector<uint8_t*> plane_base(static_cast<size_t>(planes));
+  std::vector<uint8_t*> tensor_base(static_cast<size_t>(a.num_tensors));
+  for (int64_t t = 0; t < a.num_tensors; ++t) tensor_base[t] = reinterpret_cast<uint8_t*>(a.tensor_address[t]);
+  for (int64_t p = 0; p < planes; ++p) {
+    plane_base[p] = lmcache_core::kv_plane_address(tensor_base.data(), a.plane_tensor, a.plane_offset, p, es);
+  }
+  uint8_t* const chunk = reinterpret_cast<uint8_t*>(a.chunk_address);
+  const int64_t num_spans = static_cast<int64_t>(spans.size());
+  const int64_t items = planes * num_spans;
+  const Span* span = spans.data();
+  uint8_t* const* base = plane_base.data();
+
+  /* one thread per min_bytes_per_thread moved: waking threads for a tiny copy costs more than it saves */
+  int64_t live_tokens = 0;
+  for (const Span& s : spans) live_tokens += s.count;
+  const int64_t payload = live_tokens * planes * row_bytes;
+  int threads = a.num_threads > 0 ? a.num_threads : max_threads();
+  threads = static_cast<int>(
+      std::min<int64_t>({threads, items, std::max<int64_t>(1, payload / tuning.min_bytes_per_thread)}));
+  const bool prefetch = w.prefetch_bytes > 0;
+  auto run_item = [&](int64_t it) {
+    const int64_t p = it / num_spans;
+    if (prefetch && it + w.prefetch_distance < items) {
+      const int64_t next = it + w.prefetch_distance;
+      prefetch_span<D>(w, base[next / num_spans], span[next % num_spans]);
+    }
+    copy_span<D>(w, base[p], chunk + lmcache_core::kv_chunk_row(g, p, 0, a.num_tokens) * es, span[it % num_spans]);
+  };
+  if (threads <= 1) {
+    for (int64_t it = 0; it < items; ++it) run_item(it);
+  } else {
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t it = 0; it < items; ++it) run_item(it);
+#else
+    for (int64_t it = 0; it < items; ++it) run_item(it);
+#endif
+  }
+  return st;
+}
+
+}  // namespace
+
+Tuning default_tuning() {
+  return Tuning{kDefaultMemcpyMinBytes, kDefaultMaxSpanBytes, true, kDefaultPrefetchBytes, true, 1,
+                kDefaultMinBytesPerThread};
+}
+
+Tuning get_tuning() {
+  return Tuning{g_memcpy_min_bytes.load(), g_max_span_bytes.load(), g_coalesce.load(), g_prefetch_bytes.load(),
+                g_tokens_outer.load(), g_prefetch_distance.load(), g_min_bytes_per_thread.load()};
+}
+
+void set_tuning(const Tuning& tuning) {
+  g_memcpy_min_bytes.store(tuning.memcpy_min_bytes);
+  g_max_span_bytes.store(std::max<int64_t>(1, tuning.max_span_bytes));
+  g_coalesce.store(tuning.coalesce);
+  g_prefetch_bytes.store(std::max<int64_t>(0, tuning.prefetch_bytes));
+  g_tokens_outer.store(tuning.tokens_outer);
+  g_prefetch_distance.store(std::max<int64_t>(1, tuning.prefetch_distance));
+  g_min_bytes_per_thread.store(std::max<int64_t>(1, tuning.min_bytes_per_thread));
+}
+
+Status check_transfer(const TransferArgs& a) {
+  Status st = check_geometry(a.geometry, a.element_size);
+  if (!st.ok) return st;
+  st = check_planes(a);
+  if (!st.ok) return st;
+  return check_chunk_and_slots(a);
+}
+
+Status gather(const TransferArgs& args) { return launch<Direction::kGather>(args); }
+
+Status scatter(const TransferArgs& args) { return launch<Direction::kScatter>(args); }
+
+const char* isa() { return LMC_ARM_ISA; }
+
+int max_threads() {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+}  // namespace lmcache_arm

@@ -1,0 +1,375 @@
+"""The compiled host kernels (needs the built ``lmcache_arm._C``; no device).
+
+Bitwise against the reference backend over every layout of the core registry (plus permuted and
+channel-strided views), fp16 / bf16 / fp32 / fp8, -1 slots, skip_prefix, under every copy policy
+(coalescing on and off, NEON-only and memcpy-only rows, one-token spans) and thread count; and the
+native checks: a bad slot or size raises ValueError naming it, with nothing written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from lmcache_arm import _C, kernels
+from lmcache_core.backend import reference_backend
+from lmcache_core.layout import KVLayout
+from lmcache_core.layout_registry import LayoutHints, allocate_example, detect_layout
+from lmcache_core.testing import Case, make_cases
+from lmcache_core.testing.cases import bits, poison_, random_bits_
+
+CASES = make_cases(seed=11, count=6)  # 6 per layout variant: every dtype, pattern and skip mode
+
+#: name -> (set_tuning overrides of the defaults, num_threads); small cases: one thread per byte so
+#: the split over threads is exercised too
+POLICIES: dict[str, tuple[dict[str, object], int]] = {
+    "default-2threads": ({"min_bytes_per_thread": 1}, 2),
+    "default-1thread": ({}, 1),
+    "no-coalescing": ({"coalesce": False, "min_bytes_per_thread": 1}, 2),
+    "all-neon-heads-outer": (
+        {"memcpy_min_bytes": 1 << 62, "tokens_outer": False, "min_bytes_per_thread": 1},
+        2,
+    ),
+    "all-memcpy-tokens-outer": ({"memcpy_min_bytes": 0, "tokens_outer": True, "min_bytes_per_thread": 1}, 2),
+    "one-token-spans-prefetch": (
+        {"max_span_bytes": 1, "prefetch_bytes": 4096, "prefetch_distance": 3, "min_bytes_per_thread": 1},
+        3,
+    ),
+    "prefetch-whole-spans": ({"prefetch_bytes": 1 << 20, "min_bytes_per_thread": 1}, 2),
+}
+
+
+@pytest.fixture
+def policy(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Set the copy policy named by the test's parameter; yield its thread count; restore defaults."""
+    overrides, threads = POLICIES[request.param]
+    _C.reset_tuning()
+    _C.set_tuning(**{**_C.get_tuning(), **overrides})
+    try:
+        yield threads
+    finally:
+        _C.reset_tuning()
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(bits(a), bits(b))
+
+
+def _check_gather(case: Case, threads: int) -> None:
+    kv, layout = case.random_kv()
+    slots = case.slot_tensor()
+    got = poison_(torch.empty(case.chunk_shape(), dtype=case.dtype))
+    want = poison_(torch.empty(case.chunk_shape(), dtype=case.dtype))
+    kernels.gather(layout, kv, slots, got, case.skip_prefix, num_threads=threads)
+    reference_backend().gather(layout, kv, slots, want, case.skip_prefix)
+    assert _same(got, want), case.describe()
+
+
+def _check_scatter(case: Case, threads: int) -> None:
+    kv, layout = case.poisoned_kv()
+    want_kv, _ = case.poisoned_kv()
+    slots = case.slot_tensor(unique=True)
+    src = case.random_chunk()
+    kernels.scatter(layout, kv, slots, src, case.skip_prefix, num_threads=threads)
+    reference_backend().scatter(layout, want_kv, slots, src, case.skip_prefix)
+    for got_t, want_t in zip(kv, want_kv, strict=True):
+        assert _same(got_t, want_t), case.describe()
+
+
+@pytest.mark.parametrize("policy", list(POLICIES), indirect=True)
+def test_gather_matches_reference_under_every_policy(policy: int) -> None:
+    for case in CASES:
+        _check_gather(case, policy)
+
+
+@pytest.mark.parametrize("policy", list(POLICIES), indirect=True)
+def test_scatter_matches_reference_under_every_policy(policy: int) -> None:
+    for case in CASES:
+        _check_scatter(case, policy)
+
+
+def test_cases_cover_layouts_dtypes_and_edges() -> None:
+    """The fixed cases above reach every layout, the four dtypes, -1 slots and skip_prefix."""
+    from lmcache_core.layout_registry import LAYOUT_KINDS
+
+    assert {c.kind for c in CASES} == set(LAYOUT_KINDS)
+    assert {torch.float16, torch.bfloat16, torch.float32, torch.float8_e4m3fn} <= {c.dtype for c in CASES}
+    assert any(-1 in c.slot_mapping[c.skip_prefix :] for c in CASES)
+    assert any(0 < c.skip_prefix < c.num_tokens for c in CASES)
+
+
+# ---- views the registry cases do not produce ---------------------------------------------------
+
+
+def _strided_view_cases() -> list[tuple[str, list[torch.Tensor], LayoutHints]]:
+    """Engine tensors whose head or channel axis is strided (the element-by-element path)."""
+    nb, bs, h, d = 5, 4, 3, 6
+    nhd_channel_strided = [
+        torch.empty(2, nb, bs, d, h, dtype=torch.bfloat16).permute(0, 1, 2, 4, 3) for _ in range(2)
+    ]
+    mla_channel_strided = [torch.empty(nb, 40, bs, dtype=torch.float16).permute(0, 2, 1) for _ in range(3)]
+    flashinfer_heads_gapped = [
+        torch.empty(nb, 2, bs, h, 2 * d, dtype=torch.float32)[..., :d] for _ in range(2)
+    ]
+    return [
+        (
+            "nhd-channel-strided",
+            nhd_channel_strided,
+            LayoutHints(kind="vllm_flash_nhd", num_kv_heads=h, head_size=d, block_size=bs),
+        ),
+        ("mla-channel-strided", mla_channel_strided, LayoutHints(kind="mla", block_size=bs)),
+        (
+            "flashinfer-heads-gapped",
+            flashinfer_heads_gapped,
+            LayoutHints(kind="flashinfer", num_kv_heads=h, head_size=d, block_size=bs),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("name", [c[0] for c in _strided_view_cases()])
+def test_strided_views_match_reference(name: str) -> None:
+    _, kv, hints = next(c for c in _strided_view_cases() if c[0] == name)
+    gen = torch.Generator().manual_seed(5)
+    for t in kv:
+        random_bits_(t, gen)
+    layout = detect_layout(kv, hints)
+    expected_run = layout.head_size if name == "flashinfer-heads-gapped" else 1
+    assert layout.contiguous_run() == expected_run
+    slots = torch.tensor([3, 4, -1, 17, 0, 19, 8], dtype=torch.int64)
+    shape = (layout.num_kv, layout.num_layers, len(slots), layout.hidden)
+    got = poison_(torch.empty(shape, dtype=kv[0].dtype))
+    want = poison_(torch.empty(shape, dtype=kv[0].dtype))
+    kernels.gather(layout, kv, slots, got, 1)
+    reference_backend().gather(layout, kv, slots, want, 1)
+    assert _same(got, want)
+
+    src = random_bits_(torch.empty(shape, dtype=kv[0].dtype), gen)
+    ref_kv = [t.clone() for t in kv]  # clone keeps strides of these dense views
+    ref_layout = detect_layout(ref_kv, hints)
+    kernels.scatter(layout, kv, slots, src, 0)
+    reference_backend().scatter(ref_layout, ref_kv, slots, src, 0)
+    for a, b in zip(kv, ref_kv, strict=True):
+        assert _same(a, b)
+
+
+@pytest.mark.parametrize("kind", ["vllm_flash_nhd", "sglang", "mla", "vllm_cpu"])
+def test_consecutive_slots_across_blocks(kind: str) -> None:
+    """Slots running over block boundaries (one coalesced span where blocks are adjacent)."""
+    bs = 1 if kind == "sglang" else 4
+    heads = 1 if kind in ("mla", "vllm_cpu") else 2
+    kv, hints = allocate_example(
+        kind,
+        num_layers=2,
+        num_blocks=16,
+        block_size=bs,
+        num_kv_heads=heads,
+        head_size=32,
+        dtype=torch.bfloat16,
+    )
+    gen = torch.Generator().manual_seed(3)
+    for t in kv:
+        random_bits_(t, gen)
+    layout = detect_layout(kv, hints)
+    slots = torch.arange(2, 2 + 11, dtype=torch.int64)
+    shape = (layout.num_kv, layout.num_layers, 11, layout.hidden)
+    got = poison_(torch.empty(shape, dtype=torch.bfloat16))
+    want = poison_(torch.empty(shape, dtype=torch.bfloat16))
+    kernels.gather(layout, kv, slots, got)
+    reference_backend().gather(layout, kv, slots, want, 0)
+    assert _same(got, want)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_thread_counts_agree(threads: int) -> None:
+    _C.set_tuning(**{**_C.get_tuning(), "min_bytes_per_thread": 1})
+    try:
+        case = next(c for c in CASES if c.kind == "trtllm" and c.skip_prefix < c.num_tokens)
+        _check_gather(case, threads)
+        _check_scatter(case, threads)
+    finally:
+        _C.reset_tuning()
+
+
+# ---- native checks: ValueError before the first byte is written ----------------------------------
+
+
+def _nhd(num_blocks: int = 4, block_size: int = 4) -> tuple[list[torch.Tensor], KVLayout]:
+    kv, hints = allocate_example(
+        "vllm_flash_nhd",
+        num_layers=2,
+        num_blocks=num_blocks,
+        block_size=block_size,
+        num_kv_heads=2,
+        head_size=8,
+        dtype=torch.float16,
+    )
+    for t in kv:
+        poison_(t)
+    return kv, detect_layout(kv, hints)
+
+
+@pytest.mark.parametrize("bad", [16, 1000, -2, -(2**40)])
+def test_bad_slot_raises_and_gather_writes_nothing(bad: int) -> None:
+    kv, layout = _nhd()  # 16 slots
+    slots = torch.tensor([0, 1, 2, 3, 4, 5, bad], dtype=torch.int64)
+    out = poison_(torch.empty(2, 2, 7, 16, dtype=torch.float16))
+    with pytest.raises(ValueError, match=rf"slot_mapping\[6\]: expected -1 <= slot < 16 .*given {bad}$"):
+        kernels.gather(layout, kv, slots, out, validate=False)  # native check alone
+    assert bool((bits(out) == bits(poison_(torch.empty(1, dtype=torch.float16)))).all())
+
+
+@pytest.mark.parametrize("validate", [False, True])
+def test_bad_slot_raises_and_scatter_writes_nothing(validate: bool) -> None:
+    kv, layout = _nhd()
+    before = [t.clone() for t in kv]
+    slots = torch.tensor([0, 1, 99, 3], dtype=torch.int64)
+    src = torch.zeros(2, 2, 4, 16, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"slot_mapping") as raised:
+        kernels.scatter(layout, kv, slots, src, validate=validate)
+    message = str(raised.value)  # native: "slot_mapping[2]: ... given 99"; core: "given 99 at index 2"
+    assert "given 99" in message and ("[2]" in message or "index 2" in message), message
+    for a, b in zip(kv, before, strict=True):
+        assert _same(a, b)
+
+
+def test_bad_slot_behind_skip_prefix_is_ignored() -> None:
+    kv, layout = _nhd()
+    slots = torch.tensor([2**40, -5, 3], dtype=torch.int64)
+    src = torch.ones(2, 2, 3, 16, dtype=torch.float16)
+    kernels.scatter(layout, kv, slots, src, 2, validate=False)
+    want, _ = _nhd()
+    reference_backend().scatter(layout, want, slots, src, 2)
+    for a, b in zip(kv, want, strict=True):
+        assert _same(a, b)
+
+
+def test_chunk_size_mismatch_raises() -> None:
+    kv, layout = _nhd()
+    slots = torch.tensor([0, 1, 2], dtype=torch.int64)
+    out = poison_(torch.empty(2, 2, 2, 16, dtype=torch.float16))  # 2 tokens, slot mapping has 3
+    with pytest.raises(ValueError, match=r"chunk: expected 384 bytes .* given 256"):
+        kernels.gather(layout, kv, slots, out, validate=False)
+
+
+def test_kv_tensor_smaller_than_layout_raises() -> None:
+    """A layout describing more blocks than the tensors hold is refused, never written past."""
+    _, big_layout = _nhd(num_blocks=8)
+    small, _ = _nhd(num_blocks=4)
+    before = [t.clone() for t in small]
+    slots = torch.tensor([0, 1], dtype=torch.int64)
+    src = torch.zeros(2, 2, 2, 16, dtype=torch.float16)
+    with pytest.raises(
+        ValueError, match=r"plane_offset\[2\]: plane spans elements .* expected to fit in its"
+    ):
+        kernels.scatter(big_layout, small, slots, src, validate=False)
+    for a, b in zip(small, before, strict=True):
+        assert _same(a, b)
+
+
+def _raw_args(
+    kv: list[torch.Tensor], layout: KVLayout, chunk: torch.Tensor, slots: torch.Tensor
+) -> dict[str, object]:
+    return dict(
+        tensor_address=[t.data_ptr() for t in kv],
+        tensor_nbytes=[t.numel() * t.element_size() for t in kv],
+        plane_tensor=list(layout.plane_tensor),
+        plane_offset=list(layout.plane_offset),
+        dims=(
+            layout.num_kv,
+            layout.num_layers,
+            layout.num_blocks,
+            layout.block_size,
+            layout.num_kv_heads,
+            layout.head_size,
+        ),
+        strides=layout.strides,
+        element_size=layout.element_size,
+        slot_mapping=slots.data_ptr(),
+        num_tokens=slots.numel(),
+        chunk=chunk.data_ptr(),
+        chunk_nbytes=chunk.numel() * chunk.element_size(),
+        skip_prefix=0,
+        num_threads=1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"plane_tensor": [0, 1, 0], "plane_offset": [0, 0, 0]},
+            r"plane_tensor/plane_offset: expected 4 entries \(num_kv \* num_layers\), given 3",
+        ),
+        ({"plane_offset": [0, 0, 0]}, r"plane_offset: expected 4 entries .*given 3"),
+        ({"plane_tensor": [0, 1, 2, 1]}, r"plane_tensor\[2\]: expected a tensor index in \[0, 2\), given 2"),
+        ({"plane_offset": [0, 0, 0, 257]}, r"plane_offset\[3\]: plane spans elements \[257, 257 \+ 256\)"),
+        ({"element_size": 3}, r"element_size: expected 1, 2, 4 or 8 bytes, given 3"),
+        ({"strides": (64, 16, 8, -1)}, r"channel_stride: expected >= 0 elements, given -1"),
+        ({"dims": (3, 2, 4, 4, 2, 8)}, r"num_kv: expected 1 \(MLA\) or 2"),
+        ({"dims": (2, 2, 0, 4, 2, 8)}, r"num_blocks: expected >= 1, given 0"),
+        ({"dims": (2, 2, 2**62, 4, 2, 8)}, r"overflows int64"),
+        ({"skip_prefix": 5}, r"skip_prefix: expected 0 <= skip_prefix <= 3, given 5"),
+        ({"num_threads": -1}, r"num_threads: expected >= 0"),
+        ({"tensor_nbytes": [8]}, r"tensor_nbytes: expected 2 entries"),
+        ({"tensor_address": [0, 0]}, r"kv_caches\[0\]: expected a non-null data pointer"),
+        ({"chunk_nbytes": 10**6}, r"chunk: expected 384 bytes .*given 1000000"),
+    ],
+)
+def test_native_argument_checks(change: dict[str, object], message: str) -> None:
+    kv, layout = _nhd()
+    before = [t.clone() for t in kv]
+    slots = torch.tensor([0, 5, 9], dtype=torch.int64)
+    chunk = torch.zeros(2, 2, 3, 16, dtype=torch.float16)
+    args = _raw_args(kv, layout, chunk, slots)
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        _C.scatter(**args)
+    for a, b in zip(kv, before, strict=True):
+        assert _same(a, b)
+
+
+def test_wrapper_rejects_non_host_and_misshapen_inputs() -> None:
+    kv, layout = _nhd()
+    slots = torch.tensor([0, 1], dtype=torch.int64)
+    out = torch.empty(2, 2, 2, 16, dtype=torch.float16)
+    meta_kv = [torch.empty(t.shape, dtype=t.dtype, device="meta") for t in kv]
+    with pytest.raises(ValueError, match=r"kv_caches\[0\]: expected a tensor in host memory"):
+        kernels.gather(layout, meta_kv, slots, out, validate=False)
+    with pytest.raises(ValueError, match=r"out: expected a contiguous tensor"):
+        kernels.gather(
+            layout, kv, slots, torch.empty(2, 2, 16, 2, dtype=torch.float16).transpose(2, 3), validate=False
+        )
+    with pytest.raises(TypeError, match=r"slot_mapping: expected a 1-D int64 tensor"):
+        kernels.gather(layout, kv, slots.int(), out, validate=False)
+    with pytest.raises(ValueError, match=r"chunk: expected 256 bytes .* given 512"):
+        kernels.gather(layout, kv, slots, out.float(), validate=False)  # native size check
+    with pytest.raises(TypeError, match=r"out: expected dtype float16, given float32"):
+        kernels.gather(layout, kv, slots, out.float())  # the core's check
+    with pytest.raises(ValueError, match=r"num_threads: expected a positive int"):
+        kernels.gather(layout, kv, slots, out, num_threads=0)
+    with pytest.raises(ValueError, match=r"slot_mapping: expected slots in \[-1, 16\)"):
+        kernels.gather(layout, kv, torch.tensor([0, 16]), out)  # the core's Python check (validate=True)
+
+
+def test_tuning_knob_checks_and_reset() -> None:
+    _C.reset_tuning()
+    defaults = _C.get_tuning()
+    with pytest.raises(ValueError, match=r"max_span_bytes: expected >= 1, given 0"):
+        _C.set_tuning(memcpy_min_bytes=0, max_span_bytes=0, coalesce=True)
+    with pytest.raises(ValueError, match=r"prefetch_bytes: expected >= 0, given -1"):
+        _C.set_tuning(memcpy_min_bytes=0, max_span_bytes=1, coalesce=True, prefetch_bytes=-1)
+    changed = {
+        "memcpy_min_bytes": 7,
+        "max_span_bytes": 9,
+        "coalesce": False,
+        "prefetch_bytes": 11,
+        "tokens_outer": not defaults["tokens_outer"],
+        "prefetch_distance": 13,
+        "min_bytes_per_thread": 17,
+    }
+    _C.set_tuning(**changed)
+    assert _C.get_tuning() == changed
+    _C.reset_tuning()
+    assert _C.get_tuning() == defaults

@@ -1,0 +1,83 @@
+"""lmcache-core's portable index header as this package builds it (needs a C++ compiler, g++).
+
+The header must be found through ``lmcache_core.include_path.get_include()``, compile with no C++
+standard library and no exceptions (what device compilers allow), and mark its functions
+``__host__ __device__`` exactly when a CUDA or HIP compiler includes it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lmcache_core.include_path import get_include
+
+HEADER = Path(get_include()) / "lmcache_core" / "kv_index.h"
+CXX = shutil.which("g++")
+needs_cxx = pytest.mark.skipif(CXX is None, reason="g++ not found")
+
+
+def test_get_include_finds_the_header() -> None:
+    assert HEADER.is_file(), HEADER
+
+
+def test_header_has_no_host_only_constructs() -> None:
+    code = re.sub(r"/\*.*?\*/", "", HEADER.read_text(), flags=re.S)  # comments name what is excluded
+    code = re.sub(r"//[^\n]*", "", code)
+    for banned in (
+        r"std::",
+        r"\bthrow\b",
+        r"\btry\b",
+        r"#pragma\s+omp",
+        r"\bnew\b",
+        r"\bmalloc\b",
+        r"\bprintf\b",
+    ):
+        assert not re.search(banned, code), banned
+    assert re.findall(r"#include <([^>]+)>", code) == ["stdint.h"]
+
+
+def _compile(tmp_path: Path, source: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    src = tmp_path / "probe.cpp"
+    src.write_text(source)
+    cmd = [str(CXX), "-std=c++11", "-fsyntax-only", "-Wall", "-Werror", "-I", get_include(), *flags, str(src)]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+@needs_cxx
+def test_compiles_without_the_standard_library_or_exceptions(tmp_path: Path) -> None:
+    source = (
+        '#include "lmcache_core/kv_index.h"\n'
+        "int64_t f() {\n"
+        "  lmcache_core::KVGeometry g = {2, 1, 4, 16, 8, 128, 16384, 1024, 128, 1};\n"
+        "  return lmcache_core::kv_plane_row(g, 37) + lmcache_core::kv_chunk_row(g, 1, 5, 256) +\n"
+        "         lmcache_core::kv_contiguous_run(g) + lmcache_core::kv_plane_extent(g);\n"
+        "}\n"
+    )
+    result = _compile(tmp_path, source, "-nostdinc++", "-fno-exceptions", "-fno-rtti")
+    assert result.returncode == 0, result.stderr
+
+
+@needs_cxx
+def test_host_device_macro_follows_the_compiler(tmp_path: Path) -> None:
+    """On a host compiler LMC_HOST_DEVICE is empty; under __CUDACC__/__HIPCC__ it is __host__ __device__.
+
+    The fake ``__host__`` below is a deprecation attribute: calling a function that carries it fails
+    under -Werror, which shows the macro put it there.
+    """
+    source = (
+        '#include "lmcache_core/kv_index.h"\n'
+        "int64_t f() { lmcache_core::KVGeometry g = {2, 1, 4, 16, 8, 128, 16384, 1024, 128, 1};\n"
+        "  return lmcache_core::kv_hidden(g); }\n"
+    )
+    host = _compile(tmp_path, source)
+    assert host.returncode == 0, host.stderr
+    for marker in ("__CUDACC__", "__HIPCC__"):
+        device = _compile(
+            tmp_path, source, f"-D{marker}", "-D__host__=__attribute__((deprecated))", "-D__device__="
+        )
+        assert device.returncode != 0 and "deprecated" in device.stderr, (marker, device.stderr)
