@@ -349,7 +349,7 @@ def test_wrapper_rejects_non_host_and_misshapen_inputs() -> None:
         kernels.gather(layout, kv, slots, out.float())  # the core's check
     with pytest.raises(ValueError, match=r"num_threads: expected a positive int"):
         kernels.gather(layout, kv, slots, out, num_threads=0)
-    with pytest.raises(ValueError, match=r"slot_mapping: expected slots in \[-1, 16\)"):
+    with pytest.raises(ValueError, match=r"slot_mapping\[\d+\]: expected slots in \[-1, 16\)"):
         kernels.gather(layout, kv, torch.tensor([0, 16]), out)  # the core's Python check (validate=True)
 
 

@@ -7,8 +7,9 @@ again in native code (defence in depth), since they can also be called directly.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lmcache_core.layout import KVLayout
 
@@ -20,9 +21,27 @@ def _dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
+# layout -> weak references to the tensors last checked against it. Engines pass the same KV
+# tensors on every call, so a repeat check is an identity comparison (a tensor resized in place
+# with ``set_``/``resize_`` after registration is not noticed; engines do not do that).
+_checked: dict[KVLayout, tuple[weakref.ref[Any], ...]] = {}
+
+
+def _seen_before(layout: KVLayout, kv_caches: Sequence[Any]) -> bool:
+    refs = _checked.get(layout)
+    return (
+        refs is not None
+        and len(refs) == len(kv_caches)
+        and all(r() is t for r, t in zip(refs, kv_caches, strict=True))
+    )
+
+
 def check_kv_caches(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> None:
     """``kv_caches`` must be the tensors ``layout`` was detected from (count, shape, strides)."""
     import torch
+
+    if isinstance(kv_caches, (list, tuple)) and _seen_before(layout, kv_caches):
+        return
 
     if not isinstance(kv_caches, (list, tuple)):
         raise TypeError(f"kv_caches: expected a list or tuple of tensors, given {type(kv_caches).__name__}")
@@ -47,6 +66,9 @@ def check_kv_caches(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> None
             device = t.device
         elif t.device != device:
             raise ValueError(f"kv_caches[{i}]: expected device {device}, given {t.device}")
+    if len(_checked) > 64:  # bounded: a process registers a handful of layouts
+        _checked.clear()
+    _checked[layout] = tuple(weakref.ref(t) for t in kv_caches)
 
 
 def check_chunk(name: str, layout: KVLayout, chunk: torch.Tensor) -> int:
@@ -93,11 +115,12 @@ def check_slot_mapping(
     live = slot_mapping[skip_prefix:]
     if live.numel() == 0:
         return
-    bad = (live < -1) | (live >= layout.num_slots)
-    if bool(bad.any()):
+    lowest, highest = torch.aminmax(live)  # one pass; locate the culprit only on failure
+    if int(lowest) < -1 or int(highest) >= layout.num_slots:
+        bad = (live < -1) | (live >= layout.num_slots)
         i = int(torch.nonzero(bad)[0, 0]) + skip_prefix
         raise ValueError(
-            f"slot_mapping: expected slots in [-1, {layout.num_slots}) "
+            f"slot_mapping[{i}]: expected slots in [-1, {layout.num_slots}) "
             f"(num_blocks {layout.num_blocks} * block_size {layout.block_size}), "
             f"given {int(slot_mapping[i])} at index {i}"
         )
