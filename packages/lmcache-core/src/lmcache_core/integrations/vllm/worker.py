@@ -1,0 +1,230 @@
+"""Worker side of the vLLM connector: one :class:`~lmcache_core.cache_engine.CacheEngine` per
+worker (tensor/pipeline-parallel rank), loads before the forward, stores after it.
+
+* ``register_kv_caches``: the KV tensors of every attention layer, in layer order, are described
+  by :func:`~lmcache_core.layout_registry.detect_layout` (``vllm_cpu`` on CPU, the flash layouts
+  on GPU); the backend for their device is chosen; the lookup handler is served (:mod:`.lookup`).
+* ``load`` (vLLM's ``start_load_kv``): for each planned load, scatter the cached chunks into the
+  request's blocks. A load that stops early (chunk evicted, L2 object corrupt or unreachable,
+  backend error) reports the blocks it did not fill; vLLM recomputes them.
+* ``save`` (vLLM's ``wait_for_save``): gather the chunks the step completed into L1 (and L2 by
+  write-behind). A request whose load failed this step stores nothing this step: its later
+  tokens were computed against the blocks that failed.
+* Timing: every load feeds the tier bandwidth estimates, every step the prefill-speed estimate
+  (:class:`~.policy.CostModel`); the lookup handler returns them to the scheduler.
+
+vLLM 0.32's CPU attention keeps each (block, head)'s K in a kernel-specific order (transposed,
+``[head_size, block_size]``, for the fp32/fp16 ``vec`` kernels; VNNI pairs for bf16 ``amx``),
+not token rows. Copying whole blocks moves those bytes exactly, so chunks hold whole blocks
+(``chunk_size`` is a multiple of the block size and only whole blocks are stored), and the
+connector adds the kernel's tag to ``model_id`` so such chunks are never shared with an engine
+that orders K differently.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from lmcache_core.cache_engine import CacheEngine
+from lmcache_core.config import CacheEngineConfig
+from lmcache_core.integrations.vllm import lookup as lookup_mod
+from lmcache_core.integrations.vllm.plan import LoadSpec, StepPlan, StoreSpec, slot_mapping
+from lmcache_core.integrations.vllm.policy import CostModel
+from lmcache_core.integrations.vllm.stats import StatsRecorder
+from lmcache_core.layout_registry import LayoutHints
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerSide:
+    """The worker connector's state for one rank.
+
+    ``address``/``key``: where to serve lookups (None: serve none, e.g. in tests).
+    """
+
+    def __init__(
+        self,
+        config: CacheEngineConfig,
+        *,
+        block_size: int,
+        cost: CostModel,
+        stats: StatsRecorder,
+        address: str | None = None,
+        key: bytes | None = None,
+    ) -> None:
+        if config.chunk_size % block_size:
+            raise ValueError(
+                f"chunk_size: expected a multiple of vLLM's block_size ({block_size}), given {config.chunk_size}"
+            )
+        self.config = config
+        self.block_size = block_size
+        self.cost = cost
+        self.stats = stats
+        self.engine = CacheEngine(config)
+        self._kv: list[torch.Tensor] = []
+        self._lock = threading.RLock()
+        self._address = address
+        self._key = key
+        self._server: lookup_mod.LookupServer | None = None
+        self._failed_blocks: set[int] = set()
+        self._failed_reqs: set[str] = set()
+        self._step_start: float | None = None
+        self._load_time = 0.0
+        self._chunk_nbytes = 0
+        self._bytes_per_token = 0.0
+
+    # ---- set-up -----------------------------------------------------------------------------
+
+    def register_kv_caches(self, kv_caches: Sequence[torch.Tensor], hints: LayoutHints | None = None) -> None:
+        """Describe the layer tensors (layer order) and start answering lookups."""
+        with self._lock:
+            self._kv = list(kv_caches)
+            spec = self.engine.register_kv_caches(self._kv, hints)
+            self._chunk_nbytes = spec.chunk_nbytes(self.config.chunk_size)
+            self._bytes_per_token = self._chunk_nbytes / self.config.chunk_size
+        if self._address is not None:
+            lookup_mod.register_local(self._address, self.lookup)
+            if self._key is not None:
+                self._server = lookup_mod.LookupServer(self._address, self.lookup, self._key)
+        logger.info(
+            "lmcache-core worker rank %d/%d: %s, backend %s, chunk %d tokens (%d bytes), lookups at %s",
+            self.config.rank,
+            self.config.world_size,
+            spec.groups[0].describe(),
+            self.engine.backend.name,
+            self.config.chunk_size,
+            self._chunk_nbytes,
+            self._address,
+        )
+
+    def close(self) -> None:
+        if self._address is not None:
+            lookup_mod.unregister_local(self._address)
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        with self._lock:
+            self.engine.close()
+
+    # ---- lookup (called by the scheduler, in or out of process) -------------------------------
+
+    def lookup(self, tokens: Sequence[int], cache_salt: str | None) -> dict[str, Any]:
+        """``{"hit", "l1", "bytes_per_token", "estimates"}``: cached prefix (tokens, chunk-granular),
+        the part of it in L1, this rank's bytes per token, and the cost model's estimates."""
+        with self._lock:
+            before = self.engine.stats.lookup_l2_hit_tokens
+            hit = self.engine.lookup(tokens, cache_salt=cache_salt)
+            l2 = self.engine.stats.lookup_l2_hit_tokens - before
+        return {
+            "hit": hit,
+            "l1": hit - l2,
+            "bytes_per_token": self._bytes_per_token,
+            "estimates": self.cost.estimates().to_dict(),
+        }
+
+    # ---- per step ---------------------------------------------------------------------------
+
+    def begin_step(self) -> None:
+        """The step's metadata arrived: the forward is about to run."""
+        self._step_start = time.perf_counter()
+        self._load_time = 0.0
+        self._failed_reqs.clear()
+
+    def _slots(self, block_ids: list[int], n: int) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(slot_mapping(block_ids, n, self.block_size))
+
+    def load(self, plan: StepPlan) -> None:
+        """Scatter every planned load into vLLM's blocks (before the forward)."""
+        t_all = time.perf_counter()
+        for spec in plan.loads:
+            self._load_one(spec)
+        self._load_time += time.perf_counter() - t_all
+
+    def _load_one(self, spec: LoadSpec) -> None:
+        n = len(spec.token_ids)
+        expected = n - spec.skip
+        st = self.engine.stats
+        with self._lock:
+            bytes0, l2_0 = st.retrieved_bytes, st.retrieved_l2_chunks
+            chunks0 = st.retrieved_chunks
+            t0 = time.perf_counter()
+            try:
+                loaded = self.engine.retrieve(
+                    spec.token_ids,
+                    self._kv,
+                    self._slots(spec.block_ids, n),
+                    skip_leading_tokens=spec.skip,
+                    cache_salt=spec.cache_salt,
+                )
+            except Exception:
+                logger.exception(
+                    "lmcache-core: load of request %s failed; vLLM will recompute it", spec.req_id
+                )
+                loaded = 0
+            dt = time.perf_counter() - t0
+            nbytes = st.retrieved_bytes - bytes0
+            l2_bytes = min(nbytes, (st.retrieved_l2_chunks - l2_0) * self._chunk_nbytes)
+            chunks = st.retrieved_chunks - chunks0
+        self.cost.observe_load(nbytes - l2_bytes, l2_bytes, chunks, dt)
+        good_end = spec.skip + loaded
+        self.stats.inc(loads=1, loaded_tokens=loaded, loaded_bytes=nbytes, load_seconds=dt)
+        self.stats.load_duration(dt)
+        if loaded < expected and good_end < spec.matched_end:
+            first, last = good_end // self.block_size, (spec.matched_end - 1) // self.block_size
+            bad = set(spec.block_ids[first : last + 1])
+            self._failed_blocks |= bad
+            self._failed_reqs.add(spec.req_id)
+            self.stats.inc(load_failed_tokens=spec.matched_end - good_end, load_failed_blocks=len(bad))
+            logger.warning(
+                "lmcache-core: request %s loaded %d of %d tokens; %d blocks handed back to vLLM to recompute",
+                spec.req_id,
+                loaded,
+                expected,
+                len(bad),
+            )
+        else:
+            logger.debug(
+                "request %s: loaded %d tokens (%d bytes) in %.2f ms", spec.req_id, loaded, nbytes, dt * 1e3
+            )
+
+    def save(self, plan: StepPlan) -> None:
+        """Record the forward's duration, then store the chunks the step completed."""
+        if self._step_start is not None:
+            forward = time.perf_counter() - self._step_start - self._load_time
+            self.cost.observe_step(plan.scheduled_tokens, forward)
+            self._step_start = None
+        for spec in plan.stores:
+            if spec.req_id in self._failed_reqs:
+                logger.debug("request %s: not stored this step (its load failed)", spec.req_id)
+                continue
+            self._store_one(spec)
+
+    def _store_one(self, spec: StoreSpec) -> None:
+        n = len(spec.token_ids)
+        with self._lock:
+            b0 = self.engine.stats.stored_bytes
+            t0 = time.perf_counter()
+            try:
+                stored = self.engine.store(
+                    spec.token_ids, self._kv, self._slots(spec.block_ids, n), cache_salt=spec.cache_salt
+                )
+            except Exception:
+                logger.exception("lmcache-core: store of request %s failed; it stays uncached", spec.req_id)
+                return
+            dt = time.perf_counter() - t0
+            nbytes = self.engine.stats.stored_bytes - b0
+        self.stats.inc(stores=1, stored_tokens=stored, stored_bytes=nbytes, store_seconds=dt)
+
+    def take_failed_blocks(self) -> set[int]:
+        """Blocks that failed to load since the last call (vLLM recomputes them)."""
+        out, self._failed_blocks = self._failed_blocks, set()
+        return out

@@ -1,0 +1,236 @@
+"""The connector's scheduler side against a real worker side (same process, through the lookup
+table), driven step by step the way vLLM 0.32's scheduler calls it. vLLM's request and
+scheduler-output objects are stood in for by dataclasses with the same field names; the engine
+tests (tests/e2e) run the real ones."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+
+import pytest
+
+from lmcache_core.integrations.vllm import lookup
+from lmcache_core.integrations.vllm.plan import StepPlan
+from lmcache_core.integrations.vllm.scheduler import SchedulerSide
+from lmcache_core.integrations.vllm.stats import StatsRecorder
+
+from .test_worker import BS, CHUNK, make_kv, make_worker, step
+
+
+@dataclass
+class LoRA:
+    lora_name: str
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt_token_ids: list[int]
+    cache_salt: str | None = None
+    lora_request: LoRA | None = None
+    mm_features: list[object] = field(default_factory=list)
+
+
+@dataclass
+class Blocks:
+    ids: list[int]
+
+    def get_block_ids(self) -> tuple[list[int], ...]:
+        return (self.ids,)
+
+
+@dataclass
+class NewReq:
+    req_id: str
+    prompt_token_ids: list[int]
+    block_ids: tuple[list[int], ...]
+    num_computed_tokens: int
+
+
+@dataclass
+class Cached:
+    req_ids: list[str] = field(default_factory=list)
+    resumed_req_ids: set[str] = field(default_factory=set)
+    new_block_ids: list[tuple[list[int], ...] | None] = field(default_factory=list)
+    num_computed_tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SchedOut:
+    scheduled_new_reqs: list[NewReq]
+    scheduled_cached_reqs: Cached
+    num_scheduled_tokens: dict[str, int]
+
+    @property
+    def total_num_scheduled_tokens(self) -> int:
+        return sum(self.num_scheduled_tokens.values())
+
+
+def tokens(n: int, seed: int = 0) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(3, 30000) for _ in range(n)]
+
+
+@pytest.fixture(params=["always"])
+def pair(request: pytest.FixtureRequest):
+    kv = make_kv()
+    worker = make_worker(kv)
+    addr = lookup.address(str(uuid.uuid4()), 0, 0)
+    lookup.register_local(addr, worker.lookup)
+    sched = SchedulerSide(
+        lookup.LookupClient([addr], b"k", 5), chunk_size=CHUNK, block_size=BS, load_policy=request.param,
+        default_salt=None, stats=StatsRecorder(),
+    )  # fmt: skip
+    yield sched, worker
+    lookup.unregister_local(addr)
+    worker.close()
+
+
+def admit(sched: SchedulerSide, req: Request, blocks: list[int], computed: int = 0) -> int:
+    """vLLM's admission: ask, allocate, tell."""
+    n, async_load = sched.get_num_new_matched_tokens(req, computed)
+    assert async_load is False
+    sched.update_state_after_alloc(req, Blocks(blocks), n)
+    return n
+
+
+def new_step(req: Request, blocks: list[int], computed: int, scheduled: int) -> SchedOut:
+    return SchedOut([NewReq(req.request_id, req.prompt_token_ids, (blocks,), computed)], Cached(),
+                    {req.request_id: scheduled})  # fmt: skip
+
+
+def test_miss_store_then_hit_load(pair) -> None:
+    sched, worker = pair
+    prompt = tokens(200)
+    a = Request("a", prompt)
+    assert admit(sched, a, list(range(7))) == 0
+    plan = sched.build_connector_meta(new_step(a, list(range(7)), 0, 200))
+    assert plan.loads == [] and [len(s.token_ids) for s in plan.stores] == [192]  # whole blocks
+    assert plan.scheduled_tokens == 200
+    step(worker, plan)
+    sched.request_finished(a)
+
+    b = Request("b", list(prompt))
+    assert admit(sched, b, list(range(10, 17))) == 192
+    assert sched.hit_sources("b") == (192, 0)
+    plan = sched.build_connector_meta(new_step(b, list(range(10, 17)), 192, 8))
+    (load,) = plan.loads
+    assert (len(load.token_ids), load.skip, load.matched_end, load.block_ids) == (
+        192,
+        0,
+        192,
+        list(range(10, 17)),
+    )
+    assert plan.stores == []  # everything computed is already cached
+    step(worker, plan)
+    assert worker.take_failed_blocks() == set()
+    s = sched.stats.totals()
+    assert (s["lookups"], s["matched_tokens"], s["l1_matched_tokens"]) == (2, 192, 192)
+
+
+def test_a_fully_cached_prompt_leaves_its_last_token_to_vllm(pair) -> None:
+    sched, worker = pair
+    prompt = tokens(192, seed=1)
+    a = Request("a", prompt)
+    admit(sched, a, list(range(6)))
+    step(worker, sched.build_connector_meta(new_step(a, list(range(6)), 0, 192)))
+    b = Request("b", list(prompt))
+    assert admit(sched, b, list(range(20, 26))) == 191
+    plan = sched.build_connector_meta(new_step(b, list(range(20, 26)), 191, 1))
+    assert (len(plan.loads[0].token_ids), plan.loads[0].matched_end) == (192, 191)
+
+
+def test_salts_separate_tenants(pair) -> None:
+    sched, worker = pair
+    prompt = tokens(128, seed=2)
+    a = Request("a", prompt, cache_salt="tenant-a")
+    admit(sched, a, [0, 1, 2, 3])
+    step(worker, sched.build_connector_meta(new_step(a, [0, 1, 2, 3], 0, 128)))
+    assert admit(sched, Request("b", list(prompt), cache_salt="tenant-b"), [4, 5, 6, 7]) == 0
+    assert admit(sched, Request("c", list(prompt), cache_salt="tenant-a"), [8, 9, 10, 11]) == 127
+    # The same tokens under a LoRA adapter have other KV.
+    assert admit(sched, Request("d", list(prompt), "tenant-a", LoRA("sql")), [12, 13, 14, 15]) == 0
+    # Multimodal prompts: placeholder tokens do not name the image; neither looked up nor stored.
+    mm = Request("e", list(prompt), cache_salt="tenant-a", mm_features=["image"])
+    assert admit(sched, mm, [16, 17, 18, 19]) == 0
+    assert sched.build_connector_meta(new_step(mm, [16, 17, 18, 19], 0, 128)).stores == []
+
+
+def test_chunked_prefill_stores_at_chunk_boundaries(pair) -> None:
+    sched, _ = pair
+    prompt = tokens(300, seed=3)
+    r = Request("r", prompt)
+    admit(sched, r, list(range(4)))
+    plan = sched.build_connector_meta(new_step(r, list(range(4)), 0, 100))
+    assert [len(s.token_ids) for s in plan.stores] == [64]
+    cached = Cached(["r"], set(), [([4, 5, 6],)], [100])
+    plan = sched.build_connector_meta(SchedOut([], cached, {"r": 100}))
+    assert [len(s.token_ids) for s in plan.stores] == [192]
+    assert plan.stores[0].block_ids == list(range(7))
+    plan = sched.build_connector_meta(SchedOut([], Cached(["r"], set(), [([7, 8, 9],)], [200]), {"r": 100}))
+    assert [len(s.token_ids) for s in plan.stores] == [288]  # the prompt's last whole block
+    plan = sched.build_connector_meta(SchedOut([], Cached(["r"], set(), [None], [300]), {"r": 1}))
+    assert plan.stores == []  # decode: nothing more to store
+    sched.on_load_errors({5})  # block 5 holds tokens 160..191: chunk 2 (128..191) is stored again
+    plan = sched.build_connector_meta(SchedOut([], Cached(["r"], set(), [None], [301]), {"r": 1}))
+    assert [len(s.token_ids) for s in plan.stores] == [288]
+
+
+def test_unreachable_worker_is_a_miss() -> None:
+    dead = SchedulerSide(
+        lookup.LookupClient([lookup.address("gone", 0, 0)], b"k", 1), chunk_size=CHUNK, block_size=BS,
+        load_policy="cost", default_salt=None, stats=StatsRecorder(),
+    )  # fmt: skip
+    assert dead.get_num_new_matched_tokens(Request("x", tokens(100)), 0) == (0, False)
+    assert dead.stats.totals()["lookup_errors"] == 1
+    with pytest.raises(
+        ValueError, match=r"chunk_size: expected a multiple of vLLM's block_size \(32\).*given 48"
+    ):
+        SchedulerSide(dead._client, chunk_size=48, block_size=32, load_policy="cost", default_salt=None,
+                      stats=StatsRecorder())  # fmt: skip
+    assert isinstance(StepPlan(), StepPlan)
+
+
+@pytest.mark.parametrize("pair", ["cost"], indirect=True)
+def test_cost_policy_follows_the_measured_speeds(pair) -> None:
+    sched, worker = pair
+    prompt = tokens(256, seed=4)
+    a = Request("a", prompt)
+    admit(sched, a, list(range(8)))
+    step(worker, sched.build_connector_meta(new_step(a, list(range(8)), 0, 256)))
+    # The engine is slow (a 256-token step took 50 ms): loading 2 KiB per token from L1 wins.
+    worker.cost.observe_step(256, 0.05)
+    assert admit(sched, Request("b", list(prompt)), list(range(8, 16))) == 255
+    # A far faster engine (1 us per token) with a slow L1 estimate: recomputing wins.
+    for _ in range(20):
+        worker.cost.observe_step(256, 256e-6)
+        worker.cost.observe_load(l1_bytes=10**6, l2_bytes=0, chunks=1, seconds=0.01)
+    assert admit(sched, Request("c", list(prompt)), list(range(16, 24))) == 0
+    s = sched.stats.totals()
+    assert s["declined_tokens"] == 256 and s["matched_tokens"] == 255
+
+
+def test_kv_role_producer_stores_only_consumer_loads_only() -> None:
+    kv = make_kv()
+    worker = make_worker(kv)
+    addr = lookup.address(str(uuid.uuid4()), 0, 0)
+    lookup.register_local(addr, worker.lookup)
+    try:
+        client = lookup.LookupClient([addr], b"k", 5)
+        common = {"chunk_size": CHUNK, "block_size": BS, "load_policy": "always", "default_salt": None}
+        producer = SchedulerSide(client, **common, stats=StatsRecorder(), load=False, store=True)
+        consumer = SchedulerSide(client, **common, stats=StatsRecorder(), load=True, store=False)
+        prompt = tokens(128, seed=5)
+        a = Request("a", prompt)
+        assert admit(consumer, a, [0, 1, 2, 3]) == 0  # nothing cached yet
+        assert consumer.build_connector_meta(new_step(a, [0, 1, 2, 3], 0, 128)).stores == []
+        b = Request("b", list(prompt))
+        assert admit(producer, b, [4, 5, 6, 7]) == 0
+        step(worker, producer.build_connector_meta(new_step(b, [4, 5, 6, 7], 0, 128)))
+        assert admit(producer, Request("c", list(prompt)), [8, 9, 10, 11]) == 0  # cached, not loaded
+        assert admit(consumer, Request("d", list(prompt)), [8, 9, 10, 11]) == 127
+    finally:
+        lookup.unregister_local(addr)
+        worker.close()

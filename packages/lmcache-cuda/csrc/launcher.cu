@@ -1,0 +1,590 @@
+/*
+ * launcher.cu - the one GPU source of lmcache-cuda and lmcache-rocm: checks, resources and the
+ * launch of kv_transfer_kernel (kv_transfer.cuh). lmcache-cuda compiles it with nvcc; lmcache-rocm
+ * compiles this same file as HIP (set_source_files_properties(... LANGUAGE HIP)). Every runtime
+ * call goes through gpu_compat.h's LMC_ macros.
+ *
+ * Order of work for one transfer (see launcher.h):
+ *   1. check_layout (plan.cpp): geometry, plane table, extents, chunk sizes - host only;
+ *   2. slot checks on the host: directly on a host copy the caller passes, else after copying
+ *      the device slot mapping into page-locked scratch (one stream synchronisation). A bad slot
+ *      raises before any kernel is queued, so nothing is written;
+ *   3. the device pointer table of plane addresses: uploaded once per (device, plane addresses)
+ *      and reused (an LRU of kMaxPlaneTables); slot mappings given only in host memory are
+ *      uploaded into per-stream device scratch (stream-ordered, so reuse is safe);
+ *   4. per chunk: device memory directly, page-locked host memory through its mapped device
+ *      address (HostPath::kMapped) or through a per-stream device staging buffer and 2-D async
+ *      copies of the live token runs only (HostPath::kStaged; pageable memory always);
+ *   5. one kernel launch per kMaxJobsPerLaunch chunks, vector width from plan_copy.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
+#include <atomic>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kv_transfer.cuh"  // includes gpu_compat.h, then lmcache_core/kv_index.h
+#include "launcher.h"
+
+namespace lmcache_gpu {
+
+namespace {
+
+constexpr size_t kMaxPlaneTables = 256;
+constexpr size_t kStagingAlign = 256;   /* bytes between staged chunks in the staging buffer */
+constexpr size_t kHostAlign = 4096;     /* registered and pageable allocations: page aligned */
+
+void check(LMC_ERROR_T status, const char* what) {
+  if (status != LMC_SUCCESS) {
+    throw std::runtime_error(std::string(LMC_GPU_RUNTIME) + " " + what + " failed: " + LMC_GET_ERROR_NAME(status) +
+                             ": " + LMC_GET_ERROR_STRING(status));
+  }
+}
+
+LMC_STREAM_T as_stream(uintptr_t handle) { return reinterpret_cast<LMC_STREAM_T>(handle); }
+
+/* Make `device` current for the scope; restore the previous one. */
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    check(LMC_GET_DEVICE(&previous_), "GetDevice");
+    if (previous_ != device) {
+      check(LMC_SET_DEVICE(device), "SetDevice");
+      changed_ = true;
+    }
+  }
+  ~DeviceGuard() {
+    if (changed_) (void)LMC_SET_DEVICE(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+  bool changed_ = false;
+};
+
+/* ---- plane tables: device arrays of plane addresses, one per (device, addresses) ---------- */
+
+struct TableKey {
+  int device;
+  std::vector<uintptr_t> planes;
+};
+
+std::mutex g_table_mutex;
+std::list<std::pair<TableKey, void*>> g_tables;  // most recently used first
+std::atomic<int64_t> g_table_uploads{0};
+std::atomic<int64_t> g_table_hits{0};
+
+uint8_t* const* plane_table(int device, const std::vector<uintptr_t>& planes, LMC_STREAM_T stream) {
+  std::lock_guard<std::mutex> lock(g_table_mutex);
+  for (auto it = g_tables.begin(); it != g_tables.end(); ++it) {
+    if (it->first.device == device && it->first.planes == planes) {
+      g_tables.splice(g_tables.begin(), g_tables, it);
+      g_table_hits.fetch_add(1);
+      return static_cast<uint8_t* const*>(g_tables.front().second);
+    }
+  }
+  if (g_tables.size() >= kMaxPlaneTables) {  // a kernel may still read the oldest: wait, then free
+    DeviceGuard guard(g_tables.back().first.device);
+    check(LMC_DEVICE_SYNCHRONIZE(), "DeviceSynchronize (plane-table eviction)");
+    check(LMC_FREE(g_tables.back().second), "Free (plane table)");
+    g_tables.pop_back();
+  }
+  void* table = nullptr;
+  const size_t nbytes = planes.size() * sizeof(uintptr_t);
+  check(LMC_MALLOC(&table, nbytes), "Malloc (plane table)");
+  LMC_ERROR_T st = LMC_MEMCPY_ASYNC(table, planes.data(), nbytes, LMC_MEMCPY_HOST_TO_DEVICE, stream);
+  if (st == LMC_SUCCESS) st = LMC_STREAM_SYNCHRONIZE(stream);  // once per table: later calls on any stream may use it
+  if (st != LMC_SUCCESS) {
+    (void)LMC_FREE(table);
+    check(st, "MemcpyAsync (plane table upload)");
+  }
+  g_tables.emplace_front(TableKey{device, planes}, table);
+  g_table_uploads.fetch_add(1);
+  return static_cast<uint8_t* const*>(table);
+}
+
+/* ---- per-stream resources: device staging, page-locked slot scratch ------------------------ */
+
+struct StreamResources {
+  std::mutex mutex;       /* held for a whole transfer on this stream */
+  int device = 0;
+  void* staging = nullptr;
+  size_t staging_bytes = 0;
+  void* slot_scratch = nullptr;  /* page-locked host memory: device slot mappings copied for checking */
+  size_t slot_scratch_bytes = 0;
+  void* slot_upload = nullptr;   /* device memory: host slot mappings uploaded for the kernel */
+  size_t slot_upload_bytes = 0;
+};
+
+std::mutex g_stream_mutex;
+std::map<std::pair<int, uintptr_t>, std::unique_ptr<StreamResources>> g_streams;
+std::atomic<int64_t> g_slot_copies{0};
+
+StreamResources& stream_resources(int device, uintptr_t stream) {
+  std::lock_guard<std::mutex> lock(g_stream_mutex);
+  auto& slot = g_streams[{device, stream}];
+  if (!slot) {
+    slot = std::make_unique<StreamResources>();
+    slot->device = device;
+  }
+  return *slot;
+}
+
+/* Grow the staging buffer to at least nbytes; earlier work on the stream may still use it. */
+uint8_t* staging(StreamResources& r, size_t nbytes, LMC_STREAM_T stream) {
+  if (r.staging_bytes < nbytes) {
+    if (r.staging != nullptr) {
+      check(LMC_STREAM_SYNCHRONIZE(stream), "StreamSynchronize (staging growth)");
+      check(LMC_FREE(r.staging), "Free (staging)");
+      r.staging = nullptr;
+      r.staging_bytes = 0;
+    }
+    const size_t grown = std::max(nbytes, static_cast<size_t>(1) << 20);
+    check(LMC_MALLOC(&r.staging, grown), "Malloc (staging)");
+    r.staging_bytes = grown;
+  }
+  return static_cast<uint8_t*>(r.staging);
+}
+
+int64_t* slot_upload(StreamResources& r, size_t nbytes, LMC_STREAM_T stream) {
+  if (r.slot_upload_bytes < nbytes) {
+    if (r.slot_upload != nullptr) {
+      check(LMC_STREAM_SYNCHRONIZE(stream), "StreamSynchronize (slot upload growth)");
+      check(LMC_FREE(r.slot_upload), "Free (slot upload)");
+    }
+    r.slot_upload = nullptr;
+    r.slot_upload_bytes = 0;
+    const size_t grown = std::max(nbytes, static_cast<size_t>(64) << 10);
+    check(LMC_MALLOC(&r.slot_upload, grown), "Malloc (slot upload)");
+    r.slot_upload_bytes = grown;
+  }
+  return static_cast<int64_t*>(r.slot_upload);
+}
+
+int64_t* slot_scratch(StreamResources& r, size_t nbytes) {
+  if (r.slot_scratch_bytes < nbytes) {
+    if (r.slot_scratch != nullptr) check(LMC_FREE_HOST(r.slot_scratch), "FreeHost (slot scratch)");
+    r.slot_scratch = nullptr;
+    r.slot_scratch_bytes = 0;
+    const size_t grown = std::max(nbytes, static_cast<size_t>(64) << 10);
+    check(LMC_HOST_ALLOC(&r.slot_scratch, grown), "HostAlloc (slot scratch)");
+    r.slot_scratch_bytes = grown;
+  }
+  return static_cast<int64_t*>(r.slot_scratch);
+}
+
+/* Runs [first, last) of consecutive live tokens (slot >= 0) from skip_prefix on. */
+std::vector<std::pair<int64_t, int64_t>> live_runs(const int64_t* slots, int64_t num_tokens, int64_t skip_prefix) {
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  int64_t t = skip_prefix;
+  while (t < num_tokens) {
+    if (slots[t] < 0) {
+      ++t;
+      continue;
+    }
+    const int64_t first = t;
+    while (t < num_tokens && slots[t] >= 0) ++t;
+    runs.emplace_back(first, t);
+  }
+  return runs;
+}
+
+/*
+ * Copy the live token rows of every plane between a host chunk and its staging copy: one 2-D copy
+ * per run of live tokens (height = planes, pitch = one plane of the chunk). Rows of skipped tokens
+ * are never copied, so a staged gather leaves them untouched in the host chunk, as the contract
+ * says.
+ */
+void copy_live_rows(uint8_t* dst, const uint8_t* src, const std::vector<std::pair<int64_t, int64_t>>& runs,
+                    int64_t planes, int64_t num_tokens, int64_t row_bytes, bool to_host, LMC_STREAM_T stream) {
+  const size_t pitch = static_cast<size_t>(num_tokens * row_bytes);
+  for (const auto& run : runs) {
+    const size_t offset = static_cast<size_t>(run.first * row_bytes);
+    const size_t width = static_cast<size_t>((run.second - run.first) * row_bytes);
+    check(LMC_MEMCPY_2D_ASYNC(dst + offset, pitch, src + offset, pitch, width, static_cast<size_t>(planes),
+                              to_host ? LMC_MEMCPY_DEVICE_TO_HOST : LMC_MEMCPY_HOST_TO_DEVICE, stream),
+          to_host ? "Memcpy2DAsync (staging -> host chunk)" : "Memcpy2DAsync (host chunk -> staging)");
+  }
+}
+
+template <int D>
+void launch_kernel(const KernelParams& p, dim3 grid, int width, LMC_STREAM_T stream) {
+  switch (width) {
+    case 16: kv_transfer_kernel<16, D><<<grid, kThreads, 0, stream>>>(p); break;
+    case 8: kv_transfer_kernel<8, D><<<grid, kThreads, 0, stream>>>(p); break;
+    case 4: kv_transfer_kernel<4, D><<<grid, kThreads, 0, stream>>>(p); break;
+    case 2: kv_transfer_kernel<2, D><<<grid, kThreads, 0, stream>>>(p); break;
+    default: kv_transfer_kernel<1, D><<<grid, kThreads, 0, stream>>>(p); break;
+  }
+  check(LMC_GET_LAST_ERROR(), "kernel launch (kv_transfer_kernel)");
+}
+
+}  // namespace
+
+std::vector<std::string> transfer(const TransferArgs& args, bool gather, HostPath host_path, uintptr_t stream_handle) {
+  check_layout(args);
+  const KVGeometry& g = args.geometry;
+  const int64_t n_jobs = args.num_jobs;
+  std::vector<std::string> paths(static_cast<size_t>(n_jobs), "nothing to move");
+
+  /* 2. slots: host copies first (no device needed), so a bad slot never reaches the device. The
+     values are copied once into pageable memory of our own; the check, the run planning and any
+     upload all use that copy, so the caller may reuse its buffer as soon as this returns. */
+  std::vector<const int64_t*> host_slots(static_cast<size_t>(n_jobs), nullptr);
+  std::vector<std::vector<int64_t>> copied(static_cast<size_t>(n_jobs));
+  bool need_device_copy = false;
+  for (int64_t j = 0; j < n_jobs; ++j) {
+    const Job& job = args.jobs[j];
+    if (job.num_tokens <= job.skip_prefix) continue;
+    if (job.slots_host != 0) {
+      const int64_t* given = reinterpret_cast<const int64_t*>(job.slots_host);
+      copied[j].assign(given, given + job.num_tokens);
+      host_slots[j] = copied[j].data();
+      check_slots(g, host_slots[j], job.num_tokens, job.skip_prefix, job_field(args, j, "slot_mapping"));
+    } else {
+      need_device_copy = true;
+    }
+  }
+  bool any_live_job = false;
+  for (int64_t j = 0; j < n_jobs; ++j) any_live_job |= args.jobs[j].num_tokens > args.jobs[j].skip_prefix;
+  if (!any_live_job) return paths;
+
+  DeviceGuard guard(args.device);
+  const LMC_STREAM_T stream = as_stream(stream_handle);
+  StreamResources& res = stream_resources(args.device, stream_handle);
+  std::lock_guard<std::mutex> lock(res.mutex);
+
+  if (need_device_copy) {
+    size_t total = 0;
+    for (int64_t j = 0; j < n_jobs; ++j) {
+      const Job& job = args.jobs[j];
+      if (job.num_tokens > job.skip_prefix && host_slots[j] == nullptr) total += static_cast<size_t>(job.num_tokens);
+    }
+    int64_t* scratch = slot_scratch(res, total * sizeof(int64_t));
+    size_t at = 0;
+    std::vector<size_t> where(static_cast<size_t>(n_jobs), 0);
+    for (int64_t j = 0; j < n_jobs; ++j) {
+      const Job& job = args.jobs[j];
+      if (job.num_tokens <= job.skip_prefix || host_slots[j] != nullptr) continue;
+      where[j] = at;
+      check(LMC_MEMCPY_ASYNC(scratch + at, reinterpret_cast<const void*>(job.slots_device),
+                             static_cast<size_t>(job.num_tokens) * sizeof(int64_t), LMC_MEMCPY_DEVICE_TO_HOST, stream),
+            "MemcpyAsync (slot mapping -> host for checking)");
+      at += static_cast<size_t>(job.num_tokens);
+    }
+    check(LMC_STREAM_SYNCHRONIZE(stream), "StreamSynchronize (slot mapping check)");
+    g_slot_copies.fetch_add(1);
+    for (int64_t j = 0; j < n_jobs; ++j) {
+      const Job& job = args.jobs[j];
+      if (job.num_tokens <= job.skip_prefix || host_slots[j] != nullptr) continue;
+      /* keep a private copy: the scratch is reused by the next transfer on this stream */
+      copied[j].assign(scratch + where[j], scratch + where[j] + job.num_tokens);
+      host_slots[j] = copied[j].data();
+      check_slots(g, host_slots[j], job.num_tokens, job.skip_prefix, job_field(args, j, "slot_mapping"));
+    }
+  }
+
+  /* slot mappings given only in host memory: upload our pageable copy for the kernel (the runtime
+     stages pageable sources before MemcpyAsync returns, so the copy may die with this call) */
+  std::vector<uintptr_t> kernel_slots(static_cast<size_t>(n_jobs), 0);
+  size_t upload_total = 0;
+  for (int64_t j = 0; j < n_jobs; ++j) {
+    const Job& job = args.jobs[j];
+    kernel_slots[j] = job.slots_device;
+    if (job.num_tokens > job.skip_prefix && job.slots_device == 0) upload_total += static_cast<size_t>(job.num_tokens);
+  }
+  if (upload_total > 0) {
+    int64_t* upload = slot_upload(res, upload_total * sizeof(int64_t), stream);
+    size_t at = 0;
+    for (int64_t j = 0; j < n_jobs; ++j) {
+      const Job& job = args.jobs[j];
+      if (job.num_tokens <= job.skip_prefix || job.slots_device != 0) continue;
+      check(LMC_MEMCPY_ASYNC(upload + at, host_slots[j], static_cast<size_t>(job.num_tokens) * sizeof(int64_t),
+                             LMC_MEMCPY_HOST_TO_DEVICE, stream),
+            "MemcpyAsync (host slot mapping -> device)");
+      kernel_slots[j] = reinterpret_cast<uintptr_t>(upload + at);
+      at += static_cast<size_t>(job.num_tokens);
+    }
+  }
+
+  /* 3. pointer table */
+  const std::vector<uintptr_t> planes = plane_addresses(args);
+  uint8_t* const* table = plane_table(args.device, planes, stream);
+
+  /* 4. where each chunk is reached */
+  const int64_t num_planes = lmcache_core::kv_num_planes(g);
+  const int64_t row_bytes = lmcache_core::kv_hidden(g) * args.element_size;
+  std::vector<uintptr_t> kernel_chunk(static_cast<size_t>(n_jobs), 0);
+  std::vector<size_t> staged_offset(static_cast<size_t>(n_jobs), SIZE_MAX);
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> runs(static_cast<size_t>(n_jobs));
+  size_t staging_needed = 0;
+  for (int64_t j = 0; j < n_jobs; ++j) {
+    const Job& job = args.jobs[j];
+    if (job.num_tokens <= job.skip_prefix) continue;
+    runs[j] = live_runs(host_slots[j], job.num_tokens, job.skip_prefix);
+    if (runs[j].empty()) {
+      paths[j] = "nothing to move";
+      continue;
+    }
+    if (job.chunk_on_device) {
+      kernel_chunk[j] = job.chunk;
+      paths[j] = "device";
+      continue;
+    }
+    void* mapped = host_path == HostPath::kMapped ? lmc_mapped_device_pointer(reinterpret_cast<void*>(job.chunk)) : nullptr;
+    if (mapped != nullptr) {
+      kernel_chunk[j] = reinterpret_cast<uintptr_t>(mapped);
+      paths[j] = "mapped";
+      continue;
+    }
+    paths[j] = host_path == HostPath::kMapped ? "staged (pageable host memory)" : "staged";
+    staged_offset[j] = staging_needed;
+    staging_needed += (static_cast<size_t>(job.chunk_nbytes) + kStagingAlign - 1) / kStagingAlign * kStagingAlign;
+  }
+  uint8_t* stage = staging_needed > 0 ? staging(res, staging_needed, stream) : nullptr;
+  std::vector<uintptr_t> chunk_addresses;
+  for (int64_t j = 0; j < n_jobs; ++j) {
+    if (staged_offset[j] != SIZE_MAX) kernel_chunk[j] = reinterpret_cast<uintptr_t>(stage + staged_offset[j]);
+    if (!runs[j].empty()) chunk_addresses.push_back(kernel_chunk[j]);
+  }
+  const CopyPlan plan = plan_copy(args, planes, chunk_addresses);
+
+  if (!gather) {
+    for (int64_t j = 0; j < n_jobs; ++j) {
+      if (staged_offset[j] == SIZE_MAX) continue;
+      copy_live_rows(reinterpret_cast<uint8_t*>(kernel_chunk[j]), reinterpret_cast<const uint8_t*>(args.jobs[j].chunk),
+                     runs[j], num_planes, args.jobs[j].num_tokens, row_bytes, false, stream);
+    }
+  }
+
+  /* 5. launches: up to kMaxJobsPerLaunch chunks each */
+  KernelParams p = make_params(table, g, args.element_size, plan);
+  int64_t j = 0;
+  while (j < n_jobs) {
+    p.num_jobs = 0;
+    for (; j < n_jobs && p.num_jobs < kMaxJobsPerLaunch; ++j) {
+      if (runs[j].empty()) continue;
+      add_job(&p, reinterpret_cast<uint8_t*>(kernel_chunk[j]), reinterpret_cast<const int64_t*>(kernel_slots[j]),
+              args.jobs[j].num_tokens, args.jobs[j].skip_prefix);
+    }
+    if (p.num_jobs == 0) break;
+    const dim3 grid = launch_grid(p, plan);
+    if (gather) {
+      launch_kernel<kGather>(p, grid, plan.vector_bytes, stream);
+    } else {
+      launch_kernel<kScatter>(p, grid, plan.vector_bytes, stream);
+    }
+  }
+
+  if (gather) {
+    for (int64_t k = 0; k < n_jobs; ++k) {
+      if (staged_offset[k] == SIZE_MAX) continue;
+      copy_live_rows(reinterpret_cast<uint8_t*>(args.jobs[k].chunk), reinterpret_cast<const uint8_t*>(kernel_chunk[k]),
+                     runs[k], num_planes, args.jobs[k].num_tokens, row_bytes, true, stream);
+    }
+  }
+  return paths;
+}
+
+int device_count(std::string* error) {
+  int n = 0;
+  const LMC_ERROR_T st = LMC_GET_DEVICE_COUNT(&n);
+  if (st != LMC_SUCCESS) {
+    (void)LMC_GET_LAST_ERROR();
+    if (error != nullptr) {
+      *error = std::string(LMC_GPU_RUNTIME) + " GetDeviceCount failed: " + LMC_GET_ERROR_NAME(st) + ": " +
+               LMC_GET_ERROR_STRING(st);
+    }
+    return 0;
+  }
+  return n;
+}
+
+DeviceInfo device_info(int device) {
+  LMC_DEVICE_PROP_T prop{};
+  check(LMC_GET_DEVICE_PROPERTIES(&prop, device), "GetDeviceProperties");
+  DeviceInfo info;
+  info.name = prop.name;
+  char arch[64];
+  lmc_arch_name(prop, arch, sizeof(arch));
+  info.arch = arch;
+  info.multiprocessors = prop.multiProcessorCount;
+  info.total_memory = static_cast<int64_t>(prop.totalGlobalMem);
+  info.can_map_host_memory = prop.canMapHostMemory != 0;
+  return info;
+}
+
+std::string kernel_image_error(int device) {
+  DeviceGuard guard(device);
+  LMC_FUNC_ATTR_T attr{};
+  void (*const kernel)(const KernelParams) = kv_transfer_kernel<16, kGather>;
+  const LMC_ERROR_T st = LMC_FUNC_GET_ATTRIBUTES(&attr, kernel);
+  if (st == LMC_SUCCESS) return "";
+  (void)LMC_GET_LAST_ERROR();
+  return std::string(LMC_GET_ERROR_NAME(st)) + ": " + LMC_GET_ERROR_STRING(st);
+}
+
+namespace {
+std::atomic<int64_t> g_live_host{0};
+
+size_t page_round(size_t n) { return (n + kHostAlign - 1) / kHostAlign * kHostAlign; }
+}  // namespace
+
+void* host_alloc(size_t nbytes, HostKind kind) {
+  if (nbytes == 0) return nullptr;
+  void* p = nullptr;
+  switch (kind) {
+    case HostKind::kPinned:
+      check(LMC_HOST_ALLOC(&p, nbytes), "HostAlloc");
+      break;
+    case HostKind::kRegistered: {
+      p = aligned_alloc(kHostAlign, page_round(nbytes));
+      if (p == nullptr) throw std::bad_alloc();
+      const LMC_ERROR_T st = LMC_HOST_REGISTER(p, page_round(nbytes));
+      if (st != LMC_SUCCESS) {
+        free(p);
+        check(st, "HostRegister");
+      }
+      break;
+    }
+    case HostKind::kPageable:
+      p = aligned_alloc(kHostAlign, page_round(nbytes));
+      if (p == nullptr) throw std::bad_alloc();
+      break;
+  }
+  g_live_host.fetch_add(1);
+  return p;
+}
+
+void host_free(void* ptr, HostKind kind) {
+  if (ptr == nullptr) return;
+  switch (kind) {
+    case HostKind::kPinned:
+      check(LMC_FREE_HOST(ptr), "FreeHost");
+      break;
+    case HostKind::kRegistered:
+      (void)LMC_HOST_UNREGISTER(ptr);
+      free(ptr);
+      break;
+    case HostKind::kPageable:
+      free(ptr);
+      break;
+  }
+  g_live_host.fetch_sub(1);
+}
+
+int64_t live_host_allocations() { return g_live_host.load(); }
+
+void host_register(void* ptr, size_t nbytes) { check(LMC_HOST_REGISTER(ptr, nbytes), "HostRegister"); }
+
+void host_unregister(void* ptr) { check(LMC_HOST_UNREGISTER(ptr), "HostUnregister"); }
+
+uintptr_t stream_create(int device) {
+  DeviceGuard guard(device);
+  LMC_STREAM_T s = nullptr;
+  check(LMC_STREAM_CREATE_NON_BLOCKING(&s), "StreamCreateWithFlags");
+  return reinterpret_cast<uintptr_t>(s);
+}
+
+void stream_destroy(uintptr_t stream) {
+  {
+    std::lock_guard<std::mutex> lock(g_stream_mutex);
+    for (auto it = g_streams.begin(); it != g_streams.end();) {
+      if (it->first.second != stream) {
+        ++it;
+        continue;
+      }
+      StreamResources& r = *it->second;
+      DeviceGuard guard(r.device);
+      (void)LMC_STREAM_SYNCHRONIZE(as_stream(stream));
+      if (r.staging != nullptr) (void)LMC_FREE(r.staging);
+      if (r.slot_scratch != nullptr) (void)LMC_FREE_HOST(r.slot_scratch);
+      if (r.slot_upload != nullptr) (void)LMC_FREE(r.slot_upload);
+      it = g_streams.erase(it);
+    }
+  }
+  check(LMC_STREAM_DESTROY(as_stream(stream)), "StreamDestroy");
+}
+
+void stream_synchronize(uintptr_t stream) { check(LMC_STREAM_SYNCHRONIZE(as_stream(stream)), "StreamSynchronize"); }
+
+uintptr_t event_record(uintptr_t stream, int device) {
+  DeviceGuard guard(device);
+  LMC_EVENT_T e = nullptr;
+  check(LMC_EVENT_CREATE_NO_TIMING(&e), "EventCreateWithFlags");
+  const LMC_ERROR_T st = LMC_EVENT_RECORD(e, as_stream(stream));
+  if (st != LMC_SUCCESS) {
+    (void)LMC_EVENT_DESTROY(e);
+    check(st, "EventRecord");
+  }
+  return reinterpret_cast<uintptr_t>(e);
+}
+
+void event_synchronize(uintptr_t event) {
+  check(LMC_EVENT_SYNCHRONIZE(reinterpret_cast<LMC_EVENT_T>(event)), "EventSynchronize");
+}
+
+void event_destroy(uintptr_t event) { check(LMC_EVENT_DESTROY(reinterpret_cast<LMC_EVENT_T>(event)), "EventDestroy"); }
+
+void device_synchronize(int device) {
+  DeviceGuard guard(device);
+  check(LMC_DEVICE_SYNCHRONIZE(), "DeviceSynchronize");
+}
+
+CacheStats cache_stats() {
+  CacheStats s;
+  {
+    std::lock_guard<std::mutex> lock(g_table_mutex);
+    s.plane_tables = static_cast<int64_t>(g_tables.size());
+  }
+  {
+    std::lock_guard<std::mutex> lock(g_stream_mutex);
+    for (const auto& kv : g_streams) s.staging_bytes += static_cast<int64_t>(kv.second->staging_bytes);
+  }
+  s.plane_table_uploads = g_table_uploads.load();
+  s.plane_table_hits = g_table_hits.load();
+  s.slot_copies = g_slot_copies.load();
+  return s;
+}
+
+void release_caches() {
+  {
+    std::lock_guard<std::mutex> lock(g_table_mutex);
+    for (auto& entry : g_tables) {
+      DeviceGuard guard(entry.first.device);
+      check(LMC_DEVICE_SYNCHRONIZE(), "DeviceSynchronize (release)");
+      check(LMC_FREE(entry.second), "Free (plane table)");
+    }
+    g_tables.clear();
+  }
+  std::lock_guard<std::mutex> lock(g_stream_mutex);
+  for (auto& kv : g_streams) {
+    StreamResources& r = *kv.second;
+    std::lock_guard<std::mutex> busy(r.mutex);
+    DeviceGuard guard(r.device);
+    check(LMC_DEVICE_SYNCHRONIZE(), "DeviceSynchronize (release)");
+    if (r.staging != nullptr) check(LMC_FREE(r.staging), "Free (staging)");
+    if (r.slot_scratch != nullptr) check(LMC_FREE_HOST(r.slot_scratch), "FreeHost (slot scratch)");
+    if (r.slot_upload != nullptr) check(LMC_FREE(r.slot_upload), "Free (slot upload)");
+    r.staging = nullptr;
+    r.slot_scratch = nullptr;
+    r.slot_upload = nullptr;
+    r.staging_bytes = r.slot_scratch_bytes = r.slot_upload_bytes = 0;
+  }
+}
+
+const char* runtime_name() { return LMC_GPU_RUNTIME; }
+
+int runtime_version() { return LMC_RUNTIME_VERSION; }
+
+}  // namespace lmcache_gpu

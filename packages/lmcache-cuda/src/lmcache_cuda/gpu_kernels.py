@@ -1,0 +1,489 @@
+"""Python wrapper of the GPU kernels: torch tensors in, raw pointers to the compiled ``_C``.
+
+Shared by lmcache-cuda (``lmcache_cuda._C``, CUDA) and lmcache-rocm (``lmcache_rocm._C``, the same
+source compiled as HIP); lmcache-rocm carries this file as a symlink. Each package makes one
+:class:`GpuKernels` over its own extension (``lmcache_cuda.kernels.KERNELS``).
+
+Shapes use named axes. For a layer group described by ``layout``
+(:class:`lmcache_core.layout.KVLayout`):
+
+* ``kv_caches``: the engine's tensors on one GPU (torch device type ``cuda``, which ROCm torch
+  uses too), ``layout.num_tensors`` of them, e.g. ``[2, num_blocks, block_size, num_kv_heads,
+  head_size]`` per layer for ``vllm_flash_nhd`` (any kind of
+  :data:`lmcache_core.layout_registry.LAYOUT_KINDS`, permuted views included);
+* ``slot_mapping``: int64 ``[num_tokens]`` on the host or on the KV's GPU, chunk token -> slot
+  (``block * block_size + token``), ``-1`` = skip the token;
+* a chunk (``out`` / ``src``): contiguous ``[num_kv, num_layers, num_tokens, hidden]`` of the KV
+  dtype, ``hidden = num_kv_heads * head_size``, in host memory (page-locked or not) or on the KV's
+  GPU.
+
+How a host chunk is reached, per direction (``host_path``): ``"mapped"``, the kernel reads or
+writes the page-locked host memory directly through its device address (zero-copy, one pass over
+PCIe/xGMI); ``"staged"``, the kernel works on a device staging copy and 2-D async copies move the
+live token rows (two passes, the second by the DMA engines). Pageable host memory is always
+staged. The defaults (gather ``mapped``, scatter ``staged``) are provisional: they must be chosen
+by measurement on a GPU (``lmcache-core bench kernels``), which is still owed. Override with
+``set_host_path`` or ``LMCACHE_<BACKEND>_GATHER_PATH`` / ``..._SCATTER_PATH``.
+
+Calls are asynchronous on ``stream`` (0 = torch's current stream of the KV's device); a host
+chunk may be read only after the stream (or an event recorded on it) is synchronized. Native code
+checks geometry, extents, chunk sizes and every live slot (copying a device slot mapping to the
+host first) and raises ValueError before anything is written.
+
+May assume: torch is importable. Must not at import time: touch a GPU, read the environment or
+load anything but torch and the core's validation module.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from lmcache_core.layout import KVLayout
+from lmcache_core.validation import check_transfer
+
+#: Ways a host chunk is reached; see the module docstring.
+HOST_PATHS = ("mapped", "staged")
+#: Provisional defaults, not yet measured on a GPU (owed: lmcache-core bench kernels on the lent GPU).
+DEFAULT_HOST_PATH = {"gather": "mapped", "scatter": "staged"}
+#: How ``alloc_host(pinned=True)`` page-locks: runtime allocation, or aligned allocation + registration.
+HOST_ALLOC_METHODS = ("pinned", "registered")
+DEFAULT_HOST_ALLOC = "pinned"
+
+_PREPARED_MAX = 64
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """One chunk of a multi-chunk transfer: its slot mapping, the chunk and the tokens to skip.
+
+    ``slot_mapping``: int64 ``[num_tokens]``; ``chunk``: contiguous
+    ``[num_kv, num_layers, num_tokens, hidden]``; tokens ``< skip_prefix`` are not moved.
+    """
+
+    slot_mapping: torch.Tensor
+    chunk: torch.Tensor
+    skip_prefix: int = 0
+
+
+class GpuEvent:
+    """An event recorded on a stream (an opaque handle for ``synchronize``); destroyed with the object."""
+
+    def __init__(self, ext: ModuleType, handle: int, device: int) -> None:
+        self._ext = ext
+        self.handle = handle
+        self.device = device
+
+    def synchronize(self) -> None:
+        self._ext.event_synchronize(self.handle)
+
+    def __del__(self) -> None:
+        handle, self.handle = getattr(self, "handle", 0), 0
+        if handle:
+            try:
+                self._ext.event_destroy(handle)
+            except RuntimeError:
+                pass  # the runtime is shutting down; nothing left to free
+
+    def __repr__(self) -> str:
+        return f"GpuEvent(handle={self.handle:#x}, device={self.device})"
+
+
+def _env_choice(name: str, valid: Sequence[str], default: str) -> str:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value not in valid:
+        raise ValueError(f"{name}: expected one of {list(valid)}, given {value!r}")
+    return value
+
+
+class GpuKernels:
+    """The kernels and device hooks of one GPU backend over its compiled extension ``ext``."""
+
+    def __init__(self, ext: ModuleType, backend: str) -> None:
+        self._ext = ext
+        self.backend = backend
+        #: the package holding the extension, e.g. ``"lmcache_cuda"``
+        self.package = ext.__name__.rpartition(".")[0]
+        self._host_path: dict[str, str] | None = None
+        self._host_alloc: str | None = None
+        self._prepared: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    # ---- configuration ------------------------------------------------------------------------
+
+    def _env(self, suffix: str) -> str:
+        return f"LMCACHE_{self.backend.upper()}_{suffix}"
+
+    def host_paths(self) -> dict[str, str]:
+        """``{"gather": "mapped" | "staged", "scatter": ...}``: defaults, then the environment, then set_host_path."""
+        if self._host_path is None:
+            self._host_path = {
+                op: _env_choice(self._env(f"{op.upper()}_PATH"), HOST_PATHS, DEFAULT_HOST_PATH[op])
+                for op in ("gather", "scatter")
+            }
+        return dict(self._host_path)
+
+    def set_host_path(self, gather: str | None = None, scatter: str | None = None) -> None:
+        """Choose how host chunks are reached per direction (``"mapped"`` or ``"staged"``)."""
+        paths = self.host_paths()
+        for op, value in (("gather", gather), ("scatter", scatter)):
+            if value is not None:
+                if value not in HOST_PATHS:
+                    raise ValueError(f"{op}: expected one of {list(HOST_PATHS)}, given {value!r}")
+                paths[op] = value
+        self._host_path = paths
+
+    def host_alloc_method(self) -> str:
+        """``"pinned"`` (runtime host allocation) or ``"registered"`` (allocation + host registration)."""
+        if self._host_alloc is None:
+            self._host_alloc = _env_choice(self._env("HOST_ALLOC"), HOST_ALLOC_METHODS, DEFAULT_HOST_ALLOC)
+        return self._host_alloc
+
+    # ---- pointers -----------------------------------------------------------------------------
+
+    def _prepare(self, layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> dict[str, Any]:
+        """Addresses, reachable bytes, plane table and geometry of ``kv_caches``; cached per layout and pointers."""
+        if not isinstance(kv_caches, (list, tuple)) or not kv_caches:
+            raise TypeError(f"kv_caches: expected a non-empty list or tuple of tensors, given {kv_caches!r}")
+        for i, t in enumerate(kv_caches):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"kv_caches[{i}]: expected torch.Tensor, given {type(t).__name__}")
+        # Engines pass the same tensors every call: a hit is the same layout, addresses and tensor
+        # objects (weak references, so a new tensor at a recycled address is prepared afresh).
+        key = (layout, tuple(t.data_ptr() for t in kv_caches))
+        prepared = self._prepared.get(key)
+        if prepared is not None and all(r() is t for r, t in zip(prepared["refs"], kv_caches, strict=True)):
+            return prepared
+        if len(kv_caches) != layout.num_tensors:
+            raise ValueError(
+                f"kv_caches: expected {layout.num_tensors} tensors for {layout.kind}, given {len(kv_caches)}"
+            )
+        for i, t in enumerate(kv_caches):
+            if t.element_size() != layout.element_size:
+                raise TypeError(
+                    f"kv_caches[{i}]: expected {layout.element_size}-byte elements ({layout.dtype}), given {t.dtype}"
+                )
+        prepared = {
+            "tensor_address": [t.data_ptr() for t in kv_caches],
+            "tensor_nbytes": [
+                t.untyped_storage().nbytes() - t.storage_offset() * t.element_size() for t in kv_caches
+            ],
+            "plane_tensor": list(layout.plane_tensor),
+            "plane_offset": list(layout.plane_offset),
+            "dims": (
+                layout.num_kv,
+                layout.num_layers,
+                layout.num_blocks,
+                layout.block_size,
+                layout.num_kv_heads,
+                layout.head_size,
+            ),
+            "strides": layout.strides,
+            "element_size": layout.element_size,
+            "refs": tuple(weakref.ref(t) for t in kv_caches),
+            "device": kv_caches[0].device,
+            "device_error": self._device_error(kv_caches),
+        }
+        if len(self._prepared) >= _PREPARED_MAX:
+            self._prepared.clear()
+        self._prepared[key] = prepared
+        return prepared
+
+    def plane_addresses(self, layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> tuple[int, ...]:
+        """The pointer table the kernel indexes: byte address of each plane ``[num_kv * num_layers]``.
+
+        Built and checked by native code (every plane's extent inside its tensor); works for tensors
+        on any device, so it is testable without a GPU.
+        """
+        p = self._prepare(layout, kv_caches)
+        return tuple(
+            self._ext.plane_addresses(
+                p["tensor_address"],
+                p["tensor_nbytes"],
+                p["plane_tensor"],
+                p["plane_offset"],
+                p["dims"],
+                p["strides"],
+                p["element_size"],
+            )
+        )
+
+    def plan(
+        self, layout: KVLayout, kv_caches: Sequence[torch.Tensor], chunks: Sequence[torch.Tensor]
+    ) -> dict[str, int]:
+        """How the kernel would move these chunks: ``vector_bytes`` (16 where aligned), threads per row, ..."""
+        p = self._prepare(layout, kv_caches)
+        planes = self.plane_addresses(layout, kv_caches)
+        return dict(
+            self._ext.plan(
+                list(planes), [c.data_ptr() for c in chunks], p["dims"], p["strides"], p["element_size"]
+            )
+        )
+
+    # ---- kernels ------------------------------------------------------------------------------
+
+    def _device_error(self, kv_caches: Sequence[torch.Tensor]) -> str | None:
+        """Why ``kv_caches`` are not all on one GPU, or None."""
+        device = kv_caches[0].device
+        for i, t in enumerate(kv_caches):
+            if t.device.type != "cuda":
+                return (
+                    f"kv_caches[{i}]: expected a tensor on a {self.backend} GPU (torch device type cuda), "
+                    f"given {t.device}"
+                )
+            if t.device != device:
+                return f"kv_caches[{i}]: expected device {device} (as kv_caches[0]), given {t.device}"
+        return None
+
+    def _check_job(
+        self, i: int, n_jobs: int, job: ChunkJob, layout: KVLayout, chunk_name: str
+    ) -> tuple[str, str, torch.Tensor, torch.Tensor]:
+        """Device-independent checks of one job; returns its names, chunk and contiguous slots."""
+        chunk_field = chunk_name if n_jobs == 1 else f"jobs[{i}].chunk"
+        slot_field = "slot_mapping" if n_jobs == 1 else f"jobs[{i}].slot_mapping"
+        chunk, slots = job.chunk, job.slot_mapping
+        if not isinstance(chunk, torch.Tensor):
+            raise TypeError(f"{chunk_field}: expected torch.Tensor, given {type(chunk).__name__}")
+        if not isinstance(slots, torch.Tensor):
+            raise TypeError(f"{slot_field}: expected torch.Tensor, given {type(slots).__name__}")
+        if not chunk.is_contiguous():
+            raise ValueError(f"{chunk_field}: expected a contiguous tensor, given strides {chunk.stride()}")
+        if chunk.element_size() != layout.element_size:
+            raise TypeError(
+                f"{chunk_field}: expected {layout.element_size}-byte elements ({layout.dtype}), given {chunk.dtype}"
+            )
+        if slots.dtype != torch.int64 or slots.dim() != 1:
+            raise TypeError(f"{slot_field}: expected a 1-D int64 tensor, given {slots.dim()}-D {slots.dtype}")
+        skip = job.skip_prefix
+        if isinstance(skip, bool) or not isinstance(skip, int):
+            raise TypeError(f"skip_prefix: expected int, given {type(skip).__name__}")
+        return chunk_field, slot_field, chunk, slots.contiguous()
+
+    def _transfer(
+        self,
+        gather: bool,
+        layout: KVLayout,
+        kv_caches: Sequence[torch.Tensor],
+        jobs: Sequence[ChunkJob],
+        stream: int,
+        host_path: str | None,
+        validate: bool,
+    ) -> list[str]:
+        chunk_name = "out" if gather else "src"
+        if validate:
+            for job in jobs:
+                check_transfer(layout, kv_caches, job.slot_mapping, chunk_name, job.chunk, job.skip_prefix)
+        op = "gather" if gather else "scatter"
+        path = host_path if host_path is not None else self.host_paths()[op]
+        if path not in HOST_PATHS:
+            raise ValueError(f"host_path: expected one of {list(HOST_PATHS)}, given {path!r}")
+        if isinstance(stream, bool) or not isinstance(stream, int) or stream < 0:
+            raise ValueError(f"stream: expected a non-negative integer handle, given {stream!r}")
+        p = self._prepare(layout, kv_caches)
+        checked = [self._check_job(i, len(jobs), job, layout, chunk_name) for i, job in enumerate(jobs)]
+        if p["device_error"] is not None:
+            raise ValueError(p["device_error"])
+        device: torch.device = p["device"]
+        entries = []
+        for job, (chunk_field, slot_field, chunk, slots) in zip(jobs, checked, strict=True):
+            for name, t in ((chunk_field, chunk), (slot_field, slots)):
+                if t.device.type != "cpu" and t.device != device:
+                    raise ValueError(
+                        f"{name}: expected host memory (cpu) or {device} (the KV's), given {t.device}"
+                    )
+            on_host = slots.device.type == "cpu"
+            entries.append(
+                (
+                    0 if on_host else slots.data_ptr(),
+                    slots.data_ptr() if on_host else 0,
+                    slots.numel(),
+                    job.skip_prefix,
+                    chunk.data_ptr(),
+                    chunk.numel() * chunk.element_size(),
+                    chunk.device.type != "cpu",
+                )
+            )
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        handle = stream or torch.cuda.current_stream(index).cuda_stream
+        # ``checked`` holds the contiguous slot tensors whose addresses are in ``entries``: alive here
+        return list(
+            self._ext.transfer(
+                gather,
+                index,
+                p["tensor_address"],
+                p["tensor_nbytes"],
+                p["plane_tensor"],
+                p["plane_offset"],
+                p["dims"],
+                p["strides"],
+                p["element_size"],
+                entries,
+                HOST_PATHS.index(path),
+                handle,
+            )
+        )
+
+    def gather(
+        self,
+        layout: KVLayout,
+        kv_caches: Sequence[torch.Tensor],
+        slot_mapping: torch.Tensor,
+        out: torch.Tensor,
+        skip_prefix: int = 0,
+        *,
+        stream: int = 0,
+        host_path: str | None = None,
+        validate: bool = True,
+    ) -> str:
+        """Copy chunk tokens' KV rows from paged ``kv_caches`` into ``out``, asynchronously on ``stream``.
+
+        ``out``: contiguous ``[num_kv, num_layers, num_tokens, hidden]``; rows of tokens
+        ``< skip_prefix`` and of ``-1`` slots stay as they were. ``validate=False`` skips the core's
+        Python checks (the hook does: :class:`lmcache_core.backend.Backend` ran them); native code
+        checks sizes and slots regardless. Returns the path taken: ``"device"``, ``"mapped"``,
+        ``"staged"``, ``"staged (pageable host memory)"`` or ``"nothing to move"``.
+        """
+        return self._transfer(
+            True, layout, kv_caches, [ChunkJob(slot_mapping, out, skip_prefix)], stream, host_path, validate
+        )[0]
+
+    def scatter(
+        self,
+        layout: KVLayout,
+        kv_caches: Sequence[torch.Tensor],
+        slot_mapping: torch.Tensor,
+        src: torch.Tensor,
+        skip_prefix: int = 0,
+        *,
+        stream: int = 0,
+        host_path: str | None = None,
+        validate: bool = True,
+    ) -> str:
+        """Copy chunk rows of ``src`` into paged ``kv_caches``: the inverse of :meth:`gather`.
+
+        Slots of tokens ``< skip_prefix`` and ``-1`` slots are never written.
+        """
+        return self._transfer(
+            False, layout, kv_caches, [ChunkJob(slot_mapping, src, skip_prefix)], stream, host_path, validate
+        )[0]
+
+    def gather_chunks(
+        self,
+        layout: KVLayout,
+        kv_caches: Sequence[torch.Tensor],
+        jobs: Sequence[ChunkJob],
+        *,
+        stream: int = 0,
+        host_path: str | None = None,
+        validate: bool = True,
+    ) -> list[str]:
+        """Gather several chunks, all layers of up to 32 chunks per kernel launch; paths per chunk."""
+        return self._transfer(True, layout, kv_caches, list(jobs), stream, host_path, validate)
+
+    def scatter_chunks(
+        self,
+        layout: KVLayout,
+        kv_caches: Sequence[torch.Tensor],
+        jobs: Sequence[ChunkJob],
+        *,
+        stream: int = 0,
+        host_path: str | None = None,
+        validate: bool = True,
+    ) -> list[str]:
+        """Scatter several chunks (their slots must not overlap); paths per chunk."""
+        return self._transfer(False, layout, kv_caches, list(jobs), stream, host_path, validate)
+
+    # ---- devices, host memory, streams, events ------------------------------------------------
+
+    def device_count(self) -> tuple[int, str]:
+        """(GPUs the runtime sees, the runtime's error text or "")."""
+        count, error = self._ext.device_count()
+        return int(count), str(error)
+
+    def device_info(self, device: int = 0) -> dict[str, Any]:
+        """name, arch (``sm_90`` / ``gfx90a``), multiprocessors, total_memory (bytes), can_map_host_memory."""
+        return dict(self._ext.device_info(device))
+
+    def kernel_image_error(self, device: int = 0) -> str:
+        """ "" when this build has code for ``device``'s architecture (binary or PTX), else the runtime's reason."""
+        return str(self._ext.kernel_image_error(device))
+
+    def alloc_host(self, nbytes: int, pinned: bool = True, method: str | None = None) -> torch.Tensor:
+        """uint8 ``[nbytes]`` host memory; page-locked (portable, mapped) when ``pinned``.
+
+        ``method``: ``"pinned"`` (the runtime's host allocation) or ``"registered"`` (page-aligned
+        allocation, then host registration); default ``host_alloc_method()``. The memory is freed
+        when the tensor (and every view of it) is gone.
+        """
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+            raise ValueError(f"nbytes: expected a non-negative int, given {nbytes!r}")
+        kind = (method or self.host_alloc_method()) if pinned else "pageable"
+        if pinned and kind not in HOST_ALLOC_METHODS:
+            raise ValueError(f"method: expected one of {list(HOST_ALLOC_METHODS)}, given {kind!r}")
+        if nbytes == 0:
+            return torch.empty(0, dtype=torch.uint8)
+        return torch.from_dlpack(self._ext.alloc_host(nbytes, kind))
+
+    def register_host(self, tensor: torch.Tensor) -> None:
+        """Page-lock an existing host tensor's memory in place (undo with :meth:`unregister_host`)."""
+        if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu":
+            raise ValueError(
+                f"tensor: expected a host (cpu) tensor, given {getattr(tensor, 'device', tensor)!r}"
+            )
+        if not tensor.is_contiguous():
+            raise ValueError(f"tensor: expected a contiguous tensor, given strides {tensor.stride()}")
+        self._ext.host_register(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+
+    def unregister_host(self, tensor: torch.Tensor) -> None:
+        self._ext.host_unregister(tensor.data_ptr())
+
+    def _device_index(self, device: Any) -> int:
+        if device is None:
+            return int(torch.cuda.current_device())
+        d = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        if d.type != "cuda":
+            raise ValueError(f"device: expected a cuda device, given {d}")
+        return int(d.index) if d.index is not None else int(torch.cuda.current_device())
+
+    def new_stream(self, device: Any = None) -> int:
+        """Integer handle of a new non-blocking stream on ``device`` (default: the current GPU)."""
+        return int(self._ext.stream_create(self._device_index(device)))
+
+    def destroy_stream(self, stream: int) -> None:
+        """Destroy a stream from :meth:`new_stream` after its work (and its staging buffers)."""
+        self._ext.stream_destroy(stream)
+
+    def record_event(self, stream: int = 0) -> GpuEvent:
+        """Record an event on ``stream`` (0: torch's current stream of the current GPU)."""
+        index = int(torch.cuda.current_device())
+        handle = stream or torch.cuda.current_stream(index).cuda_stream
+        return GpuEvent(self._ext, int(self._ext.event_record(handle, index)), index)
+
+    def synchronize(self, handle: Any = None) -> None:
+        """Wait for an event from :meth:`record_event`, a stream handle (0: torch's current), or the current GPU (None)."""
+        if handle is None:
+            self._ext.device_synchronize(int(torch.cuda.current_device()))
+        elif isinstance(handle, GpuEvent):
+            handle.synchronize()
+        elif isinstance(handle, int) and not isinstance(handle, bool):
+            self._ext.stream_synchronize(handle or torch.cuda.current_stream().cuda_stream)
+        else:
+            raise TypeError(
+                f"handle: expected None, a GpuEvent from record_event or an int stream handle, "
+                f"given {type(handle).__name__}"
+            )
+
+    def cache_stats(self) -> dict[str, int]:
+        """Resident plane tables, their uploads and reuses, staging bytes, device slot mappings copied."""
+        return dict(self._ext.cache_stats())
+
+    def build_info(self) -> dict[str, Any]:
+        """backend, runtime, runtime_version, archs (';'-separated), max_jobs_per_launch."""
+        return dict(self._ext.build_info())

@@ -1,0 +1,172 @@
+"""Hook implementations shared by the ``cuda`` and ``rocm`` backends (see :mod:`lmcache_core.hookspecs`).
+
+lmcache-rocm carries this file as a symlink. Each package's ``plugin`` module makes one
+:class:`GpuPlugin` over its :class:`~lmcache_cuda.gpu_kernels.GpuKernels`; the probe names it as
+``"<package>.plugin:plugin"`` and the core registers the instance (pluggy takes instances whose
+methods carry ``@hookimpl``).
+
+May assume: the probe found the extension; torch imports; the core validated every argument of a
+kernel hook (native code checks slots and sizes again before writing). Must not at import time:
+allocate, create streams or fail for want of a GPU. At load it asks the runtime for devices: with
+none (and none shown by the driver), the backend still loads and its status says
+``"compiled, no device"``; with GPUs the runtime cannot use (a driver too old for the toolkit it was
+built with) or a GPU this build has no code for, loading fails with the remedy (the core then falls
+back and says why).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from lmcache_core.hookspecs import hookimpl
+from lmcache_core.layout import KVLayout
+from lmcache_core.layout_registry import LAYOUT_KINDS
+from lmcache_core.plugin_api import Capabilities
+
+from .gpu_kernels import GpuKernels
+from .gpu_probe import amd_gpus, nvidia_gpus
+from .gpu_probe import build_info as read_build_info
+
+#: Backend hook API version this plugin was written against.
+BUILT_AGAINST_API: tuple[int, int] = (1, 0)
+
+#: Dtypes the kernels move: every element size 1, 2, 4 or 8 bytes (copies are bitwise).
+_DTYPE_NAMES = (
+    "float8_e4m3fn",
+    "float8_e4m3fnuz",
+    "float8_e5m2",
+    "float8_e5m2fnuz",
+    "int8",
+    "uint8",
+    "float16",
+    "bfloat16",
+    "int16",
+    "uint16",
+    "float32",
+    "int32",
+    "uint32",
+    "float64",
+    "int64",
+    "uint64",
+)
+
+
+def supported_dtypes() -> frozenset[str]:
+    """Names (``"bfloat16"``) of the dtypes above that this torch build has."""
+    return frozenset(n for n in _DTYPE_NAMES if isinstance(getattr(torch, n, None), torch.dtype))
+
+
+class GpuPlugin:
+    """The hooks of one GPU backend; ``kernels`` is its :class:`GpuKernels`."""
+
+    def __init__(self, kernels: GpuKernels) -> None:
+        self.kernels = kernels
+
+    def status(self) -> tuple[str, dict[str, str]]:
+        """The status line ``lmcache-core info`` shows and the extra fields, from the runtime."""
+        info = self.kernels.build_info()
+        described = read_build_info(self.kernels.package)
+        compiled = (
+            f"compiled for {described.describe()}"
+            if described
+            else f"compiled for {info['archs'].replace(';', ', ')} ({info['runtime']} {info['runtime_version']})"
+        )
+        count, error = self.kernels.device_count()
+        paths = self.kernels.host_paths()
+        extra = {
+            "runtime": str(info["runtime"]),
+            "runtime_version": str(info["runtime_version"]),
+            "archs": str(info["archs"]),
+            "gather_host_path": paths["gather"],
+            "scatter_host_path": paths["scatter"],
+            "host_alloc": self.kernels.host_alloc_method(),
+            "devices": str(count),
+        }
+        if count == 0:
+            scan = nvidia_gpus() if info["runtime"] == "CUDA" else amd_gpus()
+            if scan.names:  # the driver shows GPUs the runtime cannot use: fail loading, with the remedy
+                raise ImportError(
+                    f"backend {self.kernels.backend!r}: {compiled}, and the driver shows "
+                    f"{len(scan.names)} GPU(s) ({', '.join(scan.names)}), but the {info['runtime']} runtime "
+                    f"it was built with sees none: {error or 'no reason given'}. Rebuild it with a toolkit "
+                    f"the installed driver supports (make -C packages/lmcache-{self.kernels.backend} install)"
+                )
+            return f"compiled, no device: {compiled}; {error or 'the runtime sees no GPU'}", extra
+        devices = [self.kernels.device_info(d) for d in range(count)]
+        for d, dev in enumerate(devices):
+            problem = self.kernels.kernel_image_error(d)
+            if problem:
+                raise ImportError(
+                    f"backend {self.kernels.backend!r}: {compiled} has no code for GPU {d} ({dev['name']}, "
+                    f"{dev['arch']}): {problem}. Rebuild for it, e.g. `pip install --no-build-isolation "
+                    f"--no-deps -e packages/lmcache-{self.kernels.backend} "
+                    f"-Ccmake.define.CMAKE_{'HIP' if info['runtime'] == 'HIP' else 'CUDA'}_ARCHITECTURES=native`"
+                )
+        extra["device"] = f"{devices[0]['name']} ({devices[0]['arch']})"
+        names = ", ".join(f"{d['name']} ({d['arch']})" for d in devices)
+        return (
+            f"{compiled}; {count} GPU(s): {names}; host chunks: gather {paths['gather']}, "
+            f"scatter {paths['scatter']} (defaults not yet measured)",
+            extra,
+        )
+
+    @hookimpl
+    def lmcache_api_version(self) -> tuple[int, int]:
+        return BUILT_AGAINST_API
+
+    @hookimpl
+    def lmcache_capabilities(self) -> Capabilities:
+        status, extra = self.status()
+        return Capabilities(
+            layouts=frozenset(LAYOUT_KINDS),
+            dtypes=supported_dtypes(),
+            pinned_host=True,
+            status=status,
+            extra=extra,
+        )
+
+    @hookimpl
+    def lmcache_gather(
+        self,
+        layout: KVLayout,
+        kv_caches: Sequence[torch.Tensor],
+        slot_mapping: torch.Tensor,
+        out: torch.Tensor,
+        skip_prefix: int,
+        stream: int,
+    ) -> bool:
+        self.kernels.gather(layout, kv_caches, slot_mapping, out, skip_prefix, stream=stream, validate=False)
+        return True
+
+    @hookimpl
+    def lmcache_scatter(
+        self,
+        layout: KVLayout,
+        kv_caches: Sequence[torch.Tensor],
+        slot_mapping: torch.Tensor,
+        src: torch.Tensor,
+        skip_prefix: int,
+        stream: int,
+    ) -> bool:
+        self.kernels.scatter(layout, kv_caches, slot_mapping, src, skip_prefix, stream=stream, validate=False)
+        return True
+
+    @hookimpl
+    def lmcache_alloc_host(self, nbytes: int, pinned: bool) -> torch.Tensor:
+        return self.kernels.alloc_host(nbytes, pinned=pinned)
+
+    @hookimpl
+    def lmcache_new_stream(self, device: Any) -> int:
+        return self.kernels.new_stream(device)
+
+    @hookimpl
+    def lmcache_record_event(self, stream: int) -> Any:
+        return self.kernels.record_event(stream)
+
+    @hookimpl
+    def lmcache_synchronize(self, handle: Any) -> bool:
+        self.kernels.synchronize(handle)
+        return True
