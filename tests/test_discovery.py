@@ -7,7 +7,6 @@ the rest.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import os
@@ -18,39 +17,8 @@ import pytest
 
 from lmcache_core.discovery import DiscoveredBackend, discover_backends
 
-PLUGIN_DISTS = ("lmcache-dummy-backend", "lmcache-broken-probe", "lmcache-dummy-twin")
-ENV_VARS = (
-    "LMCACHE_BACKEND",
-    "LMCACHE_TEST_DUMMY",
-    "LMCACHE_TEST_DUMMY_TWIN",
-    "LMCACHE_TEST_DUMMY_BADAPI",
-    "LMCACHE_TEST_DUMMY_NOIMPORT",
-)
-BROKEN_MESSAGE = "simulated probe crash (lmcache-broken-probe test plugin)"
-
-
-def _missing_dists() -> list[str]:
-    missing = []
-    for dist in PLUGIN_DISTS:
-        try:
-            importlib.metadata.distribution(dist)
-        except importlib.metadata.PackageNotFoundError:
-            missing.append(dist)
-    return missing
-
-
-pytestmark = pytest.mark.skipif(
-    bool(_missing_dists()),
-    reason=f"test plugins {_missing_dists()} not installed: run .venv/bin/pip install --no-deps "
-    "--no-build-isolation -e tests/plugins/lmcache-dummy-backend -e tests/plugins/lmcache-broken-probe "
-    "-e tests/plugins/lmcache-dummy-twin",
-)
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
+lmcache_broken_probe = pytest.importorskip("lmcache_broken_probe.probe")
+BROKEN_MESSAGE = lmcache_broken_probe.MESSAGE
 
 
 def _by_name() -> dict[str, DiscoveredBackend]:
@@ -126,7 +94,7 @@ def test_probing_imports_neither_torch_nor_any_plugin_module() -> None:
         "               or m == 'lmcache_core.backends.reference')\n"
         "print(json.dumps({'found': found, 'heavy': heavy}))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
     env["LMCACHE_TEST_DUMMY"] = "1"
     env["LMCACHE_TEST_DUMMY_TWIN"] = "1"
     proc = subprocess.run(

@@ -14,7 +14,6 @@ What is proved here, with real entry points and real kernels (tests/plugins/):
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import os
 import subprocess
@@ -28,39 +27,8 @@ from lmcache_core.backend import Backend, reference_backend
 from lmcache_core.layout_registry import allocate_example, detect_layout
 from lmcache_core.selection import get_backend, select_backend
 
-PLUGIN_DISTS = ("lmcache-dummy-backend", "lmcache-broken-probe", "lmcache-dummy-twin")
-ENV_VARS = (
-    "LMCACHE_BACKEND",
-    "LMCACHE_TEST_DUMMY",
-    "LMCACHE_TEST_DUMMY_TWIN",
-    "LMCACHE_TEST_DUMMY_BADAPI",
-    "LMCACHE_TEST_DUMMY_NOIMPORT",
-)
-BROKEN_MESSAGE = "simulated probe crash (lmcache-broken-probe test plugin)"
-
-
-def _missing_dists() -> list[str]:
-    missing = []
-    for dist in PLUGIN_DISTS:
-        try:
-            importlib.metadata.distribution(dist)
-        except importlib.metadata.PackageNotFoundError:
-            missing.append(dist)
-    return missing
-
-
-pytestmark = pytest.mark.skipif(
-    bool(_missing_dists()),
-    reason=f"test plugins {_missing_dists()} not installed: run .venv/bin/pip install --no-deps "
-    "--no-build-isolation -e tests/plugins/lmcache-dummy-backend -e tests/plugins/lmcache-broken-probe "
-    "-e tests/plugins/lmcache-dummy-twin",
-)
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
+lmcache_broken_probe = pytest.importorskip("lmcache_broken_probe.probe")
+BROKEN_MESSAGE = lmcache_broken_probe.MESSAGE
 
 
 @pytest.fixture
@@ -217,7 +185,7 @@ def test_requesting_the_dummy_for_a_device_it_does_not_serve_is_a_value_error(
 @pytest.mark.parametrize("enable", [True, False])
 def test_current_backend_in_a_fresh_process(enable: bool) -> None:
     expected = "dummy" if enable else _best_real("cpu")
-    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
     if enable:
         env["LMCACHE_TEST_DUMMY"] = "1"
     code = (
