@@ -153,76 +153,42 @@ def _per_layer_planes(num_layers: int, kv_offset: int, num_kv: int = 2) -> tuple
 # ---- detectors ------------------------------------------------------------------------------
 
 
-def _detect_vllm_flash_nhd(kv_caches: Sequence[torch.Tensor], hints: LayoutHints) -> KVLayout:
-    first = _common(kv_caches, 5, "vllm_flash_nhd")
-    two, nb, bs, h, d = first.shape
-    if two != 2:
-        raise LayoutMismatch(f"axis 0 must be 2 (K, V), is {two}")
-    s = first.stride()
-    pt, po = _per_layer_planes(len(kv_caches), s[0])
-    return _build(
-        "vllm_flash_nhd",
-        first,
-        len(kv_caches),
-        num_kv=2,
-        num_layers=len(kv_caches),
-        num_blocks=nb,
-        block_size=bs,
-        num_kv_heads=h,
-        head_size=d,
-        plane_tensor=pt,
-        plane_offset=po,
-        strides=(s[1], s[2], s[3], s[4]),
-        hints=hints,
-    )
+def _per_layer_5d(kind: str, axes: str) -> Detector:
+    """Detector for one 5-D tensor per layer whose axes, in order, are named by ``axes``.
+
+    Letters: ``k`` K/V (size 2), ``b`` block, ``t`` token in block, ``h`` kv head, ``d`` channel.
+    vLLM flash NHD is ``"kbthd"``, HND ``"kbhtd"``, FlashInfer ``"bkthd"``.
+    """
+
+    def detect(kv_caches: Sequence[torch.Tensor], hints: LayoutHints) -> KVLayout:
+        first = _common(kv_caches, 5, kind)
+        size = dict(zip(axes, first.shape, strict=True))
+        stride = dict(zip(axes, first.stride(), strict=True))
+        if size["k"] != 2:
+            raise LayoutMismatch(f"axis {axes.index('k')} must be 2 (K, V), is {size['k']}")
+        pt, po = _per_layer_planes(len(kv_caches), stride["k"])
+        return _build(
+            kind,
+            first,
+            len(kv_caches),
+            num_kv=2,
+            num_layers=len(kv_caches),
+            num_blocks=size["b"],
+            block_size=size["t"],
+            num_kv_heads=size["h"],
+            head_size=size["d"],
+            plane_tensor=pt,
+            plane_offset=po,
+            strides=(stride["b"], stride["t"], stride["h"], stride["d"]),
+            hints=hints,
+        )
+
+    return detect
 
 
-def _detect_vllm_flash_hnd(kv_caches: Sequence[torch.Tensor], hints: LayoutHints) -> KVLayout:
-    first = _common(kv_caches, 5, "vllm_flash_hnd")
-    two, nb, h, bs, d = first.shape
-    if two != 2:
-        raise LayoutMismatch(f"axis 0 must be 2 (K, V), is {two}")
-    s = first.stride()
-    pt, po = _per_layer_planes(len(kv_caches), s[0])
-    return _build(
-        "vllm_flash_hnd",
-        first,
-        len(kv_caches),
-        num_kv=2,
-        num_layers=len(kv_caches),
-        num_blocks=nb,
-        block_size=bs,
-        num_kv_heads=h,
-        head_size=d,
-        plane_tensor=pt,
-        plane_offset=po,
-        strides=(s[1], s[3], s[2], s[4]),
-        hints=hints,
-    )
-
-
-def _detect_flashinfer(kv_caches: Sequence[torch.Tensor], hints: LayoutHints) -> KVLayout:
-    first = _common(kv_caches, 5, "flashinfer")
-    nb, two, bs, h, d = first.shape
-    if two != 2:
-        raise LayoutMismatch(f"axis 1 must be 2 (K, V), is {two}")
-    s = first.stride()
-    pt, po = _per_layer_planes(len(kv_caches), s[1])
-    return _build(
-        "flashinfer",
-        first,
-        len(kv_caches),
-        num_kv=2,
-        num_layers=len(kv_caches),
-        num_blocks=nb,
-        block_size=bs,
-        num_kv_heads=h,
-        head_size=d,
-        plane_tensor=pt,
-        plane_offset=po,
-        strides=(s[0], s[2], s[3], s[4]),
-        hints=hints,
-    )
+_detect_vllm_flash_nhd = _per_layer_5d("vllm_flash_nhd", "kbthd")
+_detect_vllm_flash_hnd = _per_layer_5d("vllm_flash_hnd", "kbhtd")
+_detect_flashinfer = _per_layer_5d("flashinfer", "bkthd")
 
 
 def _detect_vllm_cpu(kv_caches: Sequence[torch.Tensor], hints: LayoutHints) -> KVLayout:
