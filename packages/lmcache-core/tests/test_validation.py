@@ -67,10 +67,44 @@ def op(request: pytest.FixtureRequest) -> tuple[str, Call]:
     return name, make(reference_backend())
 
 
+def expect_moved(
+    name: str, kv_before: list[torch.Tensor], slots: torch.Tensor, skip: int = 0
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The KV and chunk a correct ``name`` ("out": gather, "src": scatter) leaves, by index math.
+
+    Token ``t`` moves when ``t >= skip`` and ``slots[t] != -1``; its slot is block
+    ``slot // BS``, row ``slot % BS`` of every layer's ``[2, NB, BS, H, D]`` tensor.
+    """
+    kv = [t.clone() for t in kv_before]
+    c = chunk(slots.numel())
+    for t, slot in enumerate(slots.tolist()):
+        if t < skip or slot == -1:
+            continue
+        block, row = divmod(slot, BS)
+        for layer in range(L):
+            for k in range(2):
+                if name == "out":
+                    c[k, layer, t] = kv_before[layer][k, block, row].reshape(H * D)
+                else:
+                    kv[layer][k, block, row] = c[k, layer, t].view(H, D)
+    return kv, c
+
+
+def assert_moved(name: str, call: Call, kv: list[torch.Tensor] | tuple[torch.Tensor, ...], layout: KVLayout,
+                 slots: torch.Tensor, skip: int = 0) -> None:  # fmt: skip
+    """Run ``call`` on a fresh chunk; KV and chunk must equal :func:`expect_moved` bit for bit."""
+    want_kv, want_chunk = expect_moved(name, list(kv), slots, skip)
+    c = chunk(slots.numel())
+    call(layout, kv, slots, c, skip)
+    assert torch.equal(c.view(torch.int16), want_chunk.view(torch.int16)), f"{name} differs"
+    for i, (t, w) in enumerate(zip(kv, want_kv, strict=True)):
+        assert torch.equal(t.view(torch.int16), w.view(torch.int16)), f"kv_caches[{i}] differs"
+
+
 def test_valid_call_works(op: tuple[str, Call]) -> None:
-    _, call = op
+    name, call = op
     kv, layout = nhd()
-    call(layout, kv, SLOTS, chunk())  # the baseline the other tests perturb
+    assert_moved(name, call, kv, layout, SLOTS)  # the baseline the other tests perturb
 
 
 # ---- slot_mapping ----------------------------------------------------------------------------
@@ -154,10 +188,10 @@ def test_slot_shape(op: tuple[str, Call], shape: tuple[int, ...]) -> None:
 
 def test_skipped_prefix_slots_are_not_checked(op: tuple[str, Call]) -> None:
     """Only live slots are validated; a skipped token's slot may hold anything."""
-    _, call = op
+    name, call = op
     kv, layout = nhd()
     slots = torch.tensor([12345, -9, 4], dtype=torch.int64)
-    call(layout, kv, slots, chunk(), 2)
+    assert_moved(name, call, kv, layout, slots, 2)  # only token 2 (slot 4) moves
 
 
 # ---- skip_prefix -----------------------------------------------------------------------------
@@ -370,9 +404,9 @@ def test_kv_not_a_list(op: tuple[str, Call], container: str) -> None:
 
 
 def test_kv_tuple_accepted(op: tuple[str, Call]) -> None:
-    _, call = op
+    name, call = op
     kv, layout = nhd()
-    call(layout, tuple(kv), SLOTS, chunk())
+    assert_moved(name, call, tuple(kv), layout, SLOTS)
 
 
 # ---- nothing written before a check fails ----------------------------------------------------
