@@ -160,3 +160,19 @@ def test_bad_arguments():
         eng.store(list(range(32)), src, [slots_for(32, 8, 32)] * 2)
     with pytest.raises(ValueError, match="kv_caches: expected chunk format"):
         eng.store(list(range(32)), [src, src], [slots_for(32, 8, 32)] * 2)
+
+
+def test_a_retrieved_chunk_becomes_most_recently_used_in_l1():
+    """retrieve reads through L1's pin(): a hit outlives chunks stored after it but not read since."""
+    src, hints = kv_pool()
+    nbytes = 2 * SHAPE["num_layers"] * 16 * SHAPE["num_kv_heads"] * SHAPE["head_size"] * 2  # one fp16 chunk
+    eng = CacheEngine(CacheEngineConfig(chunk_size=16, l1_bytes=3 * nbytes), layout_hints=hints)
+    prompts = {
+        name: list(range(base, base + 16)) for name, base in zip("abcd", (100, 200, 300, 400), strict=True)
+    }
+    for name in "abc":
+        assert eng.store(prompts[name], src, slots_for(16, 8, 32)) == 16
+    dst, _ = kv_pool(fill=False)
+    assert eng.retrieve(prompts["a"], dst, slots_for(16, 8, 32, seed=3)) == 16  # a hit on the oldest
+    assert eng.store(prompts["d"], src, slots_for(16, 8, 32)) == 16  # L1 is full: one chunk goes
+    assert [eng.lookup(prompts[n]) for n in "abcd"] == [16, 0, 16, 16]

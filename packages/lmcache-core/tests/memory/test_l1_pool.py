@@ -37,6 +37,24 @@ def test_lru_eviction_keeps_recent():
     assert (st.evictions, st.evicted_bytes, st.used_bytes, st.entries) == (1, 100, 300, 3)
 
 
+def test_a_chunk_read_through_pin_becomes_most_recently_used():
+    """A hit (pin, read, unpin) refreshes the chunk: eviction takes the oldest unread one, not it."""
+    pool, _ = make_pool(300)
+    put(pool, "a", 100, fill=1)
+    put(pool, "b", 100, fill=2)
+    put(pool, "c", 100, fill=3)
+    entry = pool.pin("a")  # a is read back into KV: a hit
+    assert entry is not None and bool((entry.buffer == 1).all())
+    pool.unpin(entry)
+    put(pool, "d", 100)  # the pool is full: one chunk goes
+    assert ("a" in pool, "b" in pool, "c" in pool, "d" in pool) == (True, False, True, True)
+    put(pool, "e", 100)  # then c, the oldest left; a stays until it is the oldest
+    assert ("a" in pool, "c" in pool) == (True, False)
+    put(pool, "f", 100)
+    assert "a" not in pool and pool.stats().evictions == 3
+    assert [k for k in "abcdef" if k in pool] == ["d", "e", "f"]
+
+
 def test_evicted_buffers_are_reused_not_reallocated():
     pool, allocated = make_pool(200)
     put(pool, "a", 100)
