@@ -27,7 +27,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _KERNEL_HOOKS = ("lmcache_gather", "lmcache_scatter")
-_HOT_HOOKS = (*_KERNEL_HOOKS, "lmcache_record_event", "lmcache_synchronize")
+_HOT_HOOKS = (
+    *_KERNEL_HOOKS,
+    "lmcache_record_event",
+    "lmcache_synchronize",
+    "lmcache_current_stream",
+    "lmcache_stream_wait_event",
+    "lmcache_query_event",
+)
 _NOTHING = Capabilities(layouts=frozenset(), dtypes=frozenset(), status="no kernels")
 
 
@@ -155,6 +162,53 @@ class Backend:
     def synchronize(self, handle: Any = None) -> None:
         """Wait for ``handle`` (an event or stream); None waits for the whole device."""
         self._device_call("lmcache_synchronize", handle=handle)
+
+    # ---- ordering against the engine's compute stream (hook API 1.1) ---------------------------
+    # A 1.0 plugin lacks these hooks; its events and streams are its own, so the reference's
+    # hooks cannot stand in: the core falls back to host waits, which are slower but ordered.
+
+    def _own(self, hook: str) -> Callable[..., Any] | None:
+        return self._impls.get(hook)
+
+    def current_stream(self, device: Any) -> int:
+        """Handle of the stream the engine computes on for ``device`` (0: the plugin's default)."""
+        impl = self._own("lmcache_current_stream")
+        return int(impl(device=device)) if impl is not None else 0
+
+    def stream_wait_event(self, stream: int, event: Any) -> None:
+        """``stream`` waits on the device for ``event``; a host wait for a plugin without the hook."""
+        impl = self._own("lmcache_stream_wait_event")
+        if impl is not None:
+            impl(stream=stream, event=event)
+        else:
+            self.synchronize(event)
+
+    def query_event(self, event: Any) -> bool:
+        """True when ``event`` completed (never blocks; a host wait for a plugin without the hook)."""
+        impl = self._own("lmcache_query_event")
+        if impl is not None:
+            return bool(impl(event=event))
+        self.synchronize(event)
+        return True
+
+    def destroy_stream(self, stream: int) -> None:
+        """Free a stream from :meth:`new_stream` and the backend's buffers for it (after its work)."""
+        if stream and self._implements("lmcache_destroy_stream"):
+            self._pm.hook.lmcache_destroy_stream(stream=stream)
+
+    def order_after_compute(self, stream: int, device: Any) -> Any:
+        """Make ``stream`` wait, on the device, for every kernel enqueued so far on ``device``'s
+        compute stream (the forward that writes the KV a gather reads). Returns the event."""
+        event = self.record_event(self.current_stream(device))
+        self.stream_wait_event(stream, event)
+        return event
+
+    def order_compute_after(self, stream: int, device: Any) -> Any:
+        """Make ``device``'s compute stream wait for the work enqueued so far on ``stream`` (a
+        scatter the next forward reads). Returns the event recorded on ``stream``."""
+        event = self.record_event(stream)
+        self.stream_wait_event(self.current_stream(device), event)
+        return event
 
 
 @cache

@@ -16,6 +16,7 @@ L1, and an L2 that fails or goes away costs hits, never correctness.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from lmcache_core.keys import CacheKey, KeyScope, salt_tag
 from lmcache_core.layout import ChunkFormat, KVCacheSpec, KVLayout
 from lmcache_core.layout_registry import LayoutHints, detect_layout
 from lmcache_core.memory.l1_pool import L1Entry, L1Pool, L1Stats
+from lmcache_core.memory.pending import PendingChunk, PendingStores
 from lmcache_core.tokens import TokenChunker, as_token_array
 
 if TYPE_CHECKING:
@@ -40,6 +42,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 KVGroups = Sequence["torch.Tensor"] | Sequence[Sequence["torch.Tensor"]]
+
+#: Test-only switch: ``1`` makes copies skip the device-side wait for the engine's compute stream,
+#: which reintroduces the race the ordering tests must catch (``make device-check`` proves they do).
+SKIP_STREAM_WAIT_ENV = "LMCACHE_TEST_SKIP_STREAM_WAIT"
 
 
 @dataclass
@@ -103,6 +109,14 @@ class CacheEngine:
         self._registered: tuple[tuple[int, tuple[int, ...]], ...] | None = None
         self._scopes: dict[str | None, KeyScope] = {}
         self._stream = 0
+        self._device: Any = None
+        self._pending = PendingStores()
+        self._skip_stream_wait = os.environ.get(SKIP_STREAM_WAIT_ENV, "") == "1"
+        if self._skip_stream_wait:
+            logger.warning(
+                "%s=1: copies do not wait for the forward (test-only; stores may be corrupt)",
+                SKIP_STREAM_WAIT_ENV,
+            )
         self._lock = threading.Lock()
         self.stats = EngineStats()
         self._formats: tuple[ChunkFormat, ...] | None = tuple(chunk_formats) if chunk_formats else None
@@ -151,7 +165,9 @@ class CacheEngine:
             selection = select_backend(device.type, self.config.backend)
             self._backend = selection.backend
             logger.info("backend %s (%s) for KV on %s", self._backend.name, selection.why, device)
-            self._stream = self._backend.new_stream(device)
+        if self._device is None:
+            self._device = groups[0][0].device
+            self._stream = self.backend.new_stream(self._device)
         if self._spec_tag is not None and self._spec_tag != spec.tag:
             raise ValueError(f"kv_caches: expected chunk format {self._spec_tag}, given {spec.tag}")
         self._spec = spec
@@ -280,20 +296,33 @@ class CacheEngine:
     # ---- the three operations ----------------------------------------------------------------
 
     def store(
-        self, tokens: Any, kv_caches: KVGroups, slot_mapping: Any, *, cache_salt: str | None = None
+        self,
+        tokens: Any,
+        kv_caches: KVGroups,
+        slot_mapping: Any,
+        *,
+        cache_salt: str | None = None,
+        owner: Any = None,
     ) -> int:
-        """Copy the KV of ``tokens`` out of the engine's pages into L1, chunk by chunk.
+        """Queue copies of the KV of ``tokens`` out of the engine's pages into L1, chunk by chunk.
 
-        Chunks already cached are only refreshed in the LRU. Storing stops at the first chunk
-        with a ``-1`` slot (its KV is not in the engine) or when L1 cannot make room.
-        Returns the number of tokens newly stored.
+        The copies run on the engine's copy stream after everything already enqueued on the
+        compute stream of the KV's device (the forward that writes these pages), without blocking
+        the host. Each chunk's buffer stays reserved until its copy completes, and is committed to
+        L1 (and queued for L2) by :meth:`poll_stores`, which every store, lookup and
+        :meth:`wait_stores` call runs; ``owner`` (a request id) names the chunks for
+        :meth:`stores_in_flight`. Chunks already cached or in flight are only refreshed. Storing
+        stops at the first chunk with a ``-1`` slot (its KV is not in the engine) or when L1 cannot
+        make room. Returns the number of tokens newly queued.
         """
         groups, slots = self._prepare(kv_caches, slot_mapping, len(as_token_array(tokens)))
         _, chunks = self._keys(tokens, cache_salt)
         assert self._l1 is not None
+        self.poll_stores()
         stored = 0
+        ordered = False
         for start, end, key in chunks:
-            if self._l1.touch(key):
+            if self._l1.touch(key) or key in self._pending:
                 self.stats.store_skipped_present += 1
                 continue
             chunk_slots = [sm[start:end] for sm in slots]
@@ -305,29 +334,75 @@ class CacheEngine:
                 self.stats.store_rejected_full += 1
                 logger.debug("L1 full (everything pinned or chunk too large); store stops at %d", start)
                 break
+            if not ordered:  # once per call: the copy stream waits for the forward on the device
+                if not self._skip_stream_wait:
+                    self.backend.order_after_compute(self._stream, self._device)
+                ordered = True
+            queued = False
             try:
                 for layout, kv, sm, view in zip(
                     self.spec.groups, groups, chunk_slots, self._chunk_views(buffer, end - start), strict=True
                 ):
+                    queued = True
                     self.backend.gather(layout, kv, sm, view, 0, self._stream)
-                self.backend.synchronize(self.backend.record_event(self._stream))
+                event = self.backend.record_event(self._stream)
             except BaseException:
+                if queued:  # a queued copy may still write the buffer: wait before it is reused
+                    self._drain_stream()
                 self._l1.release(buffer)
                 raise
-            tiers = self._tiers
-            entry = self._l1.commit(key, buffer, end - start, pins=tiers.pins_per_store if tiers else 0)
-            dropped = tiers.write_behind(self._ref(key, end - start), entry) if tiers else 0
+            self._pending.add(PendingChunk(key, buffer, end - start, event, owner))
+            self.poll_stores()  # what completed is evictable again (a chunk in flight never is)
             stored += end - start
             with self._lock:
                 self.stats.stored_chunks += 1
                 self.stats.stored_bytes += nbytes
-                self.stats.l2_write_dropped += dropped
         with self._lock:
             self.stats.stored_tokens += stored
         return stored
 
+    def poll_stores(self) -> int:
+        """Commit to L1 (and queue for L2) every stored chunk whose copy has completed; never
+        blocks. Returns the number of chunks committed."""
+        if not len(self._pending):
+            return 0
+        return self._commit(self._pending.take_done(self.backend.query_event))
+
+    def wait_stores(self) -> int:
+        """Wait on the host for every stored chunk's copy, then commit them (close, tests)."""
+        chunks = self._pending.take_all()
+        for c in chunks:
+            self.backend.synchronize(c.event)
+        return self._commit(chunks)
+
+    def stores_in_flight(self, owner: Any = None) -> int:
+        """Stored chunks whose copy has not been seen complete yet (all, or ``owner``'s)."""
+        return self._pending.in_flight(owner)
+
+    def _commit(self, chunks: list[PendingChunk]) -> int:
+        assert self._l1 is not None
+        tiers = self._tiers
+        dropped = 0
+        for c in chunks:
+            entry = self._l1.commit(c.key, c.buffer, c.num_tokens, pins=tiers.pins_per_store if tiers else 0)
+            if tiers is not None:
+                dropped += tiers.write_behind(self._ref(c.key, c.num_tokens), entry)
+        if dropped:
+            with self._lock:
+                self.stats.l2_write_dropped += dropped
+        return len(chunks)
+
+    def _drain_stream(self) -> None:
+        """Wait on the host for everything queued on the copy stream (error paths only)."""
+        try:
+            self.backend.synchronize(self.backend.record_event(self._stream))
+        except Exception:  # the device failed too; the caller's exception is the one to report
+            logger.exception("waiting for queued copies after an error failed")
+
     def lookup(self, tokens: Any, *, cache_salt: str | None = None) -> int:
         """Length in tokens of the longest cached prefix of ``tokens`` (chunk-granular)."""
+        if self._backend is not None:
+            self.poll_stores()
         hit = 0
         chunks: list[tuple[int, int, CacheKey]] = []
         if self._spec_tag is None:  # nothing registered or declared: nothing can be cached yet
@@ -387,6 +462,7 @@ class CacheEngine:
             if missing is not None:  # load what L1 lacks while the chunks before it are scattered
                 self._l2_run(chunks[missing:], prefetch=True)
         loaded = 0
+        ordered = self._skip_stream_wait
         for start, end, key in chunks:
             entry = self._l1.pin(key)
             if entry is None and self._tiers is not None:
@@ -395,6 +471,9 @@ class CacheEngine:
                 with self._lock:
                     self.stats.retrieve_misses += 1
                 break
+            if not ordered:  # the scatter waits for kernels still using these pages
+                self.backend.order_after_compute(self._stream, self._device)
+                ordered = True
             try:
                 skip = max(0, skip_leading_tokens - start)
                 for layout, kv, sm, view in zip(
@@ -402,6 +481,9 @@ class CacheEngine:
                 ):
                     self.backend.scatter(layout, kv, sm[start:end], view, skip, self._stream)
                 self.backend.synchronize(self.backend.record_event(self._stream))
+            except BaseException:
+                self._drain_stream()  # a queued scatter still reads the buffer: wait before unpinning
+                raise
             finally:
                 self._l1.unpin(entry)
             loaded += end - start - skip
@@ -437,7 +519,12 @@ class CacheEngine:
         return self._tiers.flush(timeout) if self._tiers is not None else True
 
     def close(self) -> None:
-        """Write what is queued for L2 (up to ``config.l2_flush_seconds``) and close the tiers."""
+        """Commit stores in flight, free the copy stream, write what is queued for L2 (up to
+        ``config.l2_flush_seconds``) and close the tiers."""
+        if self._backend is not None:
+            self.wait_stores()
+            stream, self._stream = self._stream, 0
+            self._backend.destroy_stream(stream)
         if self._tiers is not None:
             self._tiers.close(self.config.l2_flush_seconds)
             self._tiers = None

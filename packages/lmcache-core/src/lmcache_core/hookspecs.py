@@ -126,7 +126,51 @@ def lmcache_new_stream(device: Any) -> int:
 def lmcache_record_event(stream: int) -> Any:
     """Record an event on ``stream`` and return it as an opaque handle.
 
+    The event belongs to ``stream``'s device (never the thread's current device).
+
     Optional. Stops at the first non-None result.
+    """
+    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
+def lmcache_current_stream(device: Any) -> int:
+    """Return the handle of the stream the engine computes on for ``device``: torch's current
+    stream of that device (never 0 when the device has streams).
+
+    The core records an event on it after the engine enqueued the forward, so that copies wait
+    for the KV they read. Optional (API 1.1). Stops at the first non-None result.
+    """
+    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
+def lmcache_stream_wait_event(stream: int, event: Any) -> bool | None:
+    """Make ``stream`` wait, on the device and without blocking the host, until ``event`` (from
+    ``lmcache_record_event``, possibly on another stream) has completed.
+
+    Work enqueued on ``stream`` after this call starts only after the event. Optional (API 1.1;
+    without it the core waits for the event on the host). Stops at the first non-None result.
+    """
+    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
+def lmcache_query_event(event: Any) -> bool | None:
+    """Return True when ``event`` has completed, False while work before it is still queued.
+
+    Never blocks. Optional (API 1.1; without it the core waits for the event). Stops at the first
+    non-None result.
+    """
+    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
+def lmcache_destroy_stream(stream: int) -> bool | None:
+    """Wait for ``stream``'s work, then free it and every buffer the backend keeps for it.
+
+    Called once, when the engine that made the stream closes. Optional (API 1.1). Stops at the
+    first non-None result.
     """
     raise NotImplementedError
 

@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 
 #: Version of the backend hook API: (major, minor). A plugin built against (M, m) loads when
 #: M equals the core's major and m is at most the core's minor.
-API_VERSION: tuple[int, int] = (1, 0)
+#: 1.1 added ``lmcache_current_stream``, ``lmcache_stream_wait_event``, ``lmcache_query_event``
+#: and ``lmcache_destroy_stream``; a 1.0 plugin without them still loads, and the core orders its
+#: copies after the forward by a host wait instead (:class:`lmcache_core.backend.Backend`).
+API_VERSION: tuple[int, int] = (1, 1)
 
 #: Entry-point group that backend packages register their probe under.
 BACKENDS_GROUP = "lmcache_core.backends"

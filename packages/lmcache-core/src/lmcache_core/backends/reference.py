@@ -177,13 +177,46 @@ def lmcache_new_stream(device: Any) -> int:
     return 0  # the reference runs on the device's current stream
 
 
+#: The event of a device without streams (CPU): its work is done when the call returns.
+_DONE = 0
+
+
+@hookimpl
+def lmcache_current_stream(device: Any) -> int:
+    return 0  # the reference runs on the device's current stream
+
+
 @hookimpl
 def lmcache_record_event(stream: int) -> Any:
-    return 0
+    """A ``torch.Event`` on the accelerator's current stream, or ``_DONE`` on a host-only build."""
+    if not _accelerator_available():
+        return _DONE
+    event = torch.Event()
+    event.record(torch.accelerator.current_stream())
+    return event
+
+
+@hookimpl
+def lmcache_stream_wait_event(stream: int, event: Any) -> bool:
+    if isinstance(event, torch.Event):
+        event.wait(torch.accelerator.current_stream())  # every reference stream is the current one
+    return True
+
+
+@hookimpl
+def lmcache_query_event(event: Any) -> bool:
+    return bool(event.query()) if isinstance(event, torch.Event) else True
+
+
+@hookimpl
+def lmcache_destroy_stream(stream: int) -> bool:
+    return True  # the reference makes no stream of its own
 
 
 @hookimpl
 def lmcache_synchronize(handle: Any) -> bool:
-    if _accelerator_available():
+    if isinstance(handle, torch.Event):
+        handle.synchronize()
+    elif _accelerator_available():
         torch.accelerator.synchronize()
     return True

@@ -1,0 +1,366 @@
+"""Stores and loads ordered against the forward, and deferred commits, proved on the CPU.
+
+A GPU runs the forward and the engine's copies on different streams; a store called right after
+the forward was *enqueued* must still read the KV the forward writes. These tests run the
+CacheEngine over a real asynchronous backend made of host threads: each stream is a thread
+running its queue in order, an event is set when its stream reaches it, and
+``lmcache_stream_wait_event`` queues a wait on the stream - the semantics of device streams,
+with the reference kernels doing the copies. The "forward" is work queued on the compute stream
+that writes new KV only after a gate opens, so the test, not a timer, decides when it runs.
+
+The GPU versions (same checks, real kernels and ``torch.cuda._sleep``) live in
+``lmcache_cuda.gpu_ordering`` and run in ``make device-check``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+import torch
+
+from lmcache_core import CacheEngine, CacheEngineConfig
+from lmcache_core.backend import Backend, reference_backend
+from lmcache_core.backends import reference
+from lmcache_core.cache_engine import SKIP_STREAM_WAIT_ENV
+from lmcache_core.hookspecs import hookimpl
+from lmcache_core.layout import KVLayout
+from lmcache_core.layout_registry import allocate_example
+from lmcache_core.plugin_api import Capabilities
+
+COMPUTE = 1  # handle of the compute stream (torch's current stream on a GPU)
+
+
+class _Stream:
+    """A queue of callables run in order by one thread: a device stream on the host."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self.errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (fn := self._queue.get()) is not None:
+            try:
+                fn()
+            except BaseException as e:  # kept and raised by the test, like a sticky device error
+                self.errors.append(e)
+            finally:
+                self._queue.task_done()
+
+    def enqueue(self, fn: Callable[[], None]) -> None:
+        self._queue.put(fn)
+
+    def idle(self) -> bool:
+        return self._queue.unfinished_tasks == 0
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+
+class ThreadStreams:
+    """Backend hooks (API 1.1) over :class:`_Stream`; kernels are the reference's, run on the stream."""
+
+    def __init__(self, version: tuple[int, int] = (1, 1)) -> None:
+        self.version = version
+        self.streams: dict[int, _Stream] = {COMPUTE: _Stream()}
+        self.fail_gather_call: int | None = None  # raise on this gather call (1-based)
+        self.gather_calls = 0
+
+    def close(self) -> None:
+        for s in self.streams.values():
+            s.close()
+
+    @hookimpl
+    def lmcache_api_version(self) -> tuple[int, int]:
+        return self.version
+
+    @hookimpl
+    def lmcache_capabilities(self) -> Capabilities:
+        return Capabilities(status="host threads as streams")
+
+    @hookimpl
+    def lmcache_gather(
+        self,
+        layout: KVLayout,
+        kv_caches: Sequence[torch.Tensor],
+        slot_mapping: torch.Tensor,
+        out: torch.Tensor,
+        skip_prefix: int,
+        stream: int,
+    ) -> bool:
+        self.gather_calls += 1
+        if self.gather_calls == self.fail_gather_call:
+            raise RuntimeError("gather failed (injected)")
+        self.streams[stream].enqueue(
+            lambda: reference.lmcache_gather(layout, kv_caches, slot_mapping, out, skip_prefix, 0)
+        )
+        return True
+
+    @hookimpl
+    def lmcache_scatter(
+        self,
+        layout: KVLayout,
+        kv_caches: Sequence[torch.Tensor],
+        slot_mapping: torch.Tensor,
+        src: torch.Tensor,
+        skip_prefix: int,
+        stream: int,
+    ) -> bool:
+        self.streams[stream].enqueue(
+            lambda: reference.lmcache_scatter(layout, kv_caches, slot_mapping, src, skip_prefix, 0)
+        )
+        return True
+
+    @hookimpl
+    def lmcache_new_stream(self, device: Any) -> int:
+        handle = max(self.streams) + 1
+        self.streams[handle] = _Stream()
+        return handle
+
+    @hookimpl
+    def lmcache_current_stream(self, device: Any) -> int:
+        return COMPUTE
+
+    @hookimpl
+    def lmcache_record_event(self, stream: int) -> Any:
+        event = threading.Event()
+        self.streams[stream or COMPUTE].enqueue(event.set)
+        return event
+
+    @hookimpl
+    def lmcache_stream_wait_event(self, stream: int, event: Any) -> bool:
+        self.streams[stream].enqueue(event.wait)
+        return True
+
+    @hookimpl
+    def lmcache_query_event(self, event: Any) -> bool:
+        return bool(event.is_set())
+
+    @hookimpl
+    def lmcache_destroy_stream(self, stream: int) -> bool:
+        self.streams.pop(stream).close()
+        return True
+
+    @hookimpl
+    def lmcache_synchronize(self, handle: Any) -> bool:
+        if not isinstance(handle, threading.Event):
+            raise TypeError(f"handle: expected an event from lmcache_record_event, given {handle!r}")
+        if not handle.wait(timeout=10):
+            raise TimeoutError("event not reached in 10 s")
+        return True
+
+
+class _Plugin10(ThreadStreams):
+    """The same backend built against hook API 1.0: no wait, query, current- or destroy-stream hook."""
+
+    lmcache_current_stream = None  # type: ignore[assignment]
+    lmcache_stream_wait_event = None  # type: ignore[assignment]
+    lmcache_query_event = None  # type: ignore[assignment]
+    lmcache_destroy_stream = None  # type: ignore[assignment]
+
+
+TOKENS = list(range(500, 548))  # 3 chunks of 16
+
+
+def _setup(
+    plugin: ThreadStreams, monkeypatch: pytest.MonkeyPatch, skip_wait: bool = False
+) -> tuple[CacheEngine, list[torch.Tensor], torch.Tensor, Any]:
+    if skip_wait:
+        monkeypatch.setenv(SKIP_STREAM_WAIT_ENV, "1")
+    else:
+        monkeypatch.delenv(SKIP_STREAM_WAIT_ENV, raising=False)
+    kv, hints = allocate_example(
+        "vllm_flash_nhd",
+        num_layers=2,
+        num_blocks=8,
+        block_size=16,
+        num_kv_heads=2,
+        head_size=8,
+        dtype=torch.float32,
+    )
+    for t in kv:
+        t.fill_(1.0)  # the KV before the forward
+    backend = Backend("threads", plugin, reference_backend())
+    eng = CacheEngine(CacheEngineConfig(chunk_size=16, l1_bytes=1 << 20), backend=backend, layout_hints=hints)
+    slots = torch.arange(len(TOKENS), dtype=torch.int64)
+    eng.register_kv_caches(kv)
+    return eng, kv, slots, hints
+
+
+def _forward(plugin: ThreadStreams, kv: list[torch.Tensor], value: float, gate: threading.Event) -> None:
+    """Queue a forward on the compute stream: it writes ``value`` into every page once ``gate`` opens."""
+
+    def run() -> None:
+        assert gate.wait(timeout=10), "gate never opened"
+        for t in kv:
+            t.fill_(value)
+
+    plugin.streams[COMPUTE].enqueue(run)
+
+
+def _stored_values(eng: CacheEngine, tokens: list[int]) -> set[float]:
+    values: set[float] = set()
+    dst, _ = allocate_example(
+        "vllm_flash_nhd",
+        num_layers=2,
+        num_blocks=8,
+        block_size=16,
+        num_kv_heads=2,
+        head_size=8,
+        dtype=torch.float32,
+    )
+    for t in dst:
+        t.fill_(-1.0)
+    eng.retrieve(tokens, dst, torch.arange(len(tokens), dtype=torch.int64))
+    for t in dst:
+        values |= set(t[:, : len(tokens) // 16].unique().tolist())
+    return values
+
+
+@pytest.fixture
+def plugin() -> Any:
+    p = ThreadStreams()
+    yield p
+    p.close()
+
+
+def test_store_queued_right_after_the_forward_reads_what_the_forward_wrote(
+    plugin: ThreadStreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng, kv, slots, _ = _setup(plugin, monkeypatch)
+    gate = threading.Event()
+    _forward(plugin, kv, 7.0, gate)
+    assert eng.store(TOKENS, kv, slots) == 48  # returns without waiting for the forward
+    assert eng.stores_in_flight() == 3 and eng.lookup(TOKENS) == 0  # not committed yet
+    gate.set()
+    eng.wait_stores()
+    assert eng.lookup(TOKENS) == 48
+    assert _stored_values(eng, TOKENS) == {7.0}
+    eng.close()
+
+
+def test_without_the_wait_the_store_reads_stale_kv(
+    plugin: ThreadStreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The negative control: the switch removes the device-side wait, and the check above sees
+    the KV from before the forward. This is how the ordering tests are shown to catch the bug."""
+    eng, kv, slots, _ = _setup(plugin, monkeypatch, skip_wait=True)
+    gate = threading.Event()
+    _forward(plugin, kv, 7.0, gate)
+    eng.store(TOKENS, kv, slots)
+    eng.wait_stores()  # the copies finish while the forward still waits at its gate
+    gate.set()
+    assert _stored_values(eng, TOKENS) == {1.0}
+    eng.close()
+
+
+def test_load_waits_for_the_forward_still_using_the_pages_and_precedes_the_next(
+    plugin: ThreadStreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng, kv, slots, _ = _setup(plugin, monkeypatch)
+    for t in kv:
+        t.fill_(5.0)
+    eng.store(TOKENS, kv, slots)
+    eng.wait_stores()
+    gate = threading.Event()
+    _forward(plugin, kv, 9.0, gate)  # an earlier forward still writing these pages
+    threading.Timer(0.05, gate.set).start()
+    assert eng.retrieve(TOKENS, kv, slots) == 48
+    assert gate.is_set()  # the load could not finish before the forward it had to follow
+    seen: list[set[float]] = []
+    plugin.streams[COMPUTE].enqueue(lambda: seen.append({float(v) for t in kv for v in t[:, :3].unique()}))
+    done = plugin.lmcache_record_event(COMPUTE)
+    assert done.wait(timeout=10)
+    assert seen == [{5.0}]  # the next forward reads the loaded values
+    eng.close()
+
+
+def test_request_reports_its_stores_in_flight_until_polled_complete(
+    plugin: ThreadStreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng, kv, slots, _ = _setup(plugin, monkeypatch)
+    gate = threading.Event()
+    _forward(plugin, kv, 3.0, gate)
+    eng.store(TOKENS[:32], kv, slots[:32], owner="req-a")
+    eng.store(TOKENS, kv, slots, owner="req-b")  # its first two chunks are in flight already
+    assert (eng.stores_in_flight("req-a"), eng.stores_in_flight("req-b")) == (2, 1)
+    assert eng.stats.store_skipped_present == 2 and eng.l1_stats().entries == 0
+    assert eng.poll_stores() == 0  # the forward has not run: nothing completes, nothing blocks
+    gate.set()
+    deadline = time.monotonic() + 10
+    while eng.stores_in_flight() and time.monotonic() < deadline:
+        eng.poll_stores()
+        time.sleep(0.001)
+    assert eng.stores_in_flight("req-a") == 0 and eng.stores_in_flight("req-b") == 0
+    assert eng.l1_stats().entries == 3 and eng.lookup(TOKENS) == 48
+    assert _stored_values(eng, TOKENS) == {3.0}
+    eng.close()
+
+
+def test_a_failed_store_waits_for_its_queued_copies_before_releasing_the_buffer(
+    plugin: ThreadStreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kv2, hints2 = allocate_example(
+        "vllm_flash_nhd",
+        num_layers=1,
+        num_blocks=8,
+        block_size=16,
+        num_kv_heads=2,
+        head_size=8,
+        dtype=torch.float32,
+    )
+    eng, kv, slots, hints = _setup(plugin, monkeypatch)
+    eng2 = CacheEngine(
+        CacheEngineConfig(chunk_size=16, l1_bytes=1 << 20),
+        backend=eng.backend,
+        layout_hints=[hints, hints2],
+    )
+    gate = threading.Event()
+    _forward(plugin, kv, 4.0, gate)
+    plugin.fail_gather_call = plugin.gather_calls + 2  # group 0 is queued, group 1 fails
+    threading.Timer(0.05, gate.set).start()
+    with pytest.raises(RuntimeError, match="injected"):
+        eng2.store(TOKENS[:16], [kv, kv2], [slots[:16], slots[:16]])
+    stream = plugin.streams[eng2._stream]
+    assert gate.is_set() and stream.idle()  # waited for the queued copy before the release
+    stats = eng2.l1_stats()
+    assert stats.free_buffers == 1 and stats.entries == 0 and eng2.stores_in_flight() == 0
+    eng2.close()
+    eng.close()
+
+
+def test_close_commits_stores_in_flight_and_destroys_the_stream(
+    plugin: ThreadStreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng, kv, slots, _ = _setup(plugin, monkeypatch)
+    gate = threading.Event()
+    _forward(plugin, kv, 2.0, gate)
+    eng.store(TOKENS, kv, slots)
+    stream = eng._stream
+    threading.Timer(0.05, gate.set).start()
+    eng.close()
+    assert eng.stores_in_flight() == 0 and eng.l1_stats().entries == 3
+    assert stream not in plugin.streams
+
+
+def test_a_version_1_0_plugin_loads_and_is_ordered_by_host_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    plugin = _Plugin10(version=(1, 0))
+    try:
+        eng, kv, slots, _ = _setup(plugin, monkeypatch)
+        gate = threading.Event()
+        _forward(plugin, kv, 6.0, gate)
+        threading.Timer(0.05, gate.set).start()
+        assert eng.store(TOKENS, kv, slots) == 48
+        assert gate.is_set()  # the host waited for the forward before queueing the copies
+        eng.wait_stores()
+        assert _stored_values(eng, TOKENS) == {6.0}
+        eng.close()
+    finally:
+        plugin.close()
