@@ -268,6 +268,42 @@ void run_bad_slot(Tally& tally, Model& m, const std::string& label) {
   tally.check(!g.ok && !s.ok && g.error.rfind(want, 0) == 0 && untouched, label + " bad slot: " + g.error);
 }
 
+/*
+ * Hostile plane tables and strides (a KVLayout edited by hand): plane_offset + extent past INT64_MAX
+ * once wrapped to a negative end and "fit", writing before the tensor (2-byte elements) or far
+ * away (1-byte). Every variant must be refused with nothing written.
+ */
+void run_overflowing_planes(Tally& tally, Model m, const std::string& label) {
+  std::vector<uintptr_t> addr;
+  std::vector<int64_t> nbytes;
+  const int64_t num_slots = m.NB * m.BS;
+  Case c{{0, num_slots - 1}, 0, "overflow"};
+  const size_t chunk_bytes = static_cast<size_t>(m.num_kv * m.L * 2 * m.H * m.D * m.es);
+  const int64_t extent = lmcache_core::kv_plane_extent(m.g);
+  const int64_t last = static_cast<int64_t>(m.plane_offset.size()) - 1;
+  struct Variant { const char* name; int64_t plane_offset; int64_t block_stride; const char* error; };
+  const Variant variants[] = {
+      {"offset+extent wraps", INT64_MAX - extent + 2, m.g.block_stride, "plane_offset["},
+      {"offset*element_size wraps", INT64_MAX / m.es - extent + 2, m.g.block_stride, "plane_offset["},
+      {"offset near 2^63, large block_stride", int64_t(7) << 60, (int64_t(1) << 62) / m.NB, "plane_offset["},
+      {"block_stride overflows the extent", 0, INT64_MAX / 2, "geometry: plane extent"},
+      {"negative offset", -1, m.g.block_stride, "plane_offset["},
+  };
+  for (const Variant& v : variants) {
+    Model bad = m;
+    bad.plane_offset[last] = v.plane_offset;
+    bad.g.block_stride = v.block_stride;
+    std::vector<uint8_t> chunk(chunk_bytes, 0x5A);
+    for (auto& t : bad.tensors) std::fill(t.begin(), t.end(), 0xA5);
+    const std::vector<std::vector<uint8_t>> before = bad.tensors;
+    lmcache_arm::Status g = lmcache_arm::gather(make_args(bad, addr, nbytes, c, chunk, 2));
+    lmcache_arm::Status s = lmcache_arm::scatter(make_args(bad, addr, nbytes, c, chunk, 2));
+    const bool untouched = bad.tensors == before && chunk == std::vector<uint8_t>(chunk_bytes, 0x5A);
+    tally.check(!g.ok && !s.ok && g.error.rfind(v.error, 0) == 0 && s.error.rfind(v.error, 0) == 0 && untouched,
+                label + " " + v.name + ": " + (g.ok ? "accepted" : g.error));
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -317,6 +353,7 @@ int main() {
       }
       lmcache_arm::set_tuning(def);
       run_bad_slot(tally, m, kKindName[k]);
+      run_overflowing_planes(tally, m, kKindName[k]);
     }
   }
   printf("%d passed, %d failed\n", tally.passed, tally.failed);

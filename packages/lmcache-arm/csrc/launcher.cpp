@@ -1,15 +1,17 @@
 /*
  * launcher.cpp - checks, span planning and OpenMP dispatch of the host KV kernels.
  *
- * Order of work for one transfer: (1) check_transfer validates everything it is given, reading
- * the slot mapping but writing nothing; (2) plan_spans groups live chunk tokens into spans whose
- * plane rows are equally spaced; (3) the (plane, span) work items are split statically over
+ * Order of work for one transfer: (1) geometry, plane extents (overflow-checked, kv_index.h) and the
+ * chunk's size are checked; the caller's slot mapping is copied once and every live slot of the copy
+ * is checked - nothing is written yet; (2) plan_spans groups live chunk tokens of that copy into spans
+ * whose plane rows are equally spaced; (3) the (plane, span) work items are split statically over
  * OpenMP threads, plane-major, and each runs copy_span from kv_copy.h.
  */
 #include "launcher.h"
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -55,22 +57,7 @@ Status fail(std::string message) {
 
 std::string str(int64_t v) { return std::to_string(v); }
 
-/* a * b + c, or false on int64 overflow. */
-bool mul_add(int64_t a, int64_t b, int64_t c, int64_t* out) {
-  int64_t p = 0;
-  return !__builtin_mul_overflow(a, b, &p) && !__builtin_add_overflow(p, c, out);
-}
-
-/* kv_plane_extent with overflow checks: elements a plane spans from its start. */
-bool checked_extent(const KVGeometry& g, int64_t* out) {
-  int64_t e = 1;
-  if (!mul_add(g.num_blocks - 1, g.block_stride, e, &e) || !mul_add(g.block_size - 1, g.token_stride, e, &e) ||
-      !mul_add(g.num_kv_heads - 1, g.head_stride, e, &e) || !mul_add(g.head_size - 1, g.channel_stride, e, &e)) {
-    return false;
-  }
-  *out = e;
-  return true;
-}
+using lmcache_core::kv_checked_mul_add;
 
 Status check_geometry(const KVGeometry& g, int64_t element_size) {
   if (element_size != 1 && element_size != 2 && element_size != 4 && element_size != 8) {
@@ -93,8 +80,8 @@ Status check_geometry(const KVGeometry& g, int64_t element_size) {
   }
   int64_t slots = 0, hidden_bytes = 0, planes = 0;
   if (__builtin_mul_overflow(g.num_blocks, g.block_size, &slots) ||
-      !mul_add(g.num_kv_heads, g.head_size, 0, &hidden_bytes) ||
-      !mul_add(hidden_bytes, element_size, 0, &hidden_bytes) ||
+      !kv_checked_mul_add(g.num_kv_heads, g.head_size, 0, &hidden_bytes) ||
+      !kv_checked_mul_add(hidden_bytes, element_size, 0, &hidden_bytes) ||
       __builtin_mul_overflow(g.num_kv, g.num_layers, &planes)) {
     return fail("geometry: num_blocks * block_size, num_kv_heads * head_size * element_size or "
                 "num_kv * num_layers overflows int64");
@@ -113,9 +100,15 @@ Status check_planes(const TransferArgs& a) {
                 " entries (num_kv * num_layers), given " + str(a.plane_table_len));
   }
   int64_t extent = 0;
-  if (!checked_extent(g, &extent)) return fail("geometry: plane extent overflows int64");
+  if (!lmcache_core::kv_checked_plane_extent(g, &extent)) {
+    return fail("geometry: plane extent 1 + (num_blocks - 1) * block_stride + (block_size - 1) * token_stride + "
+                "(num_kv_heads - 1) * head_stride + (head_size - 1) * channel_stride overflows int64");
+  }
   for (int64_t t = 0; t < a.num_tensors; ++t) {
     if (a.tensor_address[t] == 0) return fail("kv_caches[" + str(t) + "]: expected a non-null data pointer");
+    if (a.tensor_nbytes[t] < 0) {
+      return fail("tensor_nbytes[" + str(t) + "]: expected >= 0 bytes, given " + str(a.tensor_nbytes[t]));
+    }
   }
   for (int64_t p = 0; p < planes; ++p) {
     const int64_t t = a.plane_tensor[p];
@@ -124,8 +117,9 @@ Status check_planes(const TransferArgs& a) {
                   "), given " + str(t));
     }
     const int64_t off = a.plane_offset[p];
-    int64_t end_bytes = 0;
-    if (off < 0 || !mul_add(off + extent, a.element_size, 0, &end_bytes) || end_bytes > a.tensor_nbytes[t]) {
+    int64_t end_bytes = 0;  // (off + extent) * element_size, overflow-checked
+    if (!lmcache_core::kv_checked_plane_end_bytes(off, extent, a.element_size, &end_bytes) ||
+        end_bytes > a.tensor_nbytes[t]) {
       return fail("plane_offset[" + str(p) + "]: plane spans elements [" + str(off) + ", " + str(off) + " + " +
                   str(extent) + ") of kv_caches[" + str(t) + "], expected to fit in its " +
                   str(a.tensor_nbytes[t]) + " bytes (" + str(a.element_size) + " per element)");
@@ -134,7 +128,8 @@ Status check_planes(const TransferArgs& a) {
   return Status{};
 }
 
-Status check_chunk_and_slots(const TransferArgs& a) {
+/* Everything but the slot values: token counts, the chunk's exact size, pointers, threads. */
+Status check_chunk(const TransferArgs& a) {
   const KVGeometry& g = a.geometry;
   if (a.num_tokens < 0) return fail("slot_mapping: expected >= 0 tokens, given " + str(a.num_tokens));
   if (a.skip_prefix < 0 || a.skip_prefix > a.num_tokens) {
@@ -142,8 +137,9 @@ Status check_chunk_and_slots(const TransferArgs& a) {
                 str(a.skip_prefix));
   }
   int64_t rows = 0, want = 0;
-  if (!mul_add(lmcache_core::kv_num_planes(g), a.num_tokens, 0, &rows) ||
-      !mul_add(rows, lmcache_core::kv_hidden(g), 0, &want) || !mul_add(want, a.element_size, 0, &want)) {
+  if (!kv_checked_mul_add(lmcache_core::kv_num_planes(g), a.num_tokens, 0, &rows) ||
+      !kv_checked_mul_add(rows, lmcache_core::kv_hidden(g), 0, &want) ||
+      !kv_checked_mul_add(want, a.element_size, 0, &want)) {
     return fail("chunk: size overflows int64");
   }
   if (a.chunk_nbytes != want) {
@@ -155,9 +151,15 @@ Status check_chunk_and_slots(const TransferArgs& a) {
   if (want > 0 && a.chunk_address == 0) return fail("chunk: expected a non-null data pointer");
   if (a.num_tokens > 0 && a.slot_mapping == nullptr) return fail("slot_mapping: expected a non-null pointer");
   if (a.num_threads < 0) return fail("num_threads: expected >= 0 (0 = default), given " + str(a.num_threads));
+  return Status{};
+}
+
+/* Every live slot (tokens from skip_prefix on) of `slots` [num_tokens] in [-1, num_slots). */
+Status check_slots(const TransferArgs& a, const int64_t* slots) {
+  const KVGeometry& g = a.geometry;
   const int64_t num_slots = lmcache_core::kv_num_slots(g);
   for (int64_t t = a.skip_prefix; t < a.num_tokens; ++t) {
-    const int64_t slot = a.slot_mapping[t];
+    const int64_t slot = slots[t];
     if (!lmcache_core::kv_slot_in_range(slot, num_slots)) {
       return fail("slot_mapping[" + str(t) + "]: expected -1 <= slot < " + str(num_slots) + " (num_blocks " +
                   str(g.num_blocks) + " * block_size " + str(g.block_size) + "), given " + str(slot));
@@ -166,10 +168,21 @@ Status check_chunk_and_slots(const TransferArgs& a) {
   return Status{};
 }
 
-/* Group the live tokens from skip_prefix on into spans of equally spaced plane rows. */
-void plan_spans(const TransferArgs& a, int64_t max_span_tokens, std::vector<Span>* spans) {
+/* Checks that read no slot value: geometry, planes, chunk. */
+Status check_all_but_slots(const TransferArgs& a) {
+  Status st = check_geometry(a.geometry, a.element_size);
+  if (!st.ok) return st;
+  st = check_planes(a);
+  if (!st.ok) return st;
+  return check_chunk(a);
+}
+
+/*
+ * Group the live tokens from skip_prefix on into spans of equally spaced plane rows. `slots` is
+ * the launcher's own checked copy [num_tokens], never the caller's memory.
+ */
+void plan_spans(const TransferArgs& a, const int64_t* slots, int64_t max_span_tokens, std::vector<Span>* spans) {
   const KVGeometry& g = a.geometry;
-  const int64_t* slots = a.slot_mapping;
   int64_t t = a.skip_prefix;
   while (t < a.num_tokens) {
     if (slots[t] < 0) {
@@ -197,7 +210,17 @@ void plan_spans(const TransferArgs& a, int64_t max_span_tokens, std::vector<Span
 
 template <Direction D>
 Status launch(const TransferArgs& a) {
-  Status st = check_transfer(a);
+  Status st = check_all_but_slots(a);
+  if (!st.ok) return st;
+  /* The caller's slot mapping is read exactly once, into this copy; the check and the plan both
+     use the copy, so another thread changing a slot meanwhile cannot steer a copy to an unchecked
+     address. Tokens before skip_prefix are never read (their entries stay -1). */
+  std::vector<int64_t> slots(static_cast<size_t>(a.num_tokens), -1);
+  if (a.num_tokens > a.skip_prefix) {
+    std::memcpy(slots.data() + a.skip_prefix, a.slot_mapping + a.skip_prefix,
+                static_cast<size_t>(a.num_tokens - a.skip_prefix) * sizeof(int64_t));
+  }
+  st = check_slots(a, slots.data());
   if (!st.ok) return st;
   const KVGeometry& g = a.geometry;
   const int64_t es = a.element_size;
@@ -217,7 +240,7 @@ Status launch(const TransferArgs& a) {
 
   std::vector<Span> spans;
   spans.reserve(static_cast<size_t>(a.num_tokens - a.skip_prefix));
-  plan_spans(a, std::max<int64_t>(1, tuning.max_span_bytes / row_bytes), &spans);
+  plan_spans(a, slots.data(), std::max<int64_t>(1, tuning.max_span_bytes / row_bytes), &spans);
   if (spans.empty()) return st;
 
   const int64_t planes = lmcache_core::kv_num_planes(g);
@@ -285,11 +308,9 @@ void set_tuning(const Tuning& tuning) {
 }
 
 Status check_transfer(const TransferArgs& a) {
-  Status st = check_geometry(a.geometry, a.element_size);
+  Status st = check_all_but_slots(a);
   if (!st.ok) return st;
-  st = check_planes(a);
-  if (!st.ok) return st;
-  return check_chunk_and_slots(a);
+  return check_slots(a, a.slot_mapping);
 }
 
 Status gather(const TransferArgs& args) { return launch<Direction::kGather>(args); }

@@ -2,7 +2,8 @@
  * launcher.h - checked entry points of the host KV kernels (gather, scatter).
  *
  * A launcher checks every input - geometry, pointer-table lengths, each plane's extent inside
- * its tensor, the chunk's size and every live slot - before the first byte is written, then
+ * its tensor (overflow-checked), the chunk's size and every live slot - before the first byte is
+ * written. It reads the caller's slot mapping once, into a copy that it checks and plans from. Then it
  * splits the work over OpenMP threads and runs the kernel template of kv_copy.h. It knows
  * nothing of Python or torch: the pybind11 binding and the cross-compiled aarch64 test driver
  * both call it.
@@ -65,7 +66,7 @@ Status gather(const TransferArgs& args);
 /* Check args completely, then copy chunk rows into KV. Nothing is written unless ok. */
 Status scatter(const TransferArgs& args);
 
-/* Checks alone (the first part of gather and scatter). */
+/* Checks alone (what gather and scatter check; they check their own copy of the slots). */
 Status check_transfer(const TransferArgs& args);
 
 /* "NEON native" or "NEON via SIMDe on x86_64". */

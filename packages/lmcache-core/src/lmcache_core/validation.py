@@ -3,6 +3,12 @@
 Every failure raises ValueError or TypeError naming the argument, what was expected and what was
 given. Backends receive only checked arguments; native backends check slot indices and sizes
 again in native code (defence in depth), since they can also be called directly.
+
+A layout is checked against the tensors it is used with, field by field, once per (layout,
+tensors) pair: every plane's first and last reachable element must lie inside its tensor's
+storage, so a hand-edited :class:`KVLayout` (``dataclasses.replace``) cannot steer a kernel outside
+the engine's memory. Python integers do not overflow, so these bounds are exact; every field a
+native backend receives also fits in int64.
 """
 
 from __future__ import annotations
@@ -36,8 +42,67 @@ def _seen_before(layout: KVLayout, kv_caches: Sequence[Any]) -> bool:
     )
 
 
+_INT64_MAX = 2**63 - 1
+
+
+def _check_int(name: str, value: object, low: int, high: int = _INT64_MAX) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected int, given {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name}: expected {low} <= {name} <= {high}, given {value}")
+    return value
+
+
+def plane_extent(layout: KVLayout) -> int:
+    """Elements a plane spans from its start: 1 + the largest element offset any
+    ``(block, token, head, channel)`` reaches (exact: Python integers do not wrap)."""
+    counts = (layout.num_blocks, layout.block_size, layout.num_kv_heads, layout.head_size)
+    return 1 + sum((n - 1) * s for n, s in zip(counts, layout.strides, strict=True))
+
+
+def check_planes_fit(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> None:
+    """Every field of ``layout`` a kernel indexes with, against the tensors it will index.
+
+    ``element_size`` must be the tensors' element size; counts >= 1; strides in [0, 2**63);
+    ``plane_tensor[p]`` in ``[0, num_tensors)``; and plane ``p`` must span elements
+    ``[plane_offset[p], plane_offset[p] + extent)`` that lie inside the storage of
+    ``kv_caches[plane_tensor[p]]`` from its first element on. A misfit is a ValueError naming the field.
+    """
+    element_size = kv_caches[0].element_size()
+    _check_int("element_size", layout.element_size, 1)
+    if layout.element_size != element_size:
+        raise ValueError(
+            f"element_size: expected {element_size} (bytes per {layout.dtype} element of kv_caches), "
+            f"given {layout.element_size}"
+        )
+    for name in ("num_layers", "num_blocks", "block_size", "num_kv_heads", "head_size"):
+        _check_int(name, getattr(layout, name), 1)
+    for name in ("block_stride", "token_stride", "head_stride", "channel_stride"):
+        _check_int(name, getattr(layout, name), 0)
+    extent = plane_extent(layout)
+    reach = [t.untyped_storage().nbytes() - t.storage_offset() * element_size for t in kv_caches]
+    if extent * element_size > max(reach):
+        raise ValueError(
+            "block_stride, token_stride, head_stride, channel_stride: a plane spans "
+            f"1 + (num_blocks - 1) * block_stride + ... = {extent} elements ({extent * element_size} "
+            f"bytes) with strides {layout.strides} (block, token, head, channel), expected at most "
+            f"the {max(reach)} bytes of the largest tensor of kv_caches"
+        )
+    for p, (t, offset) in enumerate(zip(layout.plane_tensor, layout.plane_offset, strict=True)):
+        _check_int(f"plane_tensor[{p}]", t, 0, len(kv_caches) - 1)
+        _check_int(f"plane_offset[{p}]", offset, 0)
+        if (offset + extent) * element_size > reach[t]:
+            raise ValueError(
+                f"plane_offset[{p}]: plane {p} (kv {p // layout.num_layers}, layer {p % layout.num_layers}) "
+                f"spans elements [{offset}, {offset} + {extent}) of kv_caches[{t}], expected to fit in the "
+                f"{reach[t]} bytes of its storage from its first element ({element_size} per element)"
+            )
+
+
 def check_kv_caches(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> None:
-    """``kv_caches`` must be the tensors ``layout`` was detected from (count, shape, strides)."""
+    """``kv_caches`` must be the tensors ``layout`` was detected from (count, shape, strides), and
+    every plane of ``layout`` must lie inside its tensor (:func:`check_planes_fit`). Cached per
+    (layout, tensors) pair."""
     import torch
 
     if isinstance(kv_caches, (list, tuple)) and _seen_before(layout, kv_caches):
@@ -66,6 +131,7 @@ def check_kv_caches(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> None
             device = t.device
         elif t.device != device:
             raise ValueError(f"kv_caches[{i}]: expected device {device}, given {t.device}")
+    check_planes_fit(layout, kv_caches)
     if len(_checked) > 64:  # bounded: a process registers a handful of layouts
         _checked.clear()
     _checked[layout] = tuple(weakref.ref(t) for t in kv_caches)
@@ -147,9 +213,11 @@ def check_transfer(
     skip_prefix: int,
 ) -> None:
     """All checks for one gather (``chunk_name="out"``) or scatter (``"src"``)."""
+    import torch
+
     check_kv_caches(layout, kv_caches)
     num_tokens = check_chunk(chunk_name, layout, chunk)
-    if not hasattr(slot_mapping, "device"):
+    if not isinstance(slot_mapping, torch.Tensor):  # numpy arrays have .device too: test the type
         raise TypeError(f"slot_mapping: expected torch.Tensor, given {type(slot_mapping).__name__}")
     check_devices(kv_caches, slot_mapping, chunk_name, chunk)
     check_slot_mapping(layout, slot_mapping, num_tokens, skip_prefix)

@@ -7,8 +7,12 @@ per ``(kv, layer)`` plane, never a Python loop per token.
 Data is moved through same-width integer views (bf16 as int16, fp8 as uint8, ...) so every copy
 is bit-exact, NaN payloads included, and dtypes without indexing kernels (fp8) work.
 
-May assume: arguments were checked by :mod:`lmcache_core.validation`. Must not: import any
-vendor module, or allocate per token.
+Checks before the first byte: its hooks can be called directly, not only through
+:class:`lmcache_core.backend.Backend`, so each one runs :func:`lmcache_core.validation.check_transfer`
+itself (plane fit cached per (layout, tensors); one pass over the slots) and then builds every
+plane's view before it copies anything. A failure leaves the KV and the chunk untouched.
+
+Must not: import any vendor module, or allocate per token.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from lmcache_core.hookspecs import hookimpl
 from lmcache_core.layout import KVLayout
 from lmcache_core.plugin_api import API_VERSION, Capabilities
+from lmcache_core.validation import check_transfer
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -61,6 +66,22 @@ def slot_view(layout: KVLayout, kv_caches: Sequence[torch.Tensor], plane: int) -
         (step, layout.head_stride, layout.channel_stride),
         offset,
     )
+
+
+def _plane_views(
+    layout: KVLayout, kv_caches: Sequence[torch.Tensor], need_plane_view: bool
+) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+    """``(slot_view, plane_view)`` of every plane, all built before the first copy.
+
+    ``plane_view`` is built when ``need_plane_view`` or when there is no ``slot_view``; torch
+    bounds-checks every view against its storage as it is built.
+    """
+    views: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
+    for p in range(layout.num_kv * layout.num_layers):
+        by_slot = slot_view(layout, kv_caches, p)
+        whole = plane_view(layout, kv_caches, p) if need_plane_view or by_slot is None else None
+        views.append((by_slot, whole))
+    return views
 
 
 class _Rows:
@@ -106,22 +127,24 @@ def lmcache_gather(
     skip_prefix: int,
     stream: int,
 ) -> bool:
+    check_transfer(layout, kv_caches, slot_mapping, "out", out, skip_prefix)
     rows = _Rows(layout, slot_mapping, skip_prefix, kv_caches[0].device)
     if rows.count == 0:
         return True
     out_bits = as_bits(out)
     token_index = None if rows.token_index is None else rows.token_index.to(out.device)
-    same_device = out.device == kv_caches[0].device
-    for plane in range(layout.num_kv * layout.num_layers):
+    direct = token_index is None and out.device == kv_caches[0].device
+    # every view first: nothing is written when one fails
+    for plane, (by_slot, whole) in enumerate(_plane_views(layout, kv_caches, not direct)):
         kv, layer = divmod(plane, layout.num_layers)
         dst = out_bits[kv, layer]
-        by_slot = slot_view(layout, kv_caches, plane)
-        if token_index is None and same_device and by_slot is not None:
+        if direct and by_slot is not None:
             # one copy, straight into the chunk
             moved = dst[rows.skip_prefix :].view(rows.count, *by_slot.shape[1:])
             torch.index_select(by_slot, 0, rows.slots, out=moved)
             continue
-        picked = plane_view(layout, kv_caches, plane)[rows.block, rows.offset]
+        assert whole is not None  # built whenever by_slot is not used
+        picked = whole[rows.block, rows.offset]
         picked = picked.reshape(rows.count, layout.hidden)
         if token_index is None:
             dst[rows.skip_prefix :].copy_(picked)
@@ -139,6 +162,7 @@ def lmcache_scatter(
     skip_prefix: int,
     stream: int,
 ) -> bool:
+    check_transfer(layout, kv_caches, slot_mapping, "src", src, skip_prefix)
     device = kv_caches[0].device
     rows = _Rows(layout, slot_mapping, skip_prefix, device)
     if rows.count == 0:
@@ -146,7 +170,8 @@ def lmcache_scatter(
     src_bits = as_bits(src)
     token_index = None if rows.token_index is None else rows.token_index.to(src.device)
     shape = (rows.count, layout.num_kv_heads, layout.head_size)
-    for plane in range(layout.num_kv * layout.num_layers):
+    # every view first: nothing is written when one fails
+    for plane, (by_slot, whole) in enumerate(_plane_views(layout, kv_caches, False)):
         kv, layer = divmod(plane, layout.num_layers)
         chunk_rows = src_bits[kv, layer]
         if token_index is None:
@@ -154,11 +179,11 @@ def lmcache_scatter(
         else:
             picked = chunk_rows.index_select(0, token_index)
         picked = picked.to(device)
-        by_slot = slot_view(layout, kv_caches, plane)
         if by_slot is not None:
             by_slot.index_copy_(0, rows.slots, picked.view(rows.count, *by_slot.shape[1:]))
         else:
-            plane_view(layout, kv_caches, plane)[rows.block, rows.offset] = picked.view(shape)
+            assert whole is not None  # built whenever by_slot is None
+            whole[rows.block, rows.offset] = picked.view(shape)
     return True
 
 

@@ -21,8 +21,9 @@
  * Portability contract: plain C++ with <stdint.h> only - no std:: containers, no exceptions,
  * no iostream, no OpenMP, no allocation - so CUDA (nvcc) and HIP (hipcc) builds include the very
  * same functions. LMC_HOST_DEVICE marks them __host__ __device__ there and is empty on a host
- * compiler. Functions do no validation: callers check slots with kv_slot_in_range() and buffer
- * extents with kv_plane_extent() before they touch memory.
+ * compiler. The index functions do no validation: callers check slots with kv_slot_in_range() and
+ * every plane with kv_checked_plane_extent() and kv_checked_plane_end_bytes() (overflow-checked,
+ * host code) before they touch memory; kv_plane_extent() itself may wrap on a hostile geometry.
  */
 #ifndef LMCACHE_CORE_KV_INDEX_H_
 #define LMCACHE_CORE_KV_INDEX_H_
@@ -37,7 +38,7 @@
 
 /* Version of this header's API: bump the minor for additions, the major for changes. */
 #define LMC_KV_INDEX_VERSION_MAJOR 1
-#define LMC_KV_INDEX_VERSION_MINOR 0
+#define LMC_KV_INDEX_VERSION_MINOR 1
 
 namespace lmcache_core {
 
@@ -120,6 +121,56 @@ LMC_HOST_DEVICE inline int64_t kv_contiguous_run(const KVGeometry& g) {
 LMC_HOST_DEVICE inline int64_t kv_plane_extent(const KVGeometry& g) {
   return 1 + kv_plane_element(g, g.num_blocks - 1, g.block_size - 1, g.num_kv_heads - 1,
                               g.head_size - 1);
+}
+
+/*
+ * Overflow-checked forms of the extent math, for the host-side checks that run before a launch
+ * (GCC and Clang builtins: host code only, never marked LMC_HOST_DEVICE). Each returns false,
+ * leaving *out untouched, when the result does not fit in int64 or an input is out of its domain.
+ */
+
+/* *out = a * b + c. */
+inline bool kv_checked_mul_add(int64_t a, int64_t b, int64_t c, int64_t* out) {
+  int64_t product = 0, sum = 0;
+  if (__builtin_mul_overflow(a, b, &product) || __builtin_add_overflow(product, c, &sum)) return false;
+  *out = sum;
+  return true;
+}
+
+/*
+ * kv_plane_extent, checked: false unless every count is >= 1, every stride >= 0 and the extent
+ * 1 + (num_blocks - 1) * block_stride + ... + (head_size - 1) * channel_stride fits in int64.
+ */
+inline bool kv_checked_plane_extent(const KVGeometry& g, int64_t* out) {
+  if (g.num_blocks < 1 || g.block_size < 1 || g.num_kv_heads < 1 || g.head_size < 1) return false;
+  if (g.block_stride < 0 || g.token_stride < 0 || g.head_stride < 0 || g.channel_stride < 0) return false;
+  int64_t e = 1;
+  if (!kv_checked_mul_add(g.num_blocks - 1, g.block_stride, e, &e) ||
+      !kv_checked_mul_add(g.block_size - 1, g.token_stride, e, &e) ||
+      !kv_checked_mul_add(g.num_kv_heads - 1, g.head_stride, e, &e) ||
+      !kv_checked_mul_add(g.head_size - 1, g.channel_stride, e, &e)) {
+    return false;
+  }
+  *out = e;
+  return true;
+}
+
+/*
+ * Byte just past a plane that starts at element plane_offset and spans extent elements of
+ * element_size bytes: (plane_offset + extent) * element_size. False when plane_offset < 0,
+ * extent < 1, element_size < 1 or the sum or product overflows. The plane fits in a tensor of
+ * nbytes bytes exactly when this returns true and *out <= nbytes.
+ */
+inline bool kv_checked_plane_end_bytes(int64_t plane_offset, int64_t extent, int64_t element_size,
+                                       int64_t* out) {
+  if (plane_offset < 0 || extent < 1 || element_size < 1) return false;
+  int64_t end = 0, end_bytes = 0;
+  if (__builtin_add_overflow(plane_offset, extent, &end) ||
+      __builtin_mul_overflow(end, element_size, &end_bytes)) {
+    return false;
+  }
+  *out = end_bytes;
+  return true;
 }
 
 /* Byte address of plane p: tensor_base[plane_tensor[p]] + plane_offset[p] * element_size. */
