@@ -1,7 +1,9 @@
 """Shared set-up of the cross-package tests that use the installed test plugins (tests/plugins/).
 
-Every test here is skipped, with the install command, when the plugins are not installed, and
-runs with none of the plugins' switches set (a test sets the ones it needs).
+Every test under tests/ (and only there: the matrix runs the core's tests in the same session)
+is skipped, with the install command, when the plugins are not installed; under ``CI=true``
+(``make test`` always installs them) it fails instead. Each runs with none of the plugins'
+switches set (a test sets the ones it needs).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import importlib.metadata
 
 import pytest
+
+from lmcache_core.testing.require import missing_dependency
 
 PLUGIN_DISTS = ("lmcache-dummy-backend", "lmcache-broken-probe", "lmcache-dummy-twin")
 INSTALL = (
@@ -35,17 +39,16 @@ def plugin_env_vars() -> tuple[str, ...]:
     return ("LMCACHE_BACKEND", dummy.ENABLE_ENV, dummy.BADAPI_ENV, dummy.NOIMPORT_ENV, twin.ENABLE_ENV)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def require_plugins(*, module_level: bool = False) -> None:
+    """Skip (fail under ``CI=true``) unless every test plugin is installed."""
     missing = _missing_dists()
     if missing:
-        skip = pytest.mark.skip(reason=f"test plugins {missing} not installed: run {INSTALL}")
-        for item in items:
-            item.add_marker(skip)
+        missing_dependency(f"test plugins {missing}", f"run {INSTALL}", module_level=module_level)
 
 
 @pytest.fixture(autouse=True)
 def _clean_plugin_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    if _missing_dists():
-        return
+    """Autouse in this directory only (a conftest's fixtures do not reach the core's tests)."""
+    require_plugins()
     for var in plugin_env_vars():
         monkeypatch.delenv(var, raising=False)

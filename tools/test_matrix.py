@@ -3,7 +3,8 @@
 
 One row per package: whether it built here, whether its conformance suite ran or was skipped
 (and why), and its pass/fail/skip counts. Exit status 1 when any build that should work here
-failed or any test failed.
+failed, any test failed, pytest collected no tests (exit 5) or stopped early, or a test driver
+printed no "N passed, M failed" line.
 
 Usage: python tools/test_matrix.py [--only NAME ...] [-- extra pytest args]
 """
@@ -123,16 +124,60 @@ def run_package(pkg: Package, pytest_args: list[str]) -> Row:
         row.notes.append("no tests found")
         return row
     xml = REPORTS / f"junit-{slug}.xml"
+    xml.unlink(missing_ok=True)  # a report left by an earlier run must not be read as this one's
     cmd = [sys.executable, "-m", "pytest", *paths, f"--junitxml={xml}", *pytest_args]
     print(f"== test {pkg.name}: {' '.join(cmd[1:])}", flush=True)
     rc = subprocess.call(cmd, cwd=ROOT)
     if xml.exists():
         _parse_junit(xml, row)
-    if rc not in (0, 5) and row.failed == 0:
-        row.failed += 1
-        row.notes.append(f"pytest exited {rc}")
+    judge_pytest_exit(rc, row)
     row.seconds = time.monotonic() - started
     return row
+
+
+#: pytest's exit statuses (``pytest.ExitCode``) other than 0, as the matrix notes them.
+PYTEST_EXIT = {
+    1: "tests failed",
+    2: "interrupted",
+    3: "internal error",
+    4: "usage error",
+    5: "no tests collected",
+}
+
+
+def judge_pytest_exit(rc: int, row: Row) -> None:
+    """Fail ``row`` for any non-zero pytest exit its JUnit counts do not already show as failures.
+
+    Exit 5 (no tests collected) is a failure: a row that ran nothing must not read as green. Exit 1
+    with failures counted from the report adds nothing; any other status adds one failure and a
+    note, whatever the report counted (the run stopped early).
+    """
+    if rc == 0 or (rc == 1 and row.failed):
+        return
+    row.failed += 1
+    row.notes.append(f"pytest exited {rc} ({PYTEST_EXIT.get(rc, 'unexpected status')})")
+
+
+#: The summary line a test driver must print last: "N passed, M failed".
+CHECK_SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed", re.MULTILINE)
+
+
+def judge_check(command: str, stdout: str, rc: int, row: Row) -> None:
+    """Count a test driver's run from its last "N passed, M failed" line, and its exit status.
+
+    No such line is a failure (the driver crashed or printed something else), as is a non-zero
+    exit with no failure counted.
+    """
+    found = CHECK_SUMMARY.findall(stdout)
+    if not found:
+        row.failed += 1
+        row.notes.append(f"{command} printed no 'N passed, M failed' line (exit {rc})")
+        return
+    row.passed, row.failed = int(found[-1][0]), int(found[-1][1])
+    row.conformance = "driver vs scalar reference, every layout"
+    if rc != 0 and row.failed == 0:
+        row.failed = 1
+        row.notes.append(f"{command} exited {rc}")
 
 
 def _run_check(pkg: Package, row: Row) -> None:
@@ -141,13 +186,7 @@ def _run_check(pkg: Package, row: Row) -> None:
     print(f"== check {pkg.name}: {' '.join(pkg.check)}", flush=True)
     proc = subprocess.run(pkg.check, cwd=ROOT, capture_output=True, text=True)
     print(proc.stdout[-3000:] + proc.stderr[-3000:], flush=True)
-    found = re.findall(r"^(\d+) passed, (\d+) failed", proc.stdout, re.MULTILINE)
-    if found:
-        row.passed, row.failed = int(found[-1][0]), int(found[-1][1])
-        row.conformance = "driver vs scalar reference, every layout"
-    if proc.returncode != 0 and row.failed == 0:
-        row.failed = 1
-        row.notes.append(f"{' '.join(pkg.check)} exited {proc.returncode}")
+    judge_check(" ".join(pkg.check), proc.stdout, proc.returncode, row)
 
 
 def print_matrix(rows: list[Row]) -> None:

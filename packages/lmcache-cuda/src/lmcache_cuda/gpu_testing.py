@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import os
 import re
 import shutil
 import struct
@@ -36,6 +37,7 @@ from lmcache_core.layout import KVLayout
 from lmcache_core.layout_registry import LAYOUT_KINDS, allocate_example, detect_layout
 from lmcache_core.plugin_api import BackendProbe, Priority
 from lmcache_core.testing.cases import Case, bits, make_cases, poison_, poison_value, random_bits_
+from lmcache_core.testing.require import REQUIRE_BACKEND_ENV, backend_cannot_run
 
 from .gpu_kernels import HOST_PATHS, ChunkJob, GpuKernels
 from .gpu_probe import TorchBuild
@@ -628,6 +630,27 @@ class ExtensionTests(_Package):
         assert f"--backend {self.backend!r}" in run.stderr and "not available here" in run.stderr
         assert "compiled, no device" in run.stderr and "Traceback" not in run.stderr
 
+    def test_require_backend_turns_the_no_device_skips_into_failures(self) -> None:
+        """A GPU runner whose probe wrongly says "no device" must fail, not pass as skips."""
+        if gpu_skip_reason(self.package, self.backend) is None:
+            pytest.skip("the backend runs here: no skip to turn into a failure")
+        tests = Path(importlib.import_module(self.package).__file__ or "").parents[2] / "tests"
+        kernel_tests = sorted(tests.glob("test_*kernels.py"))
+        if not (tests / "test_conformance.py").exists() or len(kernel_tests) != 1:
+            pytest.skip(f"{tests}: not a source checkout with test_conformance.py and one test_*kernels.py")
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfs",
+               str(tests / "test_conformance.py"), str(kernel_tests[0]),
+               "-k", "test_device_hooks or test_streams_and_events"]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != REQUIRE_BACKEND_ENV}
+        plain = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tests.parent)
+        assert plain.returncode == 0 and "2 skipped" in plain.stdout, plain.stdout + plain.stderr
+        env[REQUIRE_BACKEND_ENV] = self.backend
+        required = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tests.parent)
+        out = required.stdout + required.stderr
+        assert required.returncode == 1 and "2 errors" in out and "skipped" not in out, out
+        assert f"backend {self.backend!r} cannot run on this host: " in out, out
+        assert f"{REQUIRE_BACKEND_ENV}={self.backend} requires backend {self.backend!r}" in out, out
+
 
 def layout_dtype(layout: KVLayout) -> torch.dtype:
     return getattr(torch, layout.dtype)  # type: ignore[no-any-return]
@@ -660,7 +683,7 @@ class KernelTests(_Package):
     def gpu(cls) -> GpuKernels:
         reason = gpu_skip_reason(cls.package, cls.backend)
         if reason:
-            pytest.skip(reason)
+            backend_cannot_run(cls.backend, reason)  # a failure when LMCACHE_REQUIRE_BACKEND names it
         return cls.kernels()
 
     # ---- helpers ----

@@ -26,7 +26,9 @@ vLLM's NHD shape over HND memory), in fp16, bf16, fp32 and both fp8 formats, wit
 * zero-token chunks move nothing; ``alloc_host``, streams, events and ``synchronize`` work.
 
 When the backend's probe (:func:`lmcache_core.discovery.discover_backends`) says it cannot run on
-this host, every test is skipped with the probe's reason; layout/dtype pairs outside the
+this host, every test is skipped with the probe's reason, or fails with it when the environment
+variable ``LMCACHE_REQUIRE_BACKEND`` names the backend (comma-separated names; the CI workflow's
+vendor jobs set it, see :mod:`lmcache_core.testing.require`). Layout/dtype pairs outside the
 backend's Capabilities are skipped, since the core sends them to the reference.
 
 Options (pass ``-p lmcache_core.testing`` to use them on the command line):

@@ -34,6 +34,7 @@ from lmcache_core.testing.cases import (
     poison_value,
 )
 from lmcache_core.testing.plugin import USED, seed_and_cases
+from lmcache_core.testing.require import backend_cannot_run
 
 
 def assert_same_bits(actual: torch.Tensor, expected: torch.Tensor, what: str, context: str = "") -> None:
@@ -70,7 +71,8 @@ class ConformanceSuite:
     :meth:`make_backend` to build the :class:`~lmcache_core.backend.Backend` directly.
     Combinations the backend's Capabilities do not cover (the core sends them to the reference)
     are skipped with that reason; when the backend's probe says it cannot run on this host, every
-    test is skipped with the probe's reason.
+    test is skipped with the probe's reason (failed instead when ``LMCACHE_REQUIRE_BACKEND`` names
+    the backend).
     """
 
     #: Entry-point name of the backend under test, e.g. ``"arm"``.
@@ -112,17 +114,26 @@ class ConformanceSuite:
     @pytest.fixture(scope="class")
     @classmethod
     def conformance_backend(cls) -> Backend:
-        """The backend under test, or a skip saying why it cannot run on this host."""
+        """The backend under test, or a skip saying why it cannot run on this host.
+
+        The skip is a failure when ``LMCACHE_REQUIRE_BACKEND`` names :attr:`backend_name`
+        (:func:`~lmcache_core.testing.require.backend_cannot_run`).
+        """
         if cls.backend_name:
             from lmcache_core.discovery import discover_backends
 
             for found in discover_backends():
                 if found.name == cls.backend_name and not found.available:
-                    pytest.skip(f"backend {cls.backend_name!r} cannot run on this host: {found.reason}")
+                    backend_cannot_run(
+                        cls.backend_name,
+                        f"backend {cls.backend_name!r} cannot run on this host: {found.reason}",
+                    )
         try:
             torch.empty(1, device=cls.device)
         except (RuntimeError, AssertionError) as e:
-            pytest.skip(f"device {cls.device!r} is not usable on this host: {type(e).__name__}: {e}")
+            backend_cannot_run(
+                cls.backend_name, f"device {cls.device!r} is not usable on this host: {type(e).__name__}: {e}"
+            )
         return cls().make_backend()
 
     @pytest.fixture
