@@ -14,7 +14,7 @@ from lmcache_core.integrations.vllm.policy import (
 
 
 def est(prefill_tok_s: float, l1_gbps: float, l2_gbps: float, overhead: float = 0.0) -> CostEstimates:
-    return CostEstimates(1 / prefill_tok_s, 0.0, l1_gbps * 1e9, l2_gbps * 1e9, overhead)
+    return CostEstimates(1 / prefill_tok_s, 0.0, l1_gbps * 1e9, l2_gbps * 1e9, overhead, prefill_samples=1)
 
 
 def test_chunk_sources_split_tiers_and_skip_what_the_engine_holds() -> None:
@@ -105,3 +105,41 @@ def test_estimates_round_trip_and_bad_priors() -> None:
         CostModel(l2_gbps=0)
     with pytest.raises(ValueError, match="alpha"):
         CostModel(alpha=2)
+
+
+def test_a_mostly_held_first_chunk_does_not_stop_the_load_of_the_chunks_after_it() -> None:
+    # vLLM holds 250 of the first chunk's 256 tokens: loading that chunk adds 6 tokens for a whole
+    # chunk's bytes (2.15 ms against 0.30 ms), not worth it alone; the whole 774-token prefix is.
+    per_token = (2.15e-3 - 5e-5) * 4e9 / 256  # a chunk loads in 2.15 ms from L1 at 4 GB/s
+    chunks = chunk_sources(hit_end=1024, l1_end=1024, chunk_size=256, computed=250, bytes_per_token=per_token)
+    assert [c.tokens for c in chunks] == [6, 256, 256, 256]
+    e = CostEstimates(1 / 20_000, 0.0, 4e9, 0.5e9, 5e-5, prefill_samples=1)
+    assert e.load_seconds("L1", chunks[0].nbytes) > e.recompute_seconds(chunks[0].tokens)
+    d = choose_load_prefix(chunks, e, computed=250)
+    assert (d.load_end, d.l1_tokens, d.declined_tokens) == (1024, 774, 0)
+    assert round(d.est_load_s * 1e3, 1) == 8.6 and round(d.est_recompute_s * 1e3, 1) == 38.7
+    assert d.reason.startswith("load all 774 hit tokens: est load 8.60 ms < recompute 38.70 ms")
+
+
+def test_until_a_prefill_is_measured_every_hit_is_loaded() -> None:
+    chunks = chunk_sources(4096, 0, 256, 0, 32 * 1024)
+    slow = CostEstimates(1 / 1e6, 0.0, 5e9, 1e6, 0.0)  # priors say recompute; nothing measured
+    d = choose_load_prefix(chunks, slow)
+    assert (d.load_end, d.l2_tokens, d.declined_tokens) == (4096, 4096, 0)
+    assert d.reason.startswith("prefill speed not measured yet: load all 4096 hit tokens")
+    measured = CostEstimates(1 / 1e6, 0.0, 5e9, 1e6, 0.0, prefill_samples=1)
+    assert not choose_load_prefix(chunks, measured).loads
+
+
+def test_gpu_figures_timed_on_the_device_keep_loading_hits() -> None:
+    # An H100-class prefill of 2048 tokens: the host enqueues it in 0.4 ms, the device runs it in
+    # 40 ms. 1024 cached tokens of 128 KiB each sit in L1, loaded at 20 GB/s.
+    per_token, tokens = 128 * 1024, 1024
+    chunks = chunk_sources(tokens, tokens, 256, 0, per_token)
+    device = CostModel(l1_gbps=20.0)
+    device.observe_step(2048, 0.040)  # what the worker's synchronized sample measures
+    d = choose_load_prefix(chunks, device.estimates())
+    assert d.load_end == tokens and d.est_load_s < d.est_recompute_s
+    enqueue = CostModel(l1_gbps=20.0)
+    enqueue.observe_step(2048, 0.0004)  # host enqueue time: recompute would look 100x cheaper
+    assert not choose_load_prefix(chunks, enqueue.estimates()).loads

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -172,3 +173,65 @@ def test_vllm_cpu_attention_kv_round_trips_through_whole_blocks() -> None:
         for s, d in zip(src, dst, strict=True):
             assert torch.equal(t[d], t[s])  # whole blocks: the kernel's own order is preserved
     w.close()
+
+
+def _threaded_worker(kv: list[torch.Tensor]) -> tuple[WorkerSide, Any]:
+    """A worker whose engine runs on host-thread streams (:mod:`lmcache_core.testing.streams`):
+    copies and the "forward" are asynchronous, as on a GPU."""
+    from lmcache_core.backend import Backend, reference_backend
+    from lmcache_core.cache_engine import CacheEngine
+    from lmcache_core.testing.streams import ThreadStreams
+
+    plugin = ThreadStreams()
+    config = CacheEngineConfig(model_id="test", chunk_size=CHUNK, l1_bytes=64 * 2**20, pinned=False)
+    w = WorkerSide(config, block_size=BS, cost=CostModel(), stats=StatsRecorder())
+    w.engine = CacheEngine(config, backend=Backend("threads", plugin, reference_backend()))
+    w.register_kv_caches(kv, LayoutHints(kind="vllm_cpu"))
+    return w, plugin
+
+
+def test_finished_request_is_held_until_its_stores_complete_then_reported() -> None:
+    import threading
+
+    from lmcache_core.testing.streams import COMPUTE
+
+    kv = make_kv()
+    w, plugin = _threaded_worker(kv)
+    try:
+        gate = threading.Event()
+        plugin.streams[COMPUTE].enqueue(lambda: gate.wait(10))  # the forward still runs
+        plan = StepPlan(stores=[StoreSpec("r1", TOKENS[:STORED], [3, 17, 9, 40, 22, 31], None)])
+        w.begin_step(plan)
+        w.save(plan)  # returns at once: the copies wait for the forward on the "device"
+        assert w.stores_in_flight() == 3
+        assert w.get_finished({"r1", "r-no-store"}) == set()  # r1 held; r-no-store never was
+        gate.set()
+        plugin.lmcache_synchronize(plugin.lmcache_record_event(w.engine._stream))
+        assert w.get_finished(set()) == {"r1"}  # reported once, from an earlier call's set
+        assert w.get_finished({"r1"}) == set()
+        assert w.lookup(TOKENS[:STORED], None)["hit"] == STORED
+        w.close()
+    finally:
+        plugin.close()
+
+
+def test_sampled_steps_time_the_forward_on_the_device_not_its_enqueue() -> None:
+    import time
+
+    from lmcache_core.testing.streams import COMPUTE
+
+    kv = make_kv()
+    w, plugin = _threaded_worker(kv)
+    try:
+        plan = StepPlan(scheduled_tokens=256)
+        w.begin_step(plan)
+        t0 = time.perf_counter()
+        plugin.streams[COMPUTE].enqueue(lambda: time.sleep(0.05))  # a 50 ms forward, enqueued
+        enqueue = time.perf_counter() - t0
+        w.save(plan)
+        est = w.cost.estimates()
+        assert est.prefill_samples == 1
+        assert est.prefill_s_per_token * 256 >= 0.05 > 10 * enqueue
+        w.close()
+    finally:
+        plugin.close()

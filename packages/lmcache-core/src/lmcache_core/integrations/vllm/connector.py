@@ -166,6 +166,7 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
         self._sched: SchedulerSide | None = None
         self._worker: WorkerSide | None = None
         self._rank = 0
+        self._storing: set[str] = set()  # requests with stores planned: their blocks wait for them
         if role == KVConnectorRole.SCHEDULER:
             if self.settings.load_failure_policy == "recompute" and ktc.kv_load_failure_policy != "recompute":
                 logger.info(
@@ -240,8 +241,8 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
 
     def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:
         super().bind_connector_metadata(connector_metadata)
-        if self._worker is not None:
-            self._worker.begin_step()
+        if self._worker is not None and isinstance(connector_metadata, LMCacheCoreMetadata):
+            self._worker.begin_step(connector_metadata.plan)
 
     def _plan(self) -> StepPlan:
         meta = self._get_connector_metadata()
@@ -265,6 +266,13 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
     def wait_for_save(self) -> None:
         if self._worker is not None and self.has_connector_metadata():
             self._worker.save(self._plan())
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+        """``finished_sending``: finished requests whose stores have all completed (their blocks
+        were held for the copies: :meth:`request_finished` returned True for them)."""
+        if self._worker is None:
+            return None, None
+        return self._worker.get_finished(set(finished_req_ids)) or None, None
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         return self._worker.take_failed_blocks() if self._worker is not None else set()
@@ -305,7 +313,9 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
         return {s: n for s, n in ((CacheHitSource.HOST, l1), (CacheHitSource.DISK, l2)) if n}
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
-        return LMCacheCoreMetadata(self.sched.build_connector_meta(scheduler_output))
+        plan = self.sched.build_connector_meta(scheduler_output)
+        self._storing.update(s.req_id for s in plan.stores)
+        return LMCacheCoreMetadata(plan)
 
     def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
         invalid = getattr(connector_output, "invalid_block_ids", None)
@@ -313,7 +323,13 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
             self.sched.on_load_errors(set(invalid))
 
     def request_finished(self, request: Request, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+        """True (vLLM keeps the blocks) for a request that had stores planned: its copies may
+        still be reading the blocks on the device. Every worker saw the same plans, so each
+        reports it in ``finished_sending`` once its stores completed (:meth:`get_finished`)."""
         self.sched.request_finished(request)
+        if request.request_id in self._storing:
+            self._storing.discard(request.request_id)
+            return True, None
         return False, None
 
     # ==== stats classes =========================================================================

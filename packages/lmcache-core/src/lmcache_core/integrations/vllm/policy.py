@@ -9,8 +9,15 @@ maximises the summed saving of chunks ``0 .. k-1``::
     saving_i = tokens_i * prefill_s_per_token - (nbytes_i / bandwidth(tier_i) + chunk_overhead_s)
 
 :class:`CostModel` keeps the estimates, starting from priors and updated from every load and
-every engine step (exponential moving averages); :func:`choose_load_prefix` makes the choice and
-says why. Plain Python: no torch, no vLLM.
+every measured engine step (exponential moving averages); :func:`choose_load_prefix` makes the
+choice and says why. Until a step has been measured, it loads every hit: the prior prefill speed
+is a guess, and declining a real hit on a guess costs more than loading one.
+
+On a GPU the forward is asynchronous: the host returns from enqueueing it long before the device
+finishes, so host time around the forward would make recompute look 10-100x cheaper than it is.
+The worker therefore times sampled steps between two waits for the compute stream
+(:meth:`~lmcache_core.integrations.vllm.worker.WorkerSide.begin_step`). Plain Python: no torch,
+no vLLM.
 """
 
 from __future__ import annotations
@@ -160,6 +167,11 @@ class CostModel:
                 l2_time = max(busy - l1_bytes / self._l1, busy * 0.1)
                 self._l2 = self._ema(self._l2, l2_bytes / l2_time, "L2")
 
+    @property
+    def min_prefill_tokens(self) -> int:
+        """Steps of at least this many tokens measure the prefill speed."""
+        return self._min_prefill
+
     def estimates(self) -> CostEstimates:
         with self._lock:
             return CostEstimates(
@@ -198,7 +210,10 @@ def choose_load_prefix(
     """Choose how much of the cached prefix ``chunks`` (in prompt order) to load.
 
     ``policy`` ``"cost"`` loads the prefix with the largest estimated saving (none when no prefix
-    saves time); ``"always"`` loads every hit chunk. ``computed``: tokens the engine already holds.
+    saves time), weighing every prefix length, so a first chunk mostly held by the engine (few new
+    tokens, a whole chunk's bytes) does not stop the load of the chunks after it; before any
+    prefill was measured (``est.prefill_samples == 0``) it loads every hit. ``"always"`` loads
+    every hit chunk. ``computed``: tokens the engine already holds.
     """
     if policy not in ("cost", "always"):
         raise ValueError(f"policy: expected one of ['always', 'cost'], given {policy!r}")
@@ -215,7 +230,8 @@ def choose_load_prefix(
         acc += rec - load
         if acc > best_saving:
             best_k, best_saving = i + 1, acc
-    if policy == "always":
+    unmeasured = policy == "cost" and est.prefill_samples == 0
+    if policy == "always" or unmeasured:
         best_k = len(chunks)
     total_tokens = sum(c.tokens for c in chunks)
     chosen = chunks[:best_k]
@@ -226,7 +242,12 @@ def choose_load_prefix(
     load_end = chosen[-1].end if chosen else 0
     rate = f"prefill {1 / est.prefill_s_per_token:,.0f} tok/s"
     bws = f"L1 {est.l1_bytes_per_s / 1e9:.2f} GB/s, L2 {est.l2_bytes_per_s / 1e9:.2f} GB/s"
-    if policy == "always":
+    if unmeasured:
+        reason = (
+            f"prefill speed not measured yet: load all {total_tokens} hit tokens (est load "
+            f"{load_s * 1e3:.2f} ms, recompute at the prior {rec_s * 1e3:.2f} ms)"
+        )
+    elif policy == "always":
         reason = f"policy always: load {total_tokens} tokens (est load {load_s * 1e3:.2f} ms, recompute {rec_s * 1e3:.2f} ms)"
     elif best_k == len(chunks):
         reason = (

@@ -7,11 +7,19 @@ worker (tensor/pipeline-parallel rank), loads before the forward, stores after i
 * ``load`` (vLLM's ``start_load_kv``): for each planned load, scatter the cached chunks into the
   request's blocks. A load that stops early (chunk evicted, L2 object corrupt or unreachable,
   backend error) reports the blocks it did not fill; vLLM recomputes them.
-* ``save`` (vLLM's ``wait_for_save``): gather the chunks the step completed into L1 (and L2 by
-  write-behind). A request whose load failed this step stores nothing this step: its later
+* ``save`` (vLLM's ``wait_for_save``, called right after the forward is *enqueued*): queue the
+  gathers of the chunks the step completed. They run on the engine's copy stream after the
+  forward, on the device; the host does not wait. Each chunk is committed to L1 (and L2 by
+  write-behind) when its copy completes, seen by the polls at the next step and in
+  ``get_finished``. A request whose load failed this step stores nothing this step: its later
   tokens were computed against the blocks that failed.
-* Timing: every load feeds the tier bandwidth estimates, every step the prefill-speed estimate
-  (:class:`~.policy.CostModel`); the lookup handler returns them to the scheduler.
+* ``get_finished``: a request that had stores planned is held by vLLM (``request_finished``
+  returned True) until every store of it has completed; it is then reported in
+  ``finished_sending``, so vLLM frees its blocks only after the copies read them.
+* Timing: every load feeds the tier bandwidth estimates; sampled steps feed the prefill-speed
+  estimate (:class:`~.policy.CostModel`), timed between two waits for the compute stream, so the
+  device's time is measured, not the host's enqueue time. The lookup handler returns the
+  estimates to the scheduler.
 
 vLLM 0.32's CPU attention keeps each (block, head)'s K in a kernel-specific order (transposed,
 ``[head_size, block_size]``, for the fp32/fp16 ``vec`` kernels; VNNI pairs for bf16 ``amx``),
@@ -41,6 +49,11 @@ if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
+
+#: Steps timed on the device: the first ``SAMPLE_FIRST`` prefill-sized steps, then one in
+#: ``SAMPLE_EVERY`` steps. A timed step costs two host waits for the compute stream.
+SAMPLE_FIRST = 8
+SAMPLE_EVERY = 16
 
 
 class WorkerSide:
@@ -76,6 +89,10 @@ class WorkerSide:
         self._failed_blocks: set[int] = set()
         self._failed_reqs: set[str] = set()
         self._step_start: float | None = None
+        self._steps = 0
+        self._timed_steps = 0
+        self._store_reqs: set[str] = set()
+        self._finishing: set[str] = set()
         self._load_time = 0.0
         self._chunk_nbytes = 0
         self._bytes_per_token = 0.0
@@ -131,11 +148,30 @@ class WorkerSide:
 
     # ---- per step ---------------------------------------------------------------------------
 
-    def begin_step(self) -> None:
-        """The step's metadata arrived: the forward is about to run."""
-        self._step_start = time.perf_counter()
+    def begin_step(self, plan: StepPlan | None = None) -> None:
+        """The step's metadata arrived: the forward is about to be enqueued.
+
+        Commits the stores that completed since the last step. A sampled step (see
+        :data:`SAMPLE_FIRST`) waits for the compute stream here and again in :meth:`save`, so the
+        time between is the device's time for this step's loads and forward.
+        """
         self._load_time = 0.0
         self._failed_reqs.clear()
+        self._step_start = None
+        if not self._kv:
+            return
+        self.engine.poll_stores()
+        self._steps += 1
+        tokens = plan.scheduled_tokens if plan is not None else 0
+        big = tokens >= self.cost.min_prefill_tokens
+        if (big and self._timed_steps < SAMPLE_FIRST) or self._steps % SAMPLE_EVERY == 0:
+            self._wait_compute()
+            self._step_start = time.perf_counter()
+
+    def _wait_compute(self) -> None:
+        """Host wait for everything enqueued so far on the KV device's compute stream."""
+        backend = self.engine.backend
+        backend.synchronize(backend.record_event(backend.current_stream(self._kv[0].device)))
 
     def _slots(self, block_ids: list[int], n: int) -> torch.Tensor:
         import torch
@@ -197,12 +233,16 @@ class WorkerSide:
             )
 
     def save(self, plan: StepPlan) -> None:
-        """Record the forward's duration, then store the chunks the step completed."""
+        """Queue the stores of the chunks the step completed; on a sampled step, first wait for
+        the forward and record its device time."""
         if self._step_start is not None:
+            self._wait_compute()
             forward = time.perf_counter() - self._step_start - self._load_time
             self.cost.observe_step(plan.scheduled_tokens, forward)
+            self._timed_steps += 1
             self._step_start = None
         for spec in plan.stores:
+            self._store_reqs.add(spec.req_id)
             if spec.req_id in self._failed_reqs:
                 logger.debug("request %s: not stored this step (its load failed)", spec.req_id)
                 continue
@@ -215,7 +255,11 @@ class WorkerSide:
             t0 = time.perf_counter()
             try:
                 stored = self.engine.store(
-                    spec.token_ids, self._kv, self._slots(spec.block_ids, n), cache_salt=spec.cache_salt
+                    spec.token_ids,
+                    self._kv,
+                    self._slots(spec.block_ids, n),
+                    cache_salt=spec.cache_salt,
+                    owner=spec.req_id,
                 )
             except Exception:
                 logger.exception("lmcache-core: store of request %s failed; it stays uncached", spec.req_id)
@@ -223,6 +267,21 @@ class WorkerSide:
             dt = time.perf_counter() - t0
             nbytes = self.engine.stats.stored_bytes - b0
         self.stats.inc(stores=1, stored_tokens=stored, stored_bytes=nbytes, store_seconds=dt)
+
+    def get_finished(self, finished_req_ids: set[str]) -> set[str]:
+        """Requests of ``finished_req_ids`` (finished in the scheduler, blocks held for us) and of
+        earlier calls whose stores have all completed: vLLM's ``finished_sending``. Never blocks."""
+        with self._lock:
+            self._finishing |= finished_req_ids & self._store_reqs
+            self._store_reqs -= finished_req_ids
+            if self._kv:
+                self.engine.poll_stores()
+            done = {r for r in self._finishing if not self.engine.stores_in_flight(r)}
+            self._finishing -= done
+        return done
+
+    def stores_in_flight(self) -> int:
+        return self.engine.stores_in_flight()
 
     def take_failed_blocks(self) -> set[int]:
         """Blocks that failed to load since the last call (vLLM recomputes them)."""
