@@ -1,24 +1,20 @@
-"""``import lmcache_core`` stays cheap: no torch, no pluggy, no plugin, and fast.
+"""``import lmcache_core`` stays cheap: it loads no torch, no pluggy and no plugin.
 
-Measured in fresh interpreters (an import is cached per process). The time bound is generous (the
-import itself takes a few milliseconds); the module checks are exact.
+Checked in fresh interpreters (an import is cached per process). How long it takes is measured,
+not asserted: ``lmcache-core bench import``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 
 _PROBE = r"""
-import json, sys, time
-t0 = time.perf_counter()
+import json, sys
 import lmcache_core
-elapsed = time.perf_counter() - t0
-names = sorted(sys.modules)
-print(json.dumps({"seconds": elapsed, "modules": names}))
+print(json.dumps(sorted(sys.modules)))
 """
 
 _LIGHT_NAMES = r"""
@@ -27,9 +23,6 @@ import lmcache_core
 lmcache_core.KVLayout, lmcache_core.ChunkFormat, lmcache_core.BackendProbe, lmcache_core.API_VERSION
 print(json.dumps(sorted(sys.modules)))
 """
-
-RUNS = 5
-BOUND_S = 0.5
 
 
 def _fresh(code: str) -> str:
@@ -54,19 +47,24 @@ def _heavy(modules: list[str]) -> list[str]:
     return out
 
 
-def test_import_loads_no_torch_pluggy_or_plugin_and_is_fast() -> None:
-    times = []
-    for _ in range(RUNS):
-        result = json.loads(_fresh(_PROBE))
-        assert _heavy(result["modules"]) == []
-        assert "lmcache_core" in result["modules"]
-        times.append(result["seconds"])
-    median = statistics.median(times)
-    print(
-        f"import lmcache_core: median {median * 1e3:.2f} ms over {RUNS} fresh interpreters "
-        f"(min {min(times) * 1e3:.2f}, max {max(times) * 1e3:.2f})"
-    )
-    assert median < BOUND_S
+def test_import_loads_no_torch_pluggy_or_plugin() -> None:
+    modules = json.loads(_fresh(_PROBE))
+    assert "lmcache_core" in modules
+    assert _heavy(modules) == []
+
+
+def test_heavy_names_the_modules_it_must() -> None:
+    """The check above can fail: it catches torch, pluggy, a plugin and the torch-using core modules."""
+    loaded = ["json", "lmcache_core", "lmcache_core.layout", "torch", "torch.nn", "pluggy", "lmcache_arm._C",
+              "lmcache_core.backend", "numpy"]  # fmt: skip
+    assert _heavy(loaded) == [
+        "torch",
+        "torch.nn",
+        "pluggy",
+        "lmcache_arm._C",
+        "lmcache_core.backend",
+        "numpy",
+    ]
 
 
 def test_light_public_names_stay_light() -> None:

