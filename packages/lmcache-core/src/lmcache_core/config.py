@@ -6,6 +6,7 @@ Every field can come from the environment (``LMCACHE_<FIELD>``, e.g. ``LMCACHE_L
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 from typing import Any
@@ -21,11 +22,25 @@ def parse_bytes(name: str, text: str) -> int:
     mult = _SIZE_SUFFIX.get(t[-1:], 1)
     digits = t[:-1] if t[-1:] in _SIZE_SUFFIX else t
     try:
-        value = int(float(digits) * mult)
+        number = float(digits) * mult
     except ValueError:
         raise ValueError(f"{name}: expected a byte size like 4G or 512M, given {text!r}") from None
+    if not math.isfinite(number) or number >= 2**63:
+        raise ValueError(f"{name}: expected a finite byte size below 8E (2**63), given {text!r}")
+    value = int(number)
     if value <= 0:
         raise ValueError(f"{name}: expected a positive byte size, given {text!r}")
+    return value
+
+
+def parse_seconds(name: str, text: str) -> float:
+    """``"2.5"`` -> 2.5 seconds, finite and >= 0; ValueError naming ``name`` otherwise (inf, nan)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name}: expected a number of seconds, given {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a finite, non-negative number of seconds, given {text!r}")
     return value
 
 
@@ -80,10 +95,14 @@ class CacheEngineConfig:
             raise ValueError(
                 f"l2_queue_bytes: expected a non-negative int (0: auto), given {self.l2_queue_bytes!r}"
             )
-        if not isinstance(self.l2_flush_seconds, (int, float)) or self.l2_flush_seconds < 0:
-            raise ValueError(
-                f"l2_flush_seconds: expected a non-negative number, given {self.l2_flush_seconds!r}"
-            )
+        flush = self.l2_flush_seconds
+        if (
+            isinstance(flush, bool)
+            or not isinstance(flush, (int, float))
+            or not math.isfinite(flush)
+            or flush < 0
+        ):
+            raise ValueError(f"l2_flush_seconds: expected a finite, non-negative number, given {flush!r}")
         for name in ("chunk_size", "l1_bytes", "world_size", "l2_queue_items", "l2_batch", "l2_workers"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -115,10 +134,7 @@ class CacheEngineConfig:
                 except ValueError:
                     raise ValueError(f"{var}: expected an integer, given {raw!r}") from None
             elif f.name == "l2_flush_seconds":
-                try:
-                    values[f.name] = float(raw)
-                except ValueError:
-                    raise ValueError(f"{var}: expected a number of seconds, given {raw!r}") from None
+                values[f.name] = parse_seconds(var, raw)
             elif f.name in ("save_partial_chunks", "pinned", "l2_prefetch"):
                 if raw.lower() not in ("0", "1", "true", "false", "yes", "no"):
                     raise ValueError(f"{var}: expected one of 0/1/true/false/yes/no, given {raw!r}")

@@ -96,11 +96,11 @@ def test_lru_budget_keeps_recently_used(tmp_path):
         for i, k in enumerate(old):  # make the ages distinct and old: old0 is the oldest
             os.utime(a.path_of(k), (past + i, past + i))
         load(a, ["old0", "old1"])  # used again: now the most recent
-        store(a, [f"new{i}" for i in range(4)])  # 12 objects > budget of 10 -> evict to 8
+        store(a, [f"new{i}" for i in range(4)])  # the 11th object > budget of 10 -> evict to 8
         present = {k for k in old if os.path.exists(a.path_of(k))}
         assert {"old0", "old1"} <= present
-        assert "old2" not in present and "old3" not in present
-        assert a.metrics.snapshot()["evictions"] == 4
+        assert "old2" not in present and "old3" not in present and "old4" not in present
+        assert a.metrics.snapshot()["evictions"] == 3  # the budget is checked after every key
         total = sum(p.stat().st_size for p in files(tmp_path, "*" + SUFFIX))
         assert total <= 10 * obj
 
@@ -115,7 +115,7 @@ def test_janitor_removes_stale_temporaries_and_tombstones(tmp_path):
         os.utime(stale_tmp, (time.time() - 7200,) * 2)
         os.utime(dead, (time.time() - 120,) * 2)
         total, found = a.scan()
-        assert len(found) == 1 and total == Path(a.path_of("k")).stat().st_size
+        assert len(found) == 1 and total == Path(a.path_of("k")).stat().st_size + 1  # the fresh tmp counts
         assert fresh_tmp.exists() and not stale_tmp.exists() and not dead.exists()
 
 
@@ -237,8 +237,10 @@ PERMISSION_CHILD = textwrap.dedent(
     stored = a.store([StoreItem("new", np.ones(1024, np.uint8), meta)])[0]
     buf = np.zeros(1024, np.uint8)
     loaded = a.load([LoadRequest("existing", lambda h: buf)])[0]
+    snap = a.metrics.snapshot()
     print(json.dumps({"store": [stored.status.value, stored.reason], "load": loaded.status.value,
-                      "sum": int(buf.sum()), "failures": a.metrics.snapshot().failures_by_reason}))
+                      "sum": int(buf.sum()), "failures": snap.failures_by_reason,
+                      "read_only": snap.gauges["read_only"]}))
     """
 )
 
@@ -269,8 +271,9 @@ def test_permission_denied_fails_stores_and_keeps_loads(tmp_path):
         out = subprocess.run([sys.executable, str(script), f"fs://{root}"], capture_output=True, text=True,
                              timeout=60, check=True, preexec_fn=_drop_dac_override)  # fmt: skip
         got = json.loads(out.stdout)
-        assert got["store"] == ["failed", "EACCES"] and got["failures"] == {"store:EACCES": 1}
-        assert got["load"] == "hit" and got["sum"] == 2 * 1024
+        # detected read-only at open: stores fail without trying, loads work
+        assert got["store"] == ["failed", "read_only"] and got["failures"] == {"store:read_only": 1}
+        assert got["load"] == "hit" and got["sum"] == 2 * 1024 and got["read_only"] == 1.0
     finally:
         for d in [root, *root.iterdir()]:
             d.chmod(0o755)

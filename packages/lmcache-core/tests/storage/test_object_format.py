@@ -1,10 +1,11 @@
 import struct
+import zlib
 
 import numpy as np
 import pytest
 
 from lmcache_core.storage import object_format as of
-from lmcache_core.storage.object_format import CorruptObject, ObjectMeta
+from lmcache_core.storage.object_format import CorruptObject, ObjectMeta, UnverifiableObject
 
 META = ObjectMeta("kv2.L3.h16.float16", "float16", (2, 3, 16, 16), 16)
 
@@ -30,22 +31,31 @@ def test_header_padding_for_direct_io():
 
 
 @pytest.mark.parametrize(
-    ("mutate", "reason"),
+    ("mutate", "reason", "removable"),
     [
-        (lambda b: b.__setitem__(0, ord("X")), "bad_magic"),
-        (lambda b: struct.pack_into("<H", b, 4, 99), "bad_version"),
-        (lambda b: struct.pack_into("<I", b, 32, 17), "bad_header"),  # num_tokens changed: header crc
-        (lambda b: b.__setitem__(-1, b[-1] ^ 1), "bad_checksum"),  # one payload bit
-        (lambda b: b.__delitem__(slice(-10, None)), "truncated"),
-        (lambda b: b.extend(b"extra"), "truncated"),
+        (lambda b: b.__setitem__(0, ord("X")), "foreign_format", False),  # another format: not ours
+        (lambda b: struct.pack_into("<H", b, 4, 99), "newer_version", False),  # a rolling upgrade
+        (lambda b: b.__setitem__(24, 7), "unverifiable", False),  # unknown checksum id (crc fixed below)
+        (lambda b: b.__setitem__(slice(0, 4), b"\0\0\0\0"), "zeroed", True),  # a torn write
+        (lambda b: struct.pack_into("<I", b, 32, 17), "bad_header", True),  # num_tokens changed: header crc
+        (lambda b: b.__setitem__(-1, b[-1] ^ 1), "bad_checksum", True),  # one payload bit
+        (lambda b: b.__delitem__(slice(-10, None)), "truncated", True),
+        (lambda b: b.extend(b"extra"), "truncated", True),
+        (lambda b: b.__delitem__(slice(20, None)), "truncated", True),  # our magic, cut short
     ],
 )
-def test_any_damage_is_detected(mutate, reason):
+def test_any_damage_is_detected(mutate, reason, removable):
     obj = bytearray(of.encode_object("k", META, payload()))
     mutate(obj)
+    if reason == "unverifiable":  # a valid header of a newer writer's checksum algorithm
+        used = of.FIXED_SIZE + 8 * 4 + 1 + len(META.fmt) + len(META.dtype)
+        struct.pack_into("<I", obj, 36, 0)
+        struct.pack_into("<I", obj, 36, zlib.crc32(bytes(obj[:used])))
     with pytest.raises(CorruptObject) as e:
         of.split_object(bytes(obj), expect_key="k")
     assert e.value.reason == reason
+    assert e.value.removable is removable
+    assert isinstance(e.value, UnverifiableObject) is not removable
 
 
 def test_an_object_under_another_key_is_rejected():

@@ -7,9 +7,9 @@ from lmcache_core.storage.url import L2URL, split_urls
 
 
 def test_entry_points_name_every_builtin_scheme():
-    import importlib_metadata
+    from importlib.metadata import entry_points
 
-    names = {ep.name for ep in importlib_metadata.entry_points(group=GROUP)}
+    names = {ep.name for ep in entry_points(group=GROUP)}
     assert set(BUILTIN) <= names, "reinstall lmcache-core (pip install -e packages/lmcache-core)"
     assert set(BUILTIN) <= set(adapter_targets())
 

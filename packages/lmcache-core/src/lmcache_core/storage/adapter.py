@@ -8,10 +8,22 @@ synchronous batch primitives; this base class adds, for every adapter alike:
   own worker threads (``in_flight`` of them) and return a ``concurrent.futures.Future`` with
   one result per key, in order. ``store / lookup / load / delete`` are the same, run in the
   calling thread. Collect many futures with :func:`concurrent.futures.wait`.
+* deadlines: every primitive runs on the adapter's daemon I/O threads
+  (:mod:`~lmcache_core.storage.io_pool`) and the caller waits at most ``timeout`` seconds per key
+  (per call for a tier that sends a batch at once, like Redis' pipeline). Past it that key is a
+  ``TIMEOUT`` (a miss; keys finished before it keep their results), a key that stalled is
+  remembered as bad, and ``timeout_strikes`` timed-out calls in a row mark the tier unavailable.
+  A buffer that a stalled call may still touch is never handed back to its owner: the result
+  carries it, and the request's ``abandon`` callback gets it when (if ever) the call lets go.
 * health: a :class:`TierUnavailable` from a primitive (connection refused, timeout) marks the
   whole tier unavailable; until the back-off (doubling from ``retry_min`` to ``retry_max``
   seconds) has passed every call answers at once without I/O (misses, ``UNAVAILABLE`` results),
-  then one caller probes with ``_ping`` and the tier is back when that succeeds.
+  then one caller probes with ``_ping`` (under the deadline too) and the tier is back when that
+  succeeds.
+* bad keys: keys whose object is bad and was not removed (read-only store, a foreign or newer
+  format, a directory or a wrong-typed value at the key, a stalled read) are remembered in a
+  bounded per-process :class:`~lmcache_core.storage.bad_keys.BadKeys` and answered as misses
+  without I/O, so they stop counting as hits.
 * counting into :class:`~lmcache_core.storage.metrics.TierMetrics` and one rate-limited log line
   per kind of failure (no tracebacks; the count of suppressed lines is in the next one).
 
@@ -31,10 +43,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+from lmcache_core.storage.bad_keys import BadKeys
+from lmcache_core.storage.io_pool import IOPool, PoolSaturated
 from lmcache_core.storage.metrics import TierMetrics
 from lmcache_core.storage.object_format import ObjectHeader, ObjectMeta, default_algorithm, parse_algorithm
 from lmcache_core.storage.url import L2URL
@@ -54,32 +68,43 @@ class Status(enum.Enum):
     HIT = "hit"  # loaded and verified
     MISS = "miss"  # not there
     CORRUPT = "corrupt"  # there, but its header or checksum is wrong: a miss, never loaded
+    UNVERIFIABLE = "unverifiable"  # there, but this reader cannot judge it: a miss, left in place
     REJECTED = "rejected"  # there, but the caller's alloc declined it (other format or size)
     FAILED = "failed"  # an error for this key; the tier stays usable
     UNAVAILABLE = "unavailable"  # the tier is down
+    TIMEOUT = "timeout"  # past the deadline: a miss (a store not known to be done)
 
 
 @dataclass(frozen=True)
 class StoreItem:
-    """One object to store: its key, payload buffer (``payload_len`` bytes) and what it is."""
+    """One object to store: its key, payload buffer (``payload_len`` bytes) and what it is.
+
+    ``abandon(payload)``, when given, is called once a store that passed its deadline lets go of
+    the payload (maybe never); until then the payload must stay unchanged."""
 
     key: str
     payload: Any
     meta: ObjectMeta
+    abandon: Callable[[Any], None] | None = None
 
 
 @dataclass(frozen=True)
 class LoadRequest:
     """One object to load. ``alloc(header)`` returns a writable buffer of exactly
-    ``header.payload_len`` bytes to load the payload into, or None to decline the object."""
+    ``header.payload_len`` bytes to load the payload into, or None to decline the object.
+    ``abandon(buffer)``, when given, gets that buffer back once a load that passed its deadline
+    lets go of it (maybe never); until then nobody else may use it."""
 
     key: str
     alloc: Callable[[ObjectHeader], Any]
+    abandon: Callable[[Any], None] | None = None
 
 
 @dataclass(frozen=True)
 class OpResult:
-    """Result of one key of a store or load. For a ``HIT``: the header and the filled buffer."""
+    """Result of one key of a store or load. For a ``HIT``: the header and the filled buffer.
+    For a ``TIMEOUT`` with a ``buffer``: that buffer (a load's, or a store's payload) is still
+    in use by the stalled call and goes to the item's ``abandon`` when it is released."""
 
     status: Status
     reason: str = ""
@@ -167,17 +192,60 @@ class Health:
             return was
 
 
+class _Slot:
+    """One key of a store or load under a deadline: who may still touch its buffer."""
+
+    __slots__ = ("abandon", "alloc_fn", "held", "lock", "state")
+
+    def __init__(self, held: Any, abandon: Callable[[Any], None] | None, alloc_fn: Any = None) -> None:
+        self.lock = threading.Lock()
+        self.state = "open"  # open -> closed (the call finished this key) | cancelled (deadline)
+        self.held = held
+        self.abandon = abandon
+        self.alloc_fn = alloc_fn
+
+    def alloc(self, header: ObjectHeader) -> Any:
+        with self.lock:
+            if self.state != "open":
+                return None  # the caller has given up on this key: decline
+            buf = self.alloc_fn(header)
+            self.held = buf
+            return buf
+
+    def finish(self) -> None:
+        with self.lock:
+            late = self.state == "cancelled"
+            self.state = "closed"
+        if late and self.held is not None and self.abandon is not None:
+            self.abandon(self.held)
+
+    def cancel(self) -> OpResult | None:
+        """None if the key finished in between, else its TIMEOUT result."""
+        with self.lock:
+            if self.state == "closed":
+                return None
+            self.state = "cancelled"
+            return OpResult(Status.TIMEOUT, "deadline", buffer=self.held)
+
+
 class L2Adapter(abc.ABC):
     """Base of every L2 adapter. Construct through :func:`lmcache_core.storage.open_adapter`.
 
-    Common URL parameters: ``checksum`` (``xxh3`` or ``crc32``; default xxh3 when the xxhash
-    package is installed), ``in_flight`` (worker threads for ``submit_*``, default 4),
-    ``retry_min`` / ``retry_max`` (reconnect back-off in seconds, default 0.5 and 30),
-    ``log_interval`` (seconds between repeated log lines of one kind, default 30).
+    Common URL parameters: ``checksum`` (``xxh3`` or ``crc32``; default xxh3), ``in_flight``
+    (worker threads for ``submit_*``, default 4), ``retry_min`` / ``retry_max`` (reconnect
+    back-off in seconds, default 0.5 and 30), ``log_interval`` (seconds between repeated log
+    lines of one kind, default 30), ``timeout`` (deadline in seconds per key, or per call for a
+    batched tier, default 5), ``timeout_strikes`` (timed-out calls in a row that mark the tier
+    unavailable, default 3), ``max_stuck`` (calls left stalled past their deadline before the
+    tier counts as down, default 8), ``bad_keys`` (keys remembered as bad, default 4096; 0 = off)
+    and ``bad_key_ttl`` (seconds, default 600).
     """
 
     #: URL schemes this class serves (documentation; the entry point names decide).
     schemes: ClassVar[tuple[str, ...]] = ()
+    #: True: the primitives are called one key at a time, and the deadline is per key, so keys
+    #: finished before a stalled one keep their results. False: one call per batch.
+    per_key: ClassVar[bool] = False
 
     def __init__(self, url: L2URL) -> None:
         self.url = url
@@ -188,10 +256,17 @@ class L2Adapter(abc.ABC):
         self.metrics = TierMetrics(self.name)
         self.health = Health(url.float_param("retry_min", 0.5), url.float_param("retry_max", 30.0))
         self.log = RateLimitedLog(self.name, url.float_param("log_interval", 30.0))
-        self._pool: ThreadPoolExecutor | None = None
+        self.timeout = url.float_param("timeout", 5.0, positive=True)
+        self.timeout_strikes = url.int_param("timeout_strikes", 3, minimum=1)
+        self.bad = BadKeys(url.int_param("bad_keys", 4096), url.float_param("bad_key_ttl", 600.0))
+        self._io = IOPool(f"l2-io-{url.scheme}", self.in_flight + 2, url.int_param("max_stuck", 8, minimum=1))
+        self._strikes = 0
+        self._pool: IOPool | None = None
         self._pool_lock = threading.Lock()
         self._closed = False
         self.metrics.gauge("available", lambda: 0.0 if self.health.down else 1.0)
+        self.metrics.gauge("bad_keys", lambda: float(len(self.bad)))
+        self.metrics.gauge("stuck_calls", lambda: float(self._io.stuck))
 
     # ---- to implement --------------------------------------------------------------------------
 
@@ -207,7 +282,8 @@ class L2Adapter(abc.ABC):
     @abc.abstractmethod
     def _load(self, requests: Sequence[LoadRequest]) -> list[OpResult]:
         """Load and verify each object into its request's buffer (``HIT``, ``MISS``, ``CORRUPT``,
-        ``REJECTED`` or ``FAILED``). A corrupt object should be deleted."""
+        ``UNVERIFIABLE``, ``REJECTED`` or ``FAILED``). A corrupt object should be deleted (when
+        the tier allows it; else :meth:`remember_bad`); an unverifiable one never is."""
 
     @abc.abstractmethod
     def _delete(self, keys: Sequence[str]) -> list[bool]:
@@ -221,29 +297,46 @@ class L2Adapter(abc.ABC):
         """Release connections and files."""
         return None
 
+    # ---- for subclasses ------------------------------------------------------------------------
+
+    def remember_bad(self, key: str, reason: str) -> None:
+        """Answer ``key`` as a miss without I/O for ``bad_key_ttl`` seconds."""
+        if self.bad.add(key, reason):
+            self.metrics.inc("bad_keys_added")
+            self.log.warning(f"bad:{reason}", f"{key}: {reason}; remembered as a miss")
+
     # ---- synchronous API (thread-safe) -------------------------------------------------------
 
     def store(self, items: Sequence[StoreItem]) -> list[OpResult]:
         """Store a batch; one result per item, in order."""
         items = list(items)
+        slots = [_Slot(i.payload, i.abandon) for i in items]
         down = [OpResult(Status.UNAVAILABLE)] * len(items)
-        results = self._run("store", len(items), lambda: self._store(items), down, OpResult(Status.FAILED))
+        results = self._run("store", items, self._store, down, OpResult(Status.FAILED), slots)
         m = self.metrics
         for item, r in zip(items, results, strict=True):
             if r.status is Status.OK:
                 m.inc("store_ok")
                 m.inc("store_bytes", nbytes_of(item.payload))
+                self.bad.forget(item.key)
             elif r.status is Status.PRESENT:
                 m.inc("store_present")
-            elif r.status is Status.FAILED:
+            elif r.status in (Status.FAILED, Status.TIMEOUT):
                 m.failure("store", r.reason or "error")
                 self.log.warning(f"store:{r.reason}", f"store of {item.key} failed ({r.reason})")
         return results
 
     def lookup(self, keys: Sequence[str]) -> list[bool]:
-        """Whether each key is present; False for every key while the tier is unavailable."""
+        """Whether each key is present; False for every key while the tier is unavailable, and
+        for keys remembered as bad."""
         keys = list(keys)
-        found = self._run("lookup", len(keys), lambda: self._lookup(keys), [False] * len(keys), False)
+        found = [False] * len(keys)
+        todo = [i for i, k in enumerate(keys) if self.bad.reason(k) is None]
+        if len(todo) < len(keys):
+            self.metrics.inc("bad_key_skips", len(keys) - len(todo))
+        got = self._run("lookup", [keys[i] for i in todo], self._lookup, [False] * len(todo), False)
+        for i, f in zip(todo, got, strict=True):
+            found[i] = bool(f) and self.bad.reason(keys[i]) is None
         hits = sum(1 for f in found if f)
         self.metrics.inc("lookup_hits", hits)
         self.metrics.inc("lookup_misses", len(keys) - hits)
@@ -252,12 +345,18 @@ class L2Adapter(abc.ABC):
     def load(self, requests: Sequence[LoadRequest]) -> list[OpResult]:
         """Load a batch; a ``HIT`` result's buffer holds the verified payload."""
         requests = list(requests)
-        down = [OpResult(Status.UNAVAILABLE)] * len(requests)
-        results = self._run(
-            "load", len(requests), lambda: self._load(requests), down, OpResult(Status.FAILED)
-        )
+        out: list[OpResult] = [OpResult(Status.MISS, "bad_key")] * len(requests)
+        todo = [i for i, r in enumerate(requests) if self.bad.reason(r.key) is None]
+        if len(todo) < len(requests):
+            self.metrics.inc("bad_key_skips", len(requests) - len(todo))
+        slots = [_Slot(None, requests[i].abandon, requests[i].alloc) for i in todo]
+        wrapped = [LoadRequest(requests[i].key, s.alloc) for i, s in zip(todo, slots, strict=True)]
+        down = [OpResult(Status.UNAVAILABLE)] * len(todo)
+        got = self._run("load", wrapped, self._load, down, OpResult(Status.FAILED), slots)
+        for i, r in zip(todo, got, strict=True):
+            out[i] = r
         m = self.metrics
-        for req, r in zip(requests, results, strict=True):
+        for req, r in zip(requests, out, strict=True):
             if r.status is Status.HIT:
                 m.inc("load_hits")
                 m.inc("load_bytes", r.header.payload_len if r.header else 0)
@@ -269,15 +368,22 @@ class L2Adapter(abc.ABC):
                 self.log.warning(
                     f"corrupt:{r.reason}", f"object {req.key} rejected ({r.reason}), treated as a miss"
                 )
-            elif r.status is Status.FAILED:
+            elif r.status is Status.UNVERIFIABLE:
+                m.inc("load_unverifiable")
+                m.failure("load", r.reason or "unverifiable")
+                self.remember_bad(req.key, r.reason or "unverifiable")
+            elif r.status in (Status.FAILED, Status.TIMEOUT):
                 m.failure("load", r.reason or "error")
                 self.log.warning(f"load:{r.reason}", f"load of {req.key} failed ({r.reason})")
-        return results
+        return out
 
     def delete(self, keys: Sequence[str]) -> list[bool]:
         keys = list(keys)
-        done = self._run("delete", len(keys), lambda: self._delete(keys), [False] * len(keys), False)
+        done = self._run("delete", keys, self._delete, [False] * len(keys), False)
         self.metrics.inc("deletes", sum(1 for d in done if d))
+        for k, d in zip(keys, done, strict=True):
+            if d:
+                self.bad.forget(k)
         return done
 
     @property
@@ -298,14 +404,27 @@ class L2Adapter(abc.ABC):
     def submit_delete(self, keys: Sequence[str]) -> Future[list[bool]]:
         return self._submit(self.delete, list(keys))
 
-    def close(self) -> None:
-        """Wait for submitted batches, then release the adapter's threads and connections."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop taking calls, wait up to ``timeout`` seconds (default: ``timeout`` parameter + 1)
+        for submitted batches, then release the adapter's connections. Returns within that time
+        whatever the threads do; True when every thread has ended."""
+        budget = self.timeout + 1.0 if timeout is None else timeout
+        deadline = time.monotonic() + budget
         with self._pool_lock:
             self._closed = True
             pool, self._pool = self._pool, None
+        ended = True
         if pool is not None:
-            pool.shutdown(wait=True)
-        self._close()
+            ended = pool.close(budget)
+        ended = self._io.close(max(0.0, deadline - time.monotonic())) and ended
+        try:
+            self._close()
+        except Exception as e:  # releasing a dead connection: nothing left to do
+            logger.debug("L2 %s: close: %s: %s", self.name, type(e).__name__, e)
+        if not ended:
+            logger.warning("L2 %s: closed with calls still stalled (%d); left to finish on their own",
+                           self.name, self._io.stuck)  # fmt: skip
+        return ended
 
     def __enter__(self) -> L2Adapter:
         return self
@@ -323,10 +442,34 @@ class L2Adapter(abc.ABC):
             if self._closed:
                 raise RuntimeError(f"{self.name}: adapter is closed")
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix=f"l2-{self.url.scheme}")
-            return self._pool.submit(fn, arg)
+                self._pool = IOPool(f"l2-{self.url.scheme}", self.in_flight, 1 << 30)
+            fut: Future[R] = Future()
 
-    def _run(self, op: str, n: int, fn: Callable[[], list[R]], down: list[R], failed: R) -> list[R]:
+            def call() -> None:
+                if not fut.set_running_or_notify_cancel():
+                    return
+                try:
+                    fut.set_result(fn(arg))
+                except BaseException as e:
+                    fut.set_exception(e)
+
+            try:
+                self._pool.start(call)
+            except RuntimeError as e:
+                raise RuntimeError(f"{self.name}: adapter is closed") from e
+            return fut
+
+    def _ping_bounded(self) -> BaseException | None:
+        """Run ``_ping`` under the deadline; the exception that says the tier is still down, or None."""
+        try:
+            finished, _ = self._io.run(self._ping, self.timeout)
+        except Exception as e:
+            return e
+        return None if finished else TierUnavailable(f"ping passed its {self.timeout} s deadline")
+
+    def _run(self, op: str, items: list[Any], prim: Callable[[list[Any]], list[R]], down: list[R],
+             failed: R, slots: list[_Slot] | None = None) -> list[R]:  # fmt: skip
+        n = len(items)
         if n == 0:
             return []
         probe = self.health.claim_probe()
@@ -334,31 +477,98 @@ class L2Adapter(abc.ABC):
             self.metrics.inc("unavailable_skips", n)
             return down
         if probe:
-            try:
-                self._ping()
-            except Exception as e:
-                self._mark_down(e)
+            err = self._ping_bounded()
+            if err is not None:
+                self._mark_down(err)
                 self.metrics.inc("unavailable_skips", n)
                 return down
             if self.health.mark_up():
+                self._strikes = 0
                 self.metrics.inc("reconnects")
                 logger.warning("L2 %s: available again", self.name)
+        results: list[Any] = [None] * n
+        progress = [time.monotonic()]
+
+        def work() -> None:
+            if self.per_key:
+                for i in range(n):
+                    try:
+                        results[i] = prim([items[i]])[0]
+                    finally:
+                        if slots is not None:
+                            slots[i].finish()
+                    progress[0] = time.monotonic()
+            else:
+                try:
+                    got = prim(items)
+                    if len(got) != n:
+                        raise RuntimeError(f"{self.name}: {op} returned {len(got)} results for {n} keys")
+                    results[:] = got
+                finally:
+                    for s in slots or ():
+                        s.finish()
+
         t0 = time.perf_counter()
         try:
-            results = fn()
-        except TierUnavailable as e:
+            call = self._io.start(work)
+        except PoolSaturated as e:
             self._mark_down(e)
             self.metrics.inc("unavailable_skips", n)
             return down
+        except RuntimeError:  # closed
+            return down
+        while not call.wait(max(0.0, progress[0] + self.timeout - time.monotonic())):
+            if time.monotonic() - progress[0] >= self.timeout and call.abandon():
+                return self._timed_out(op, items, results, slots)
+        try:
+            call.result()
+        except TierUnavailable as e:
+            self._mark_down(e)
+            self.metrics.inc("unavailable_skips", n)
+            return [r if r is not None else d for r, d in zip(results, down, strict=True)]
         except Exception as e:  # a bug or an unexpected error: fail this batch only, loudly once
             reason = reason_of(e)
             self.metrics.failure(op, reason, n)
             self.log.warning(f"{op}:{reason}", f"{op} of {n} keys failed: {type(e).__name__}: {e}")
-            return [failed] * n
+            return [r if r is not None else failed for r in results]
+        self._strikes = 0
         self.metrics.observe(op, time.perf_counter() - t0, n)
-        if len(results) != n:
-            raise RuntimeError(f"{self.name}: {op} returned {len(results)} results for {n} keys")
         return results
+
+    def _timed_out(
+        self, op: str, items: list[Any], results: list[Any], slots: list[_Slot] | None
+    ) -> list[Any]:
+        """Results of a call abandoned at its deadline: keys finished before it keep theirs."""
+        out: list[Any] = []
+        stalled: str | None = None
+        missed = 0
+        for i, item in enumerate(items):
+            if slots is not None:
+                r = slots[i].cancel()
+                if r is None:  # finished in between
+                    out.append(results[i])
+                    continue
+            elif results[i] is not None:
+                out.append(results[i])
+                continue
+            else:
+                r = OpResult(Status.TIMEOUT, "deadline")
+            missed += 1
+            if stalled is None and self.per_key:
+                stalled = item if isinstance(item, str) else item.key
+            out.append(False if op in ("lookup", "delete") else r)
+        self.metrics.inc("timeouts")
+        self.metrics.failure(op, "deadline", missed)
+        self.log.warning(
+            f"{op}:deadline", f"{op} passed its {self.timeout} s deadline; {missed} key(s) missed"
+        )
+        if stalled is not None:
+            self.remember_bad(stalled, "deadline")
+        self._strikes += 1
+        if self._strikes >= self.timeout_strikes:
+            self._strikes = 0
+            self._mark_down(TierUnavailable(f"{self.timeout_strikes} calls in a row passed their deadline"))
+        return out
 
     def _mark_down(self, exc: BaseException) -> None:
         newly, delay = self.health.mark_down()

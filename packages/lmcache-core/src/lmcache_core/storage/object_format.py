@@ -28,8 +28,14 @@ checksum, key, format or sizes do not match, or a payload whose checksum does no
 Checksum choice (measured on this project's machine, 32 MiB, median of 7): xxh3_64 15.3 GiB/s,
 xxh64 5.0, zlib.crc32 1.05, hashlib.blake2b 0.49, sha256 0.62. xxh3_64 costs about 2 ms per
 32 MiB chunk and releases the GIL; crc32 (30 ms) does not scale across threads here. xxh3 comes
-from the optional ``xxhash`` package; without it writers fall back to crc32, and a reader
-without ``xxhash`` reports xxh3 objects as unverifiable misses (never as hits).
+from ``xxhash``, a dependency of the core; should it still be missing (a broken install),
+writers fall back to crc32.
+
+Damaged versus unverifiable: :class:`CorruptObject` means proven damaged under this format
+(bad header checksum, bad payload checksum, wrong key, truncated, zeroed): callers may remove
+it. :class:`UnverifiableObject` (a subclass) means this reader cannot judge it: another magic
+(a foreign format), another version (a newer writer during a rolling upgrade), or a checksum
+algorithm it cannot compute. It is a miss and must be left untouched.
 """
 
 from __future__ import annotations
@@ -61,11 +67,21 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 
 class CorruptObject(ValueError):
-    """An object whose header or payload does not check out; ``reason`` is a short tag."""
+    """An object proven damaged under this format; ``reason`` is a short tag. Removable."""
+
+    #: Whether a reader may delete the object (False: it cannot judge it).
+    removable = True
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+
+
+class UnverifiableObject(CorruptObject):
+    """An object this reader cannot judge (``foreign_format``, ``newer_version``,
+    ``unverifiable`` checksum): a miss, never loaded, never deleted."""
+
+    removable = False
 
 
 def has_xxhash() -> bool:
@@ -91,11 +107,16 @@ def checksum(algo: int, payload: Any) -> int:
     """Checksum of ``payload`` (any C-contiguous buffer) with algorithm ``algo``."""
     if algo == XXH3_64:
         if _xxhash is None:
-            raise CorruptObject("unverifiable", "object uses xxh3_64 and the 'xxhash' package is missing")
+            raise UnverifiableObject("unverifiable", "object uses xxh3_64 and 'xxhash' is missing")
         return int(_xxhash.xxh3_64_intdigest(payload))
     if algo == CRC32:
         return zlib.crc32(payload)
-    raise CorruptObject("bad_header", f"unknown checksum algorithm {algo}")
+    raise UnverifiableObject("unverifiable", f"unknown checksum algorithm {algo}")
+
+
+def can_verify(algo: int) -> bool:
+    """Whether this process can compute checksum algorithm ``algo``."""
+    return algo == CRC32 or (algo == XXH3_64 and _xxhash is not None)
 
 
 @dataclass(frozen=True)
@@ -154,15 +175,25 @@ def encode_header(
 
 
 def header_size_needed(prefix: Any) -> int:
-    """Bytes of header that follow from the first ``FIXED_SIZE`` bytes (``prefix``)."""
-    if len(prefix) < FIXED_SIZE:
-        raise CorruptObject("truncated", f"{len(prefix)} bytes, header needs {FIXED_SIZE}")
-    magic, version, header_len = struct.unpack_from("<4sHH", prefix, 0)
-    if magic != MAGIC:
-        raise CorruptObject("bad_magic", repr(bytes(magic)))
+    """Bytes of header that follow from the first ``FIXED_SIZE`` bytes (``prefix``).
+
+    An object that does not start with this format's magic is foreign (unverifiable), except
+    an empty or zero-filled start, which is what a torn write leaves (damaged); so is a start
+    that is this magic cut short.
+    """
+    n = len(prefix)
+    head = bytes(prefix[:4])
+    if n == 0 or (head == MAGIC[: len(head)] and n < FIXED_SIZE):
+        raise CorruptObject("truncated", f"{n} bytes, header needs {FIXED_SIZE}")
+    if head != MAGIC:
+        if head == b"\0" * len(head):
+            raise CorruptObject("zeroed", "object starts with zero bytes")
+        raise UnverifiableObject("foreign_format", f"magic {head!r}")
+    version = struct.unpack_from("<H", prefix, 4)[0]
     if version != VERSION:
-        raise CorruptObject("bad_version", f"{version}, this reader knows {VERSION}")
-    return int(header_len)
+        raise UnverifiableObject("newer_version" if version > VERSION else "other_version",
+                                 f"{version}, this reader knows {VERSION}")  # fmt: skip
+    return int(struct.unpack_from("<H", prefix, 6)[0])
 
 
 def decode_header(data: Any, expect_key: str | None = None) -> ObjectHeader:
@@ -193,6 +224,8 @@ def decode_header(data: Any, expect_key: str | None = None) -> ObjectHeader:
     dtype = bytes(raw[pos : pos + dlen]).decode()
     if expect_key is not None and key != expect_key:
         raise CorruptObject("wrong_key", f"stored key {key!r}, asked for {expect_key!r}")
+    if not can_verify(algo):  # before any payload byte is read or a buffer is asked for
+        raise UnverifiableObject("unverifiable", f"checksum algorithm {algo} not available here")
     meta = ObjectMeta(fmt, dtype, tuple(int(s) for s in shape), int(num_tokens))
     return ObjectHeader(key, meta, int(payload_len), int(csum), int(algo), header_len)
 

@@ -13,6 +13,11 @@ one round trip for the whole batch (per node for a cluster). redis-py's own retr
 off: a refused or timed-out connection marks the tier unavailable at once, and the adapter's
 back-off decides when to try again. An error reply for one key (for example ``OOM``, OutOfMemoryError, when the
 server is full and evicts nothing) fails that key only.
+
+Lookups ask ``TYPE`` (one reply per key, like ``EXISTS``), so a value of another type under a key
+(a LIST, a HASH) is never a hit: with a non-empty ``prefix`` (the project's own namespace) it is
+deleted, otherwise remembered as a bad key. A Redis Cluster that cannot be reached when the tier
+opens starts the tier unavailable; it connects when the cluster answers.
 """
 
 from __future__ import annotations
@@ -47,10 +52,15 @@ class RedisAdapter(L2Adapter):
         import redis
 
         self._redis = redis
+        if not url.hostname:
+            raise ValueError(f"url: expected {url.scheme}://host:port/db (a host), given {url.redacted}")
+        db = url.path.strip("/")
+        if db and not db.isdigit():
+            raise ValueError(f"url {url.redacted}: db: expected a database number like /0, given {db!r}")
         self.prefix = url.text_param("prefix", "lmkv:")
         self.ttl = url.int_param("ttl", 0)
-        self.socket_timeout = url.float_param("socket_timeout", 5.0)
-        self.connect_timeout = url.float_param("connect_timeout", 2.0)
+        self.socket_timeout = url.float_param("socket_timeout", 5.0, positive=True)
+        self.connect_timeout = url.float_param("connect_timeout", 2.0, positive=True)
         self.max_connections = url.int_param("max_connections", 2 * self.in_flight, minimum=1)
         self._down_errors: tuple[type[BaseException], ...] = (
             redis.exceptions.ConnectionError,
@@ -58,7 +68,11 @@ class RedisAdapter(L2Adapter):
             ConnectionError,
             TimeoutError,
         )
-        self.client = self._connect(url)
+        self.client: Any = None
+        try:
+            self.client = self._connect(url)
+        except TierUnavailable as e:
+            self._mark_down(e)  # one log line and unavailable_events; _ping connects later
 
     def _no_retry(self) -> Any:
         from redis.backoff import NoBackoff
@@ -79,6 +93,8 @@ class RedisAdapter(L2Adapter):
         return self.prefix + key
 
     def _pipeline(self, commands: Sequence[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+        if self.client is None:
+            raise TierUnavailable("not connected")
         try:
             pipe = self.client.pipeline(transaction=False)
             for method, args, kwargs in commands:
@@ -88,6 +104,8 @@ class RedisAdapter(L2Adapter):
             raise TierUnavailable(f"{type(e).__name__}: {e}") from e
 
     def _ping(self) -> None:
+        if self.client is None:
+            self.client = self._connect(self.url)
         try:
             self.client.ping()
         except self._down_errors as e:
@@ -113,16 +131,46 @@ class RedisAdapter(L2Adapter):
         ]
 
     def _lookup(self, keys: Sequence[str]) -> list[bool]:
-        replies = self._pipeline([("exists", (self._name(k),), {}) for k in keys])
+        replies = self._pipeline([("type", (self._name(k),), {}) for k in keys])
         self._check_replies(replies)
-        return [not isinstance(r, BaseException) and bool(r) for r in replies]
+        out, wrong = [], []
+        for k, r in zip(keys, replies, strict=True):
+            kind = r.decode() if isinstance(r, bytes) else r
+            if kind == "string":
+                out.append(True)
+                continue
+            if isinstance(kind, str) and kind != "none":
+                wrong.append(k)
+            out.append(False)
+        self._wrong_type(wrong)
+        return out
+
+    def _wrong_type(self, keys: list[str]) -> None:
+        """Values of another type (LIST, HASH, ...) under ``keys``: delete them in our own
+        namespace (a non-empty prefix), else remember them as bad keys."""
+        if not keys:
+            return
+        self.metrics.inc("wrong_type", len(keys))
+        if self.prefix:
+            self._pipeline([("unlink", (self._name(k),), {}) for k in keys])
+            self.log.warning(
+                "wrong_type", f"{len(keys)} value(s) of another type under {self.prefix}*: deleted"
+            )
+        else:
+            for k in keys:
+                self.remember_bad(k, "wrong_type")
 
     def _load(self, requests: Sequence[LoadRequest]) -> list[OpResult]:
         replies = self._pipeline([("get", (self._name(r.key),), {}) for r in requests])
         self._check_replies(replies)
         out: list[OpResult] = []
         corrupt: list[str] = []
+        wrong: list[str] = []
         for req, data in zip(requests, replies, strict=True):
+            if isinstance(data, self._redis.exceptions.ResponseError) and str(data).startswith("WRONGTYPE"):
+                wrong.append(req.key)
+                out.append(OpResult(Status.CORRUPT, "wrong_type"))
+                continue
             if isinstance(data, BaseException):
                 out.append(OpResult(Status.FAILED, _reason(data)))
                 continue
@@ -132,6 +180,9 @@ class RedisAdapter(L2Adapter):
             try:
                 header, payload = split_object(data, expect_key=req.key)
             except CorruptObject as e:
+                if not e.removable:  # a foreign or newer object: not ours to judge
+                    out.append(OpResult(Status.UNVERIFIABLE, e.reason))
+                    continue
                 corrupt.append(req.key)
                 out.append(OpResult(Status.CORRUPT, e.reason))
                 continue
@@ -143,6 +194,7 @@ class RedisAdapter(L2Adapter):
             out.append(OpResult(Status.HIT, "", header, buf))
         if corrupt:  # verified bad: remove so nobody pays for it again
             self._pipeline([("unlink", (self._name(k),), {}) for k in corrupt])
+        self._wrong_type(wrong)
         return out
 
     def _delete(self, keys: Sequence[str]) -> list[bool]:
@@ -151,6 +203,8 @@ class RedisAdapter(L2Adapter):
         return [not isinstance(r, BaseException) and bool(r) for r in replies]
 
     def _close(self) -> None:
+        if self.client is None:
+            return
         try:
             self.client.close()
         except Exception:  # closing a client of a dead server: nothing left to release
@@ -167,11 +221,8 @@ class RedisClusterAdapter(RedisAdapter):
 
         if url.hostname is None:
             raise ValueError(f"url: expected redis+cluster://host:port, given {url.redacted}")
-        self._down_errors = (
-            *self._down_errors,
-            self._redis.exceptions.ClusterDownError,
-            self._redis.exceptions.RedisClusterException,
-        )
+        extra = (self._redis.exceptions.ClusterDownError, self._redis.exceptions.RedisClusterException)
+        self._down_errors = (*self._down_errors, *(e for e in extra if e not in self._down_errors))
         try:
             return RedisCluster(
                 host=url.hostname,

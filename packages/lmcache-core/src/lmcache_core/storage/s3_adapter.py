@@ -35,10 +35,27 @@ from lmcache_core.storage.url import L2URL
 _MISSING = ("404", "NoSuchKey", "NotFound")
 
 
+def check_endpoint(url: str, endpoint: str) -> None:
+    """ValueError naming ``endpoint_url`` unless it is ``http(s)://host[:port][/path]``."""
+    from urllib.parse import urlsplit
+
+    from lmcache_core.storage.url import url_port
+
+    where = f"{url}: parameter endpoint_url"
+    try:
+        parts = urlsplit(endpoint)
+    except ValueError as e:
+        raise ValueError(f"{where}: expected http(s)://host:port, given {endpoint!r} ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{where}: expected http(s)://host:port, given {endpoint!r}")
+    url_port(f"{where} port", parts)
+
+
 class S3Adapter(L2Adapter):
     """L2 tier under one bucket and prefix of an S3-compatible store."""
 
     schemes = ("s3",)
+    per_key = True
 
     def __init__(self, url: L2URL) -> None:
         super().__init__(url)
@@ -52,6 +69,8 @@ class S3Adapter(L2Adapter):
         self.bucket = url.netloc
         self.prefix = url.path.strip("/")
         endpoint = url.text_param("endpoint_url", "") or None
+        if endpoint is not None:
+            check_endpoint(url.redacted, endpoint)
         region = url.text_param("region", "") or None
         addressing = url.text_param("addressing", "path")
         if addressing not in ("path", "virtual"):
@@ -148,6 +167,8 @@ class S3Adapter(L2Adapter):
             try:
                 header, payload = split_object(data, expect_key=req.key)
             except CorruptObject as e:
+                if not e.removable:  # a foreign or newer object: not ours to judge
+                    return OpResult(Status.UNVERIFIABLE, e.reason)
                 self._delete([req.key])
                 return OpResult(Status.CORRUPT, e.reason)
             buf = req.alloc(header)

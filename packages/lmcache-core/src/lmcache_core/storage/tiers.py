@@ -106,19 +106,31 @@ class _WriteQueue:
                     return
                 jobs = [self._q.popleft() for _ in range(min(self.batch, len(self._q)))]
                 self._busy += 1
+            held: set[int] = set()  # jobs whose payload a stalled store may still read
             try:
-                self.adapter.store([StoreItem(j.ref.name, _payload(j.entry), j.ref.meta) for j in jobs])
+                items = [
+                    StoreItem(j.ref.name, _payload(j.entry), j.ref.meta, self._unpin_later(j.entry))
+                    for j in jobs
+                ]
+                results = self.adapter.store(items)
+                held = {
+                    i for i, r in enumerate(results) if r.status is Status.TIMEOUT and r.buffer is not None
+                }
             except Exception as e:  # the adapter counts and logs its own failures; this is a bug guard
                 logger.error(
                     "L2 %s: write-behind batch failed: %s: %s", self.adapter.name, type(e).__name__, e
                 )
             finally:
-                for j in jobs:
-                    self.l1.unpin(j.entry)
+                for i, j in enumerate(jobs):
+                    if i not in held:  # a held one is unpinned by abandon, when the store lets go
+                        self.l1.unpin(j.entry)
                 with self._cv:
                     self._busy -= 1
                     self._bytes -= sum(j.ref.nbytes for j in jobs)
                     self._cv.notify_all()
+
+    def _unpin_later(self, entry: L1Entry) -> Callable[[Any], None]:
+        return lambda _payload: self.l1.unpin(entry)
 
     def flush(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -130,8 +142,9 @@ class _WriteQueue:
                 self._cv.wait(left)
         return True
 
-    def close(self) -> None:
-        """Stop the workers after their current batch; chunks still queued are not written."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the workers after their current batch (waiting up to ``timeout`` seconds; each
+        batch is bounded by the adapter's deadline anyway); chunks still queued are not written."""
         with self._cv:
             self._closing = True
             left = list(self._q)
@@ -140,8 +153,9 @@ class _WriteQueue:
             self._cv.notify_all()
         for j in left:
             self.l1.unpin(j.entry)
+        deadline = None if timeout is None else time.monotonic() + timeout
         for t in self._threads:
-            t.join()
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
 class _Ticket:
@@ -152,6 +166,11 @@ class _Ticket:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.hit = False
+
+
+def _held(result: OpResult) -> bool:
+    """Whether a stalled call may still write the result's buffer (it then goes to ``abandon``)."""
+    return result.status is Status.TIMEOUT and result.buffer is not None
 
 
 def locate(adapters: Sequence[L2Adapter], names: Sequence[str]) -> list[int | None]:
@@ -266,7 +285,10 @@ class L2Tiers:
             adapter.metrics.inc("prefetch_issued", len(jobs))
             for i in range(0, len(jobs), self.batch):
                 part = jobs[i : i + self.batch]
-                reqs = [LoadRequest(ref.name, self._alloc(ref, buf)) for ref, _, buf in part]
+                reqs = [
+                    LoadRequest(ref.name, self._alloc(ref, buf), self._release_later(buf))
+                    for ref, _, buf in part
+                ]
                 try:
                     fut = adapter.submit_load(reqs)
                 except RuntimeError:  # adapter closed
@@ -275,6 +297,10 @@ class L2Tiers:
                 fut.add_done_callback(self._on_loaded(part))
                 started += len(part)
         return started
+
+    def _release_later(self, buffer: Any) -> Callable[[Any], None]:
+        """``abandon`` of a load into ``buffer``: back to L1 once a stalled load lets go of it."""
+        return lambda _view: self.l1.release(buffer)
 
     @staticmethod
     def _alloc(ref: ChunkRef, buffer: Any) -> Callable[[ObjectHeader], Any]:
@@ -305,19 +331,25 @@ class L2Tiers:
             if r.status is Status.HIT:
                 self.l1.commit(ref.key, buffer, ref.meta.num_tokens)
                 ticket.hit = True
-            else:
+            elif not _held(r):  # a held buffer goes back through the request's abandon
                 self.l1.release(buffer)
             with self._lock:
                 self._tickets.pop(ref.key, None)
             ticket.event.set()
 
-    def fetch(self, ref: ChunkRef, tier: int | None = None, timeout: float = 60.0) -> L1Entry | None:
-        """The chunk pinned in L1: waits for its prefetch, or loads it now from the first tier
-        holding it (``tier`` when known). None when no tier has a valid copy."""
+    def wait_limit(self) -> float:
+        """Longest a caller waits for one chunk's prefetch: a batch of ``batch`` keys at the
+        slowest tier's deadline each, plus a second of slack."""
+        return max((a.timeout for a in self.adapters), default=0.0) * self.batch + 1.0
+
+    def fetch(self, ref: ChunkRef, tier: int | None = None, timeout: float | None = None) -> L1Entry | None:
+        """The chunk pinned in L1: waits for its prefetch (at most ``timeout`` seconds, default
+        :meth:`wait_limit`), or loads it now from the first tier holding it (``tier`` when
+        known), under that tier's deadline. None when no tier has a valid copy in time."""
         with self._lock:
             ticket = self._tickets.get(ref.key)
         if ticket is not None:
-            ticket.event.wait(timeout)
+            ticket.event.wait(self.wait_limit() if timeout is None else timeout)
             entry = self.l1.pin(ref.key)
             if entry is not None or not ticket.hit:
                 return entry
@@ -330,10 +362,12 @@ class L2Tiers:
             buffer = self.l1.reserve(ref.nbytes)
             if buffer is None:
                 return None
-            result = self.adapters[t].load([LoadRequest(ref.name, self._alloc(ref, buffer))])[0]
+            req = LoadRequest(ref.name, self._alloc(ref, buffer), self._release_later(buffer))
+            result = self.adapters[t].load([req])[0]
             if result.status is Status.HIT:
                 return self.l1.commit(ref.key, buffer, ref.meta.num_tokens, pins=1)
-            self.l1.release(buffer)
+            if not _held(result):
+                self.l1.release(buffer)
         return None
 
     # ---- the rest ----------------------------------------------------------------------------
@@ -341,14 +375,22 @@ class L2Tiers:
     def snapshots(self) -> list[TierSnapshot]:
         return [a.metrics.snapshot() for a in self.adapters]
 
-    def close(self, flush_timeout: float | None = 30.0) -> None:
-        """Finish queued writes (up to ``flush_timeout`` seconds), then stop threads and adapters."""
+    def close(self, flush_timeout: float | None = 30.0, stop_timeout: float | None = None) -> None:
+        """Finish queued writes (up to ``flush_timeout`` seconds), then stop threads and adapters
+        (up to ``stop_timeout`` more seconds, default each tier's deadline + 1 s). Returns within
+        those times whatever the threads do: a stalled one is left to finish on its own."""
         if not self.flush(flush_timeout):
             logger.warning("L2: write-behind not finished after %s s; remaining chunks are not written",
                            flush_timeout)  # fmt: skip
         with self._lock:
             self._closed = True
+        limit = (
+            stop_timeout
+            if stop_timeout is not None
+            else max((a.timeout for a in self.adapters), default=0) + 1
+        )
+        deadline = time.monotonic() + limit
         for q in self._queues:
-            q.close()
+            q.close(max(0.0, deadline - time.monotonic()))
         for a in self.adapters:
-            a.close()
+            a.close(max(0.0, deadline - time.monotonic()))

@@ -7,6 +7,7 @@ Every adapter declares the parameters it knows; an unknown one is a ValueError l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -23,12 +24,15 @@ class L2URL:
     def __init__(self, url: str) -> None:
         if not isinstance(url, str) or "://" not in url:
             raise ValueError(f"url: expected an L2 URL like fs:///path or redis://host:port/0, given {url!r}")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as e:
+            raise ValueError(f"url: expected an L2 URL, given {url!r} ({e})") from None
         self.text = url
         self.scheme = parts.scheme.lower()
         self.netloc = parts.netloc
         self.hostname = parts.hostname
-        self.port = parts.port
+        self.port = url_port(f"url {self.redacted_text(parts.password, url)}: port", parts)
         self.username = parts.username
         self.password = parts.password
         self.path = parts.path
@@ -39,6 +43,10 @@ class L2URL:
                 raise ValueError(f"url: parameter {k!r} given twice in {self.redacted}")
             self.params[k] = v
         self._used: set[str] = set()
+
+    @staticmethod
+    def redacted_text(password: str | None, text: str) -> str:
+        return text if password is None else text.replace(password, "***", 1)
 
     @property
     def redacted(self) -> str:
@@ -73,10 +81,14 @@ class L2URL:
             raise ValueError(f"{self.redacted}: parameter {name}: expected >= {minimum}, given {value}")
         return value
 
-    def float_param(self, name: str, default: float, minimum: float = 0.0) -> float:
+    def float_param(self, name: str, default: float, minimum: float = 0.0, positive: bool = False) -> float:
+        """A finite number >= ``minimum`` (> 0 when ``positive``); inf and nan are refused."""
         value = self._get(name, float, default, "a number")
-        if value < minimum:
-            raise ValueError(f"{self.redacted}: parameter {name}: expected >= {minimum}, given {value}")
+        if not math.isfinite(value):
+            raise ValueError(f"{self.redacted}: parameter {name}: expected a finite number, given {value}")
+        if value < minimum or (positive and value <= 0):
+            bound = "> 0" if positive else f">= {minimum}"
+            raise ValueError(f"{self.redacted}: parameter {name}: expected {bound}, given {value}")
         return value
 
     def bytes_param(self, name: str, default: int, allow_zero: bool = False) -> int:
@@ -113,6 +125,18 @@ class L2URL:
 
     def __repr__(self) -> str:
         return f"L2URL({self.redacted!r})"
+
+
+def url_port(setting: str, parts: Any) -> int | None:
+    """The port of a ``urlsplit`` result; ValueError naming ``setting`` when it is not 1..65535."""
+    try:
+        port = parts.port
+    except ValueError:
+        raw = parts.netloc.rsplit("@", 1)[-1].rsplit(":", 1)[-1]
+        raise ValueError(f"{setting}: expected an integer in 1..65535, given {raw!r}") from None
+    if port == 0:
+        raise ValueError(f"{setting}: expected an integer in 1..65535, given 0")
+    return port
 
 
 def split_urls(value: Any) -> tuple[str, ...]:
