@@ -5,7 +5,7 @@ that one cannot: the same shapes under each copy policy of ``lmcache_arm._C.set_
 (coalescing on/off, NEON-only, memcpy-only, span length), called through
 :func:`lmcache_arm.kernels.gather` / ``scatter`` directly (no core validation), each figure next
 to the libc memcpy roof of the same bytes from the same pool. It reuses the core benchmark's pool,
-slot mappings and roof (:mod:`lmcache_core.cli.bench_pool`, :mod:`lmcache_core.cli.memcpy_roof`).
+slot mappings and roof (:mod:`lmcache_core.bench.pool`, :mod:`lmcache_core.bench.memcpy_roof`).
 
 Usage::
 
@@ -33,9 +33,9 @@ import torch
 
 from lmcache_arm import _C, kernels
 from lmcache_core.backend import reference_backend
-from lmcache_core.cli.bench_pool import SHAPES, KVPool, ShapeSpec, build_pool
-from lmcache_core.cli.host import host_info
-from lmcache_core.cli.memcpy_roof import Memcpy, plan_gather_like, plan_scatter_like
+from lmcache_core.bench.host import host_info
+from lmcache_core.bench.memcpy_roof import Memcpy, plan_gather_like, plan_scatter_like
+from lmcache_core.bench.pool import SHAPES, KVPool, ShapeSpec, build_pool
 
 #: The core benchmark's shapes plus the head-strided layouts it does not time.
 EXTRA_SHAPES = {

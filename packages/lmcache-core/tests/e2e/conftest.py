@@ -1,6 +1,6 @@
 """Engine tests: real vLLM CPU engines with lmcache-core's connector, on a small random Llama.
 
-Each engine runs in its own process through :mod:`lmcache_core.testing.vllm_runner` (one start
+Each engine runs in its own process through :mod:`lmcache_core.integrations.vllm.runner` (one start
 per scenario: starts cost ~35 s here). Skipped when vLLM is not installed; the Redis scenario is
 skipped when redis-server is missing. Under ``CI=true`` (``make test`` installs both) these fail
 instead.
@@ -34,7 +34,7 @@ def _vllm_installed() -> None:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lmcache_core.testing.tiny_llama import TEST_SPEC, build_tiny_llama
+    from lmcache_core.bench.tiny_llama import TEST_SPEC, build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("models"), TEST_SPEC)
 
@@ -47,7 +47,7 @@ def prompts(seed: int, lengths: list[int], vocab: int = 1024) -> list[list[int]]
 
 def run_engine(spec: dict[str, Any], workdir: Path, name: str) -> dict[str, Any]:
     """Run one engine process on ``spec``; its log is ``workdir/<name>.log``."""
-    from lmcache_core.testing.vllm_runner import run_subprocess
+    from lmcache_core.integrations.vllm.runner import run_subprocess
 
     return run_subprocess(spec, workdir, name, timeout=ENGINE_TIMEOUT_S)
 

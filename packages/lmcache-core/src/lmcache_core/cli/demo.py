@@ -2,7 +2,7 @@
 
 The main job on embedded defaults, no server needed:
 
-1. builds a small random-weight Llama locally (:mod:`lmcache_core.testing.tiny_llama`; 4 layers,
+1. builds a small random-weight Llama locally (:mod:`lmcache_core.bench.tiny_llama`; 4 layers,
    hidden 512, float32) under ``~/.cache/lmcache-core/models``;
 2. runs ``--conversations`` chats of ``--turns`` turns on three vLLM engines, one after the
    other, each in its own process, with vLLM's own prefix cache off. Turn ``k``'s prompt is the
@@ -93,7 +93,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _model(args: argparse.Namespace, home: Path) -> tuple[Path, Any]:
-    from lmcache_core.testing.tiny_llama import TinyLlamaSpec, build_tiny_llama
+    from lmcache_core.bench.tiny_llama import TinyLlamaSpec, build_tiny_llama
 
     longest = args.system_tokens + args.turns * (args.turn_tokens + args.answer_tokens)
     spec = TinyLlamaSpec(
@@ -122,7 +122,7 @@ def _conversations(args: argparse.Namespace) -> list[list[list[int]]]:
 def _engines(
     args: argparse.Namespace, model: Path, l2: Path, convs: list[list[list[int]]]
 ) -> list[dict[str, Any]]:
-    from lmcache_core.testing.vllm_runner import EngineFailed, run_subprocess
+    from lmcache_core.integrations.vllm.runner import EngineFailed, run_subprocess
 
     longest = args.system_tokens + args.turns * (args.turn_tokens + args.answer_tokens)
     llm = {"max_model_len": longest + 64, "max_num_batched_tokens": max(2048, longest + 64)}

@@ -17,7 +17,7 @@ import platform
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from lmcache_core.cli.host import host_info
+from lmcache_core.bench.host import host_info
 from lmcache_core.cli.table import format_table
 
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""A one-line progress display on stderr, without any dependency.
+"""A one-line progress display on stderr, without any dependency: the CLI's
+:class:`~lmcache_core.bench.progress.ProgressSink`.
 
 On a terminal the line is rewritten in place; otherwise (a pipe, a log file, a test) each new
 phase is printed on its own line and per-repeat updates are dropped, so logs stay short.
@@ -12,9 +13,9 @@ from typing import TextIO
 
 
 class Progress:
-    """``Progress(total)``; ``phase(text)`` starts step ``i/total``; ``update(text)`` refines it."""
+    """``begin(total)``; ``phase(text)`` starts step ``i/total``; ``update(text)`` refines it."""
 
-    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True) -> None:
+    def __init__(self, total: int = 0, stream: TextIO | None = None, enabled: bool = True) -> None:
         self.total = total
         self.step = 0
         self.stream = stream if stream is not None else sys.stderr
@@ -32,6 +33,14 @@ class Progress:
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+    def begin(self, total: int) -> None:
+        """The run has ``total`` steps."""
+        self.total = total
+
+    def skip(self) -> None:
+        """One announced step will not run."""
+        self.total -= 1
 
     def phase(self, text: str) -> None:
         """Start the next step, described by ``text``."""

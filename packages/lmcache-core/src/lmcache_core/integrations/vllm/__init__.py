@@ -16,6 +16,7 @@ module             one job
 ``plan``           the per-step plan the scheduler sends the workers
 ``settings``       ``kv_connector_extra_config`` and ``LMCACHE_*``
 ``stats``          counters, their aggregation and export
+``runner``         one vLLM engine per process running scripted steps (bench e2e, demo, tests)
 =================  ==========================================================================
 
 Importing this package imports neither vLLM nor torch; ``LMCacheCoreConnector`` (and the other

@@ -143,7 +143,7 @@ def get_shapes(names: list[str]) -> list[ShapeSpec]:
     """Look up shape names; ValueError lists the valid ones."""
     unknown = [n for n in names if n not in SHAPES]
     if unknown:
-        raise ValueError(f"--shapes: expected names from {sorted(SHAPES)}, given {unknown}")
+        raise ValueError(f"shapes: expected names from {sorted(SHAPES)}, given {unknown}")
     return [SHAPES[n] for n in names]
 
 

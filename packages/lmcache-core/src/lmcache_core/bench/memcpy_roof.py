@@ -45,7 +45,7 @@ def random_runs(pool: Sequence[torch.Tensor], nbytes: int, rng: random.Random) -
 
     Each run is at most half of the smallest pool tensor, so runs land anywhere in the pool.
     """
-    from lmcache_core.cli.bench_pool import flat_bytes
+    from lmcache_core.bench.pool import flat_bytes
 
     flats = [flat_bytes(t) for t in pool]
     max_run = max(SEGMENT_ALIGN, min(f.numel() for f in flats) // 2 // SEGMENT_ALIGN * SEGMENT_ALIGN)
@@ -65,7 +65,7 @@ def random_runs(pool: Sequence[torch.Tensor], nbytes: int, rng: random.Random) -
 
 def plan_gather_like(pool: Sequence[torch.Tensor], chunk: torch.Tensor, rng: random.Random) -> CopyPlan:
     """Pool runs -> ``chunk``'s bytes: the roof of a gather into ``chunk``."""
-    from lmcache_core.cli.bench_pool import flat_bytes
+    from lmcache_core.bench.pool import flat_bytes
 
     dst = flat_bytes(chunk)
     plan: CopyPlan = []

@@ -1,10 +1,12 @@
-"""Run one vLLM engine through a scripted sequence of steps; used by the engine tests, the demo
-and ``lmcache-core bench e2e``.
+"""Run one vLLM engine through a scripted sequence of steps; used by ``lmcache-core bench e2e``,
+``lmcache-core demo`` and the engine tests.
+
+Importing this module imports neither vLLM nor torch; the engine process imports vLLM.
 
 Every engine gets its own process (vLLM spawns workers and keeps global state, and an engine
 start costs ~35 s on a small CPU host, so a process serves a whole scenario)::
 
-    python -m lmcache_core.testing.vllm_runner SPEC.json OUT.json
+    python -m lmcache_core.integrations.vllm.runner SPEC.json OUT.json
 
 ``SPEC`` (JSON)::
 
@@ -243,7 +245,13 @@ def run_subprocess(spec: dict[str, Any], workdir: Path, name: str, timeout: floa
     with open(log_path, "wb") as log:
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", "lmcache_core.testing.vllm_runner", str(spec_path), str(out_path)],
+                [
+                    sys.executable,
+                    "-m",
+                    "lmcache_core.integrations.vllm.runner",
+                    str(spec_path),
+                    str(out_path),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -264,7 +272,7 @@ def run_subprocess(spec: dict[str, Any], workdir: Path, name: str, timeout: floa
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m lmcache_core.testing.vllm_runner SPEC.json OUT.json", file=sys.stderr)
+        print("usage: python -m lmcache_core.integrations.vllm.runner SPEC.json OUT.json", file=sys.stderr)
         return 2
     spec = json.loads(Path(args[0]).read_text())
     report = run(spec)
