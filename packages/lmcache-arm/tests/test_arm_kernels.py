@@ -8,6 +8,10 @@ native checks: a bad slot or size raises ValueError naming it, with nothing writ
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +21,7 @@ from lmcache_arm import _C, kernels
 from lmcache_core.backend import reference_backend
 from lmcache_core.layout import KVLayout
 from lmcache_core.layout_registry import LayoutHints, allocate_example, detect_layout
+from lmcache_core.selection import get_backend
 from lmcache_core.testing import Case, make_cases
 from lmcache_core.testing.cases import bits, poison_, random_bits_
 
@@ -373,3 +378,129 @@ def test_tuning_knob_checks_and_reset() -> None:
     assert _C.get_tuning() == changed
     _C.reset_tuning()
     assert _C.get_tuning() == defaults
+
+
+# ---- hostile layouts and racing callers --------------------------------------------------------
+
+
+def _hostile_layouts(layout: KVLayout, num_blocks: int) -> dict[str, KVLayout]:
+    """Layouts edited by hand (``dataclasses.replace``) whose plane extents overflow int64.
+
+    ``wrapped-end``: every plane starts 64 elements before its tensor's first byte once
+    ``plane_offset * element_size`` wraps, and a block stride makes ``plane_offset + extent`` wrap to
+    a negative end that "fit" the old native check (fp16: wrote before the tensor; fp8: SIGSEGV).
+    """
+    planes = len(layout.plane_offset)
+    return {
+        "wrapped-end": dataclasses.replace(
+            layout,
+            plane_offset=(2**63 - 64,) * planes,
+            block_stride=(2**62 + 2**10) // (num_blocks - 1) + 1,
+        ),
+        "offset-plus-extent-wraps": dataclasses.replace(
+            layout, plane_offset=(*layout.plane_offset[:-1], 2**63 - 2)
+        ),
+        "extent-overflows": dataclasses.replace(layout, block_stride=2**62),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float8_e4m3fn], ids=str)
+@pytest.mark.parametrize("variant", ["wrapped-end", "offset-plus-extent-wraps", "extent-overflows"])
+@pytest.mark.parametrize("path", ["native", "backend"])
+def test_overflowing_plane_layout_is_refused(dtype: torch.dtype, variant: str, path: str) -> None:
+    """Issue 9.1: the native check alone (validate=False) and the public API both refuse, nothing written.
+
+    The KV tensors sit inside one larger buffer, so a write before the first tensor's first byte
+    shows up in the guard bytes in front of it.
+    """
+    nb, bs, heads, d = 4, 4, 2, 8
+    per = 2 * nb * bs * heads * d  # elements of one [2, NB, BS, H, D] tensor
+    arena = poison_(torch.empty(4 * per, dtype=dtype))
+    kv = [arena[(1 + i) * per : (2 + i) * per].view(2, nb, bs, heads, d) for i in range(2)]
+    _, hints = allocate_example(
+        "vllm_flash_nhd", num_layers=2, num_blocks=nb, block_size=bs, num_kv_heads=heads, head_size=d, dtype=dtype
+    )
+    bad = _hostile_layouts(detect_layout(kv, hints), nb)[variant]
+    before = arena.clone()
+    slots = torch.tensor([0, 1], dtype=torch.int64)
+    chunk = torch.zeros(2, 2, 2, heads * d, dtype=dtype)
+    out = chunk.clone()
+    if path == "native":
+        calls = [
+            lambda: kernels.scatter(bad, kv, slots, chunk, validate=False),
+            lambda: kernels.gather(bad, kv, slots, out, validate=False),
+        ]
+        pattern = r"^(plane_offset\[\d+\]: plane spans elements|geometry: plane extent)"
+    else:
+        arm = get_backend("cpu", "arm")
+        calls = [lambda: arm.scatter(bad, kv, slots, chunk), lambda: arm.gather(bad, kv, slots, out)]
+        pattern = r"^(plane_offset\[\d+\]: plane \d+ \(kv|block_stride, token_stride, head_stride, channel_stride)"
+    for call in calls:
+        with pytest.raises(ValueError, match=pattern):
+            call()
+    assert _same(arena, before)
+    assert _same(out, chunk)
+
+
+_RACE_SCRIPT = r"""
+import sys, threading, time
+import torch
+from lmcache_arm import kernels
+from lmcache_core.layout_registry import allocate_example, detect_layout
+
+max_calls, seconds = int(sys.argv[1]), float(sys.argv[2])
+kv, hints = allocate_example("vllm_flash_nhd", num_layers=2, num_blocks=64, block_size=16,
+                             num_kv_heads=2, head_size=8, dtype=torch.float8_e4m3fn)
+layout = detect_layout(kv, hints)
+n = 4096
+slots = torch.arange(n, dtype=torch.int64) % layout.num_slots
+view = slots.numpy()  # shares memory: the racing thread writes the very int64s the kernel reads
+chunk = torch.zeros(2, 2, n, layout.hidden, dtype=torch.float8_e4m3fn)
+stop = threading.Event()
+
+def flip() -> None:  # the last slot (read last by a check, and again by a plan) goes wild and back
+    last = n - 1
+    while not stop.is_set():
+        view[last] = 2**40
+        view[last] = last % layout.num_slots
+
+sys.setswitchinterval(1e-5)  # hand the GIL back and forth quickly: more calls race the writer
+racer = threading.Thread(target=flip)
+racer.start()
+ok = refused = 0
+deadline = time.monotonic() + seconds
+try:
+    for call in range(max_calls):
+        if time.monotonic() > deadline:
+            break
+        fn = kernels.gather if call % 2 else kernels.scatter
+        try:
+            fn(layout, kv, slots, chunk, validate=False, num_threads=1)
+            ok += 1
+        except ValueError as e:
+            assert str(e).startswith(f"slot_mapping[{n - 1}]: "), e
+            refused += 1
+finally:
+    stop.set()
+    racer.join()
+print(f"calls={ok + refused} ok={ok} refused={refused}")
+"""
+
+
+def test_slot_changed_by_another_thread_never_crashes() -> None:
+    """Issue 9.2: a second thread rewrites slots while gather/scatter run (GIL released).
+
+    The launcher copies the slots once and checks and plans from the copy, so every call either
+    moves data or raises ValueError naming the slot; it never copies from an unchecked address.
+    Run in a subprocess: a crash there fails this test instead of killing the test session.
+    Bounded: 8000 calls or 5 s, whichever comes first (the old double read crashed with SIGSEGV
+    within 2-4 s here, 4 runs out of 4).
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", _RACE_SCRIPT, "8000", "5"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    found = re.search(r"calls=(\d+) ok=(\d+) refused=(\d+)", proc.stdout)
+    assert found is not None, proc.stdout
+    calls, ok, refused = map(int, found.groups())
+    assert calls > 0 and ok + refused == calls, proc.stdout

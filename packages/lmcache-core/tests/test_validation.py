@@ -6,6 +6,7 @@ expected and what was given; and nothing may be written before the check fails.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -500,3 +501,127 @@ def test_slot_mapping_and_chunk_device(op: tuple[str, Call]) -> None:
     raises(ValueError, lambda: call(layout, kv, SLOTS, chunk().to("meta")), name, "given meta")
     on_meta = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta") for t in kv]
     raises(ValueError, lambda: call(layout, on_meta, SLOTS, chunk()), "kv_caches", "meta")
+
+
+# ---- the layout against the tensors: every plane inside its tensor's storage -----------------
+
+
+def hostile(layout: KVLayout, **fields: Any) -> KVLayout:
+    """A layout edited by hand, as a caller could with ``dataclasses.replace``."""
+    return dataclasses.replace(layout, **fields)
+
+
+def guarded_nhd(dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor], KVLayout]:
+    """``nhd()``'s two tensors as views inside one larger buffer with guard bytes before and after."""
+    per = 2 * NB * BS * H * D
+    arena = torch.empty(4 * per, dtype=dtype)
+    arena.view(torch.uint8).fill_(0x5A)
+    kv = [arena[(1 + i) * per : (2 + i) * per].view(2, NB, BS, H, D) for i in range(L)]
+    _, hints = allocate_example(
+        "vllm_flash_nhd", num_layers=L, num_blocks=NB, block_size=BS, num_kv_heads=H, head_size=D, dtype=dtype
+    )
+    return arena, kv, detect_layout(kv, hints)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float8_e4m3fn], ids=str)
+def test_plane_offset_near_2_63_with_large_block_stride(op: tuple[str, Call], dtype: torch.dtype) -> None:
+    """Issue 9.1: ``plane_offset + extent`` wrapped in the native check (fp16 wrote before the
+    tensor, fp8 crashed). The core now refuses it, naming the field, before any backend runs."""
+    name, call = op
+    arena, kv, layout = guarded_nhd(dtype)
+    bad = hostile(
+        layout, plane_offset=(2**63 - 64,) * len(layout.plane_offset), block_stride=(2**62 + 2**10) // (NB - 1) + 1
+    )
+    before = arena.clone()
+    c = torch.zeros(2, L, 3, H * D, dtype=dtype)
+    c_before = c.clone()
+    raises(
+        ValueError,
+        lambda: call(bad, kv, SLOTS, c),
+        "block_stride, token_stride, head_stride, channel_stride: a plane spans",
+    )
+    raises(
+        ValueError,
+        lambda: call(hostile(layout, plane_offset=(*layout.plane_offset[:-1], 2**63 - 2)), kv, SLOTS, c),
+        f"plane_offset[{2 * L - 1}]: plane {2 * L - 1} (kv 1, layer {L - 1}) spans elements "
+        f"[{2**63 - 2}, {2**63 - 2} + ",
+        "expected to fit in the",
+        f"bytes of its storage from its first element ({dtype.itemsize} per element)",
+    )
+    assert torch.equal(arena.view(torch.uint8), before.view(torch.uint8))
+    assert torch.equal(c.view(torch.uint8), c_before.view(torch.uint8)), name
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragments"),
+    [
+        ({"plane_tensor": (0, 1, -1, 1)}, ("plane_tensor[2]", "expected 0 <= plane_tensor[2] <= 1", "given -1")),
+        ({"plane_tensor": (0, 1, 2, 1)}, ("plane_tensor[2]", "given 2")),
+        ({"plane_offset": (0, 0, -1, 0)}, ("plane_offset[2]", "expected 0 <= plane_offset[2]", "given -1")),
+        ({"plane_offset": (0, 0, 480, 481)}, ("plane_offset[3]", "spans elements [481, 481 + 480)")),
+        ({"element_size": 1}, ("element_size", "expected 2 (bytes per float16 element", "given 1")),
+        ({"element_size": 4}, ("element_size", "given 4")),
+        ({"block_stride": -96}, ("block_stride", "expected 0 <= block_stride", "given -96")),
+        ({"channel_stride": 2**63}, ("channel_stride", f"<= {2**63 - 1}", f"given {2**63}")),
+        ({"num_blocks": 0}, ("num_blocks", "expected 1 <= num_blocks", "given 0")),
+        ({"token_stride": 10**6}, ("block_stride, token_stride, head_stride, channel_stride", "a plane spans")),
+    ],
+)
+def test_layout_fields_checked_against_tensors(
+    op: tuple[str, Call], fields: dict[str, Any], fragments: tuple[str, ...]
+) -> None:
+    """plane_tensor=-1, a wrong element_size, negative or huge strides: ValueError naming the field."""
+    _, call = op
+    kv, layout = nhd()
+    before = [t.clone() for t in kv]
+    c = chunk()
+    raises(ValueError, lambda: call(hostile(layout, **fields), kv, SLOTS, c), *fragments)
+    assert bool((c == 7.0).all())
+    for t, b in zip(kv, before, strict=True):
+        assert torch.equal(t.view(torch.int16), b.view(torch.int16))
+
+
+def test_layout_field_of_wrong_type(op: tuple[str, Call]) -> None:
+    _, call = op
+    kv, layout = nhd()
+    raises(TypeError, lambda: call(hostile(layout, head_stride=8.0), kv, SLOTS, chunk()), "head_stride", "float")
+
+
+def test_plane_fit_is_checked_once_per_layout_and_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fit check runs once per (layout, tensors) pair, again for other tensors or another layout."""
+    from lmcache_core import validation
+
+    seen: list[KVLayout] = []
+    real = validation.check_planes_fit
+
+    def counting(layout: KVLayout, kv_caches: Any) -> None:
+        seen.append(layout)
+        real(layout, kv_caches)
+
+    monkeypatch.setattr(validation, "check_planes_fit", counting)
+    kv, layout = nhd()
+    backend = reference_backend()
+    for _ in range(3):
+        backend.gather(layout, kv, SLOTS, chunk())
+    assert seen == [layout]
+    other_kv = [t.clone() for t in kv]
+    backend.gather(layout, other_kv, SLOTS, chunk())
+    moved = hostile(layout, plane_offset=(0, 0, 1, 1), num_blocks=NB - 1)
+    backend.gather(moved, kv, SLOTS[:2], chunk(2))
+    assert seen == [layout, layout, moved]
+
+
+def test_numpy_slot_mapping_is_a_type_error(op: tuple[str, Call]) -> None:
+    """Issue 9.3: numpy arrays have ``.device`` too; they used to reach ``.dtype`` checks and raise
+    AttributeError. The public API takes torch tensors only: TypeError naming the argument."""
+    _, call = op
+    kv, layout = nhd()
+    c = chunk()
+    raises(
+        TypeError,
+        lambda: call(layout, kv, SLOTS.numpy(), c),
+        "slot_mapping",
+        "expected torch.Tensor",
+        "given ndarray",
+    )
+    assert bool((c == 7.0).all())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -172,3 +174,55 @@ def test_streams_events_synchronize() -> None:
     backend.synchronize(stream)
     backend.synchronize()
     assert backend.new_stream() == 0
+
+
+# ---- called directly: every check before the first byte ---------------------------------------
+
+
+def _last_plane_out_of_its_tensor(layout: KVLayout) -> KVLayout:
+    """The last plane (V of the last layer) moved one block past its tensor's end; the others fit."""
+    offsets = (*layout.plane_offset[:-1], layout.plane_offset[-1] + layout.block_stride)
+    return dataclasses.replace(layout, plane_offset=offsets)
+
+
+@pytest.mark.parametrize("skip_prefix", [0, 1], ids=["whole", "skip-prefix"])
+def test_failing_later_plane_leaves_out_untouched(skip_prefix: int) -> None:
+    """Issue 9.3: the hook used to copy the first planes, then raise on the last one."""
+    kv, layout = nhd(torch.float16)
+    for i, t in enumerate(kv):
+        as_int(t).copy_(torch.arange(t.numel(), dtype=torch.int16).view(t.shape) + i)
+    bad = _last_plane_out_of_its_tensor(layout)
+    slots = torch.tensor([0, 5, -1, 11], dtype=torch.int64)
+    out = torch.full((2, L, 4, H * D), 3.0, dtype=torch.float16)
+    before = out.clone()
+    with pytest.raises(ValueError, match=rf"^plane_offset\[{2 * L - 1}\]: plane {2 * L - 1} \(kv 1, layer {L - 1}\)"):
+        reference.lmcache_gather(
+            layout=bad, kv_caches=kv, slot_mapping=slots, out=out, skip_prefix=skip_prefix, stream=0
+        )
+    assert torch.equal(as_int(out), as_int(before))
+
+
+def test_failing_later_plane_leaves_kv_untouched() -> None:
+    kv, layout = nhd(torch.float16)
+    before = [t.clone() for t in kv]
+    bad = _last_plane_out_of_its_tensor(layout)
+    src = torch.full((2, L, 2, H * D), 3.0, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"^plane_offset\[3\]"):
+        reference.lmcache_scatter(
+            layout=bad, kv_caches=kv, slot_mapping=torch.tensor([0, 7]), src=src, skip_prefix=0, stream=0
+        )
+    for t, b in zip(kv, before, strict=True):
+        assert torch.equal(as_int(t), as_int(b))
+
+
+def test_direct_hook_checks_slots_before_writing() -> None:
+    """A bad slot at the end of the mapping: nothing written to the KV, ValueError naming it."""
+    kv, layout = nhd(torch.float16)
+    before = [t.clone() for t in kv]
+    src = torch.full((2, L, 3, H * D), 3.0, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"slot_mapping\[2\]: expected slots in \[-1, 12\)"):
+        reference.lmcache_scatter(
+            layout=layout, kv_caches=kv, slot_mapping=torch.tensor([0, 1, 12]), src=src, skip_prefix=0, stream=0
+        )
+    for t, b in zip(kv, before, strict=True):
+        assert torch.equal(as_int(t), as_int(b))
