@@ -418,7 +418,13 @@ def test_overflowing_plane_layout_is_refused(dtype: torch.dtype, variant: str, p
     arena = poison_(torch.empty(4 * per, dtype=dtype))
     kv = [arena[(1 + i) * per : (2 + i) * per].view(2, nb, bs, heads, d) for i in range(2)]
     _, hints = allocate_example(
-        "vllm_flash_nhd", num_layers=2, num_blocks=nb, block_size=bs, num_kv_heads=heads, head_size=d, dtype=dtype
+        "vllm_flash_nhd",
+        num_layers=2,
+        num_blocks=nb,
+        block_size=bs,
+        num_kv_heads=heads,
+        head_size=d,
+        dtype=dtype,
     )
     bad = _hostile_layouts(detect_layout(kv, hints), nb)[variant]
     before = arena.clone()
@@ -434,7 +440,9 @@ def test_overflowing_plane_layout_is_refused(dtype: torch.dtype, variant: str, p
     else:
         arm = get_backend("cpu", "arm")
         calls = [lambda: arm.scatter(bad, kv, slots, chunk), lambda: arm.gather(bad, kv, slots, out)]
-        pattern = r"^(plane_offset\[\d+\]: plane \d+ \(kv|block_stride, token_stride, head_stride, channel_stride)"
+        pattern = (
+            r"^(plane_offset\[\d+\]: plane \d+ \(kv|block_stride, token_stride, head_stride, channel_stride)"
+        )
     for call in calls:
         with pytest.raises(ValueError, match=pattern):
             call()

@@ -530,7 +530,9 @@ def test_plane_offset_near_2_63_with_large_block_stride(op: tuple[str, Call], dt
     name, call = op
     arena, kv, layout = guarded_nhd(dtype)
     bad = hostile(
-        layout, plane_offset=(2**63 - 64,) * len(layout.plane_offset), block_stride=(2**62 + 2**10) // (NB - 1) + 1
+        layout,
+        plane_offset=(2**63 - 64,) * len(layout.plane_offset),
+        block_stride=(2**62 + 2**10) // (NB - 1) + 1,
     )
     before = arena.clone()
     c = torch.zeros(2, L, 3, H * D, dtype=dtype)
@@ -555,7 +557,10 @@ def test_plane_offset_near_2_63_with_large_block_stride(op: tuple[str, Call], dt
 @pytest.mark.parametrize(
     ("fields", "fragments"),
     [
-        ({"plane_tensor": (0, 1, -1, 1)}, ("plane_tensor[2]", "expected 0 <= plane_tensor[2] <= 1", "given -1")),
+        (
+            {"plane_tensor": (0, 1, -1, 1)},
+            ("plane_tensor[2]", "expected 0 <= plane_tensor[2] <= 1", "given -1"),
+        ),
         ({"plane_tensor": (0, 1, 2, 1)}, ("plane_tensor[2]", "given 2")),
         ({"plane_offset": (0, 0, -1, 0)}, ("plane_offset[2]", "expected 0 <= plane_offset[2]", "given -1")),
         ({"plane_offset": (0, 0, 480, 481)}, ("plane_offset[3]", "spans elements [481, 481 + 480)")),
@@ -564,7 +569,10 @@ def test_plane_offset_near_2_63_with_large_block_stride(op: tuple[str, Call], dt
         ({"block_stride": -96}, ("block_stride", "expected 0 <= block_stride", "given -96")),
         ({"channel_stride": 2**63}, ("channel_stride", f"<= {2**63 - 1}", f"given {2**63}")),
         ({"num_blocks": 0}, ("num_blocks", "expected 1 <= num_blocks", "given 0")),
-        ({"token_stride": 10**6}, ("block_stride, token_stride, head_stride, channel_stride", "a plane spans")),
+        (
+            {"token_stride": 10**6},
+            ("block_stride, token_stride, head_stride, channel_stride", "a plane spans"),
+        ),
     ],
 )
 def test_layout_fields_checked_against_tensors(
@@ -584,7 +592,9 @@ def test_layout_fields_checked_against_tensors(
 def test_layout_field_of_wrong_type(op: tuple[str, Call]) -> None:
     _, call = op
     kv, layout = nhd()
-    raises(TypeError, lambda: call(hostile(layout, head_stride=8.0), kv, SLOTS, chunk()), "head_stride", "float")
+    raises(
+        TypeError, lambda: call(hostile(layout, head_stride=8.0), kv, SLOTS, chunk()), "head_stride", "float"
+    )
 
 
 def test_plane_fit_is_checked_once_per_layout_and_tensors(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -195,7 +195,9 @@ def test_failing_later_plane_leaves_out_untouched(skip_prefix: int) -> None:
     slots = torch.tensor([0, 5, -1, 11], dtype=torch.int64)
     out = torch.full((2, L, 4, H * D), 3.0, dtype=torch.float16)
     before = out.clone()
-    with pytest.raises(ValueError, match=rf"^plane_offset\[{2 * L - 1}\]: plane {2 * L - 1} \(kv 1, layer {L - 1}\)"):
+    with pytest.raises(
+        ValueError, match=rf"^plane_offset\[{2 * L - 1}\]: plane {2 * L - 1} \(kv 1, layer {L - 1}\)"
+    ):
         reference.lmcache_gather(
             layout=bad, kv_caches=kv, slot_mapping=slots, out=out, skip_prefix=skip_prefix, stream=0
         )
@@ -222,7 +224,12 @@ def test_direct_hook_checks_slots_before_writing() -> None:
     src = torch.full((2, L, 3, H * D), 3.0, dtype=torch.float16)
     with pytest.raises(ValueError, match=r"slot_mapping\[2\]: expected slots in \[-1, 12\)"):
         reference.lmcache_scatter(
-            layout=layout, kv_caches=kv, slot_mapping=torch.tensor([0, 1, 12]), src=src, skip_prefix=0, stream=0
+            layout=layout,
+            kv_caches=kv,
+            slot_mapping=torch.tensor([0, 1, 12]),
+            src=src,
+            skip_prefix=0,
+            stream=0,
         )
     for t, b in zip(kv, before, strict=True):
         assert torch.equal(as_int(t), as_int(b))
