@@ -48,6 +48,7 @@ def backend_cannot_run(backend: str, reason: str) -> NoReturn:
             pytrace=False,
         )
     pytest.skip(reason)
+    raise AssertionError("unreachable: pytest.skip raises")  # for type checkers that cannot see pytest
 
 
 def missing_dependency(what: str, remedy: str, *, module_level: bool = False) -> NoReturn:
@@ -61,6 +62,7 @@ def missing_dependency(what: str, remedy: str, *, module_level: bool = False) ->
             f"{reason}\n{CI_ENV}=true and `make test` installs it: a failure, not a skip", pytrace=False
         )
     pytest.skip(reason, allow_module_level=module_level)
+    raise AssertionError("unreachable: pytest.skip raises")
 
 
 def import_module(name: str, remedy: str, *, module_level: bool = False) -> ModuleType:
