@@ -91,7 +91,9 @@ def test_run_package_fails_a_driver_that_prints_no_summary(matrix: ModuleType) -
     silent = matrix.Package("silent", (), check=(sys.executable, "-c", "print('started')"))
     row = matrix.run_package(silent, [])
     assert (row.passed, row.failed) == (0, 1)
-    assert row.notes == [f"{sys.executable} -c print('started') printed no 'N passed, M failed' line (exit 0)"]
+    assert row.notes == [
+        f"{sys.executable} -c print('started') printed no 'N passed, M failed' line (exit 0)"
+    ]
     counted = matrix.Package("counted", (), check=(sys.executable, "-c", "print('4 passed, 0 failed')"))
     row = matrix.run_package(counted, [])
     assert (row.passed, row.failed, row.notes) == (4, 0, [])
