@@ -119,13 +119,13 @@ void dltensor_capsule_destructor(PyObject* capsule) {
   }
 }
 
-py::object alloc_host(int64_t nbytes, const std::string& kind_name) {
+py::object alloc_host(int64_t nbytes, const std::string& kind_name, int device) {
   const gpu::HostKind kind = host_kind(kind_name);
   if (nbytes < 1) throw py::value_error("nbytes: expected >= 1, given " + std::to_string(nbytes));
   void* data = nullptr;
   {
     py::gil_scoped_release release;
-    data = gpu::host_alloc(static_cast<size_t>(nbytes), kind);
+    data = gpu::host_alloc(static_cast<size_t>(nbytes), kind, device);
   }
   auto* block = new HostBlock{};
   block->shape[0] = nbytes;
@@ -252,8 +252,10 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("alloc_host", &alloc_host,
         "DLPack capsule (torch.from_dlpack) of uint8 [nbytes] host memory that frees itself; kind: 'pinned' "
-        "(HostAlloc, portable + mapped), 'registered' (page-aligned allocation + HostRegister) or 'pageable'.",
-        py::arg("nbytes"), py::arg("kind"));
+        "(HostAlloc, portable + mapped), 'registered' (page-aligned allocation + HostRegister) or 'pageable'; "
+        "page-locked kinds are allocated with `device` current (-1: the thread's current device).",
+        py::arg("nbytes"), py::arg("kind"), py::arg("device") = -1);
+  m.def("host_alloc_name", &gpu::host_alloc_name, "The runtime call behind kind 'pinned' (named by gpu_compat.h).");
   m.def("live_host_allocations", &gpu::live_host_allocations, "Host allocations from alloc_host not yet freed.");
   m.def(
       "host_register",
@@ -274,11 +276,20 @@ PYBIND11_MODULE(_C, m) {
   m.def("stream_destroy", &gpu::stream_destroy, py::call_guard<py::gil_scoped_release>(),
         "Destroy a stream from stream_create (and its staging buffers).", py::arg("stream"));
   m.def("stream_synchronize", &gpu::stream_synchronize, py::call_guard<py::gil_scoped_release>(),
-        "Wait for a stream.", py::arg("stream"));
-  m.def("event_record", &gpu::event_record, "Record a new event on a stream; integer handle.", py::arg("stream"),
+        "Wait for a stream (device: the stream's, -1 = the thread's current device).", py::arg("stream"),
+        py::arg("device") = -1);
+  m.def("event_record", &gpu::event_record,
+        "Record an event (from a per-device pool) on a stream of `device`; integer handle.", py::arg("stream"),
+        py::arg("device"));
+  m.def("stream_wait_event", &gpu::stream_wait_event,
+        "Make a stream of `device` wait on the device for an event (the host does not wait).", py::arg("stream"),
+        py::arg("event"), py::arg("device"));
+  m.def("event_query", &gpu::event_query, "True when the event completed; never blocks.", py::arg("event"),
         py::arg("device"));
   m.def("event_synchronize", &gpu::event_synchronize, py::call_guard<py::gil_scoped_release>(),
-        "Wait for an event.", py::arg("event"));
+        "Wait for an event.", py::arg("event"), py::arg("device"));
+  m.def("event_release", &gpu::event_release, "Give an event back to the pool (safe while pending).",
+        py::arg("event"), py::arg("device"));
   m.def("event_destroy", &gpu::event_destroy, "Destroy an event (safe while pending).", py::arg("event"));
   m.def("device_synchronize", &gpu::device_synchronize, py::call_guard<py::gil_scoped_release>(),
         "Wait for all work on a device.", py::arg("device"));
@@ -290,7 +301,7 @@ PYBIND11_MODULE(_C, m) {
         return py::dict(py::arg("plane_tables") = s.plane_tables,
                         py::arg("plane_table_uploads") = s.plane_table_uploads,
                         py::arg("plane_table_hits") = s.plane_table_hits, py::arg("staging_bytes") = s.staging_bytes,
-                        py::arg("slot_copies") = s.slot_copies);
+                        py::arg("slot_copies") = s.slot_copies, py::arg("pooled_events") = s.pooled_events);
       },
       "Resident plane tables, uploads and reuses since load, staging bytes held, device slot mappings copied.");
   m.def("release_caches", &gpu::release_caches, py::call_guard<py::gil_scoped_release>(),

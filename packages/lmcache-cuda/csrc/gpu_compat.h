@@ -71,8 +71,16 @@ extern thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define LMC_MEMCPY_2D_ASYNC hipMemcpy2DAsync
 #define LMC_MEMCPY_HOST_TO_DEVICE hipMemcpyHostToDevice
 #define LMC_MEMCPY_DEVICE_TO_HOST hipMemcpyDeviceToHost
-/* page-locked host memory: portable (every device) and mapped (a device pointer exists) */
+/* page-locked host memory: portable (every device) and mapped (a device pointer exists).
+   hipHostMalloc is deprecated from ROCm 6.4 on (hipHostAlloc, CUDA's name, is the API to use);
+   before 6.4 hipHostAlloc was the deprecated one, so the choice follows the version. */
+#if defined(HIP_VERSION_MAJOR) && (HIP_VERSION_MAJOR > 6 || (HIP_VERSION_MAJOR == 6 && HIP_VERSION_MINOR >= 4))
+#define LMC_HOST_ALLOC(ptr, nbytes) hipHostAlloc((ptr), (nbytes), hipHostAllocPortable | hipHostAllocMapped)
+#define LMC_HOST_ALLOC_NAME "hipHostAlloc"
+#else
 #define LMC_HOST_ALLOC(ptr, nbytes) hipHostMalloc((ptr), (nbytes), hipHostMallocPortable | hipHostMallocMapped)
+#define LMC_HOST_ALLOC_NAME "hipHostMalloc (ROCm < 6.4)"
+#endif
 #define LMC_FREE_HOST hipHostFree
 #define LMC_HOST_REGISTER(ptr, nbytes) \
   hipHostRegister((ptr), (nbytes), hipHostRegisterPortable | hipHostRegisterMapped)
@@ -93,6 +101,9 @@ extern thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define LMC_EVENT_RECORD hipEventRecord
 #define LMC_EVENT_SYNCHRONIZE hipEventSynchronize
 #define LMC_EVENT_DESTROY hipEventDestroy
+#define LMC_EVENT_QUERY hipEventQuery
+#define LMC_ERROR_NOT_READY hipErrorNotReady
+#define LMC_STREAM_WAIT_EVENT(s, e) hipStreamWaitEvent((s), (e), 0)
 
 #else /* CUDA */
 #include <cuda_runtime.h>
@@ -122,6 +133,7 @@ extern thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define LMC_MEMCPY_HOST_TO_DEVICE cudaMemcpyHostToDevice
 #define LMC_MEMCPY_DEVICE_TO_HOST cudaMemcpyDeviceToHost
 #define LMC_HOST_ALLOC(ptr, nbytes) cudaHostAlloc((ptr), (nbytes), cudaHostAllocPortable | cudaHostAllocMapped)
+#define LMC_HOST_ALLOC_NAME "cudaHostAlloc"
 #define LMC_FREE_HOST cudaFreeHost
 #define LMC_HOST_REGISTER(ptr, nbytes) \
   cudaHostRegister((ptr), (nbytes), cudaHostRegisterPortable | cudaHostRegisterMapped)
@@ -136,9 +148,14 @@ extern thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define LMC_EVENT_RECORD cudaEventRecord
 #define LMC_EVENT_SYNCHRONIZE cudaEventSynchronize
 #define LMC_EVENT_DESTROY cudaEventDestroy
+#define LMC_EVENT_QUERY cudaEventQuery
+#define LMC_ERROR_NOT_READY cudaErrorNotReady
+#define LMC_STREAM_WAIT_EVENT(s, e) cudaStreamWaitEvent((s), (e), 0)
 #endif
 
 #if !defined(LMC_HOST_EMULATION)
+#include <stdint.h>
+
 /* Both runtimes spell these the same; named here so kernels use one vocabulary. */
 #define LMC_DEVICE_INLINE __device__ __forceinline__
 #define LMC_GLOBAL __global__
@@ -176,6 +193,11 @@ inline void lmc_arch_name(const LMC_DEVICE_PROP_T& prop, char* buf, int n) {
  * Device pointer through which a kernel reaches host memory at host_ptr, or nullptr when the
  * memory is not page-locked (plain pageable memory). Clears the error a runtime may leave behind
  * for an unregistered pointer (HIP returns one; CUDA reports cudaMemoryTypeUnregistered).
+ *
+ * host_ptr may point inside an allocation (a chunk view past the start of a pool buffer). Older
+ * ROCm reports the allocation's base in both hostPointer and devicePointer for such a pointer,
+ * CUDA and newer ROCm report the interior addresses; adding host_ptr - hostPointer to
+ * devicePointer is right in both cases (the offset is 0 when the runtime already added it).
  */
 inline void* lmc_mapped_device_pointer(const void* host_ptr) {
   LMC_POINTER_ATTR_T attr{};
@@ -183,8 +205,11 @@ inline void* lmc_mapped_device_pointer(const void* host_ptr) {
     (void)LMC_GET_LAST_ERROR();
     return nullptr;
   }
-  if (LMC_POINTER_ATTR_TYPE(attr) != LMC_MEMORY_TYPE_HOST) return nullptr;
-  return attr.devicePointer;
+  if (LMC_POINTER_ATTR_TYPE(attr) != LMC_MEMORY_TYPE_HOST || attr.devicePointer == nullptr) return nullptr;
+  const uintptr_t host = reinterpret_cast<uintptr_t>(host_ptr);
+  const uintptr_t base = reinterpret_cast<uintptr_t>(attr.hostPointer);
+  if (base == 0 || base > host) return attr.devicePointer;  /* no base reported: the runtime's answer */
+  return static_cast<char*>(attr.devicePointer) + (host - base);
 }
 #endif  // !LMC_HOST_EMULATION
 

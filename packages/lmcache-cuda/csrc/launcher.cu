@@ -10,8 +10,10 @@
  *      the device slot mapping into page-locked scratch (one stream synchronisation). A bad slot
  *      raises before any kernel is queued, so nothing is written;
  *   3. the device pointer table of plane addresses: uploaded once per (device, plane addresses)
- *      and reused (an LRU of kMaxPlaneTables); slot mappings given only in host memory are
- *      uploaded into per-stream device scratch (stream-ordered, so reuse is safe);
+ *      and reused (an LRU of kMaxPlaneTables). Each table remembers an event per stream that
+ *      used it; an evicted table waits for those events only (never the whole device) and its
+ *      memory is reused by the next table. Slot mappings given only in host memory are uploaded
+ *      into per-stream device scratch (stream-ordered, so reuse is safe);
  *   4. per chunk: device memory directly, page-locked host memory through its mapped device
  *      address (HostPath::kMapped) or through a per-stream device staging buffer and 2-D async
  *      copies of the live token runs only (HostPath::kStaged; pageable memory always);
@@ -41,9 +43,13 @@ namespace {
 constexpr size_t kMaxPlaneTables = 256;
 constexpr size_t kStagingAlign = 256;   /* bytes between staged chunks in the staging buffer */
 constexpr size_t kHostAlign = 4096;     /* registered and pageable allocations: page aligned */
+constexpr size_t kMaxPooledEvents = 1024;
 
+/* Throws naming the call. Clears the runtime's last error first: a failure reported here must not
+   make a later, successful launch look failed (its check reads the last error). */
 void check(LMC_ERROR_T status, const char* what) {
   if (status != LMC_SUCCESS) {
+    (void)LMC_GET_LAST_ERROR();
     throw std::runtime_error(std::string(LMC_GPU_RUNTIME) + " " + what + " failed: " + LMC_GET_ERROR_NAME(status) +
                              ": " + LMC_GET_ERROR_STRING(status));
   }
@@ -72,45 +78,108 @@ class DeviceGuard {
   bool changed_ = false;
 };
 
+/* ---- events: pooled per device, so recording one per store allocates nothing ---------------- */
+
+std::mutex g_event_mutex;
+std::vector<std::pair<int, LMC_EVENT_T>> g_event_pool;  /* (device, event) ready for reuse */
+
+LMC_EVENT_T take_event(int device) {  /* current device == device */
+  {
+    std::lock_guard<std::mutex> lock(g_event_mutex);
+    for (size_t i = g_event_pool.size(); i-- > 0;) {
+      if (g_event_pool[i].first == device) {
+        LMC_EVENT_T e = g_event_pool[i].second;
+        g_event_pool.erase(g_event_pool.begin() + static_cast<std::ptrdiff_t>(i));
+        return e;
+      }
+    }
+  }
+  LMC_EVENT_T e = nullptr;
+  check(LMC_EVENT_CREATE_NO_TIMING(&e), "EventCreateWithFlags");
+  return e;
+}
+
 /* ---- plane tables: device arrays of plane addresses, one per (device, addresses) ---------- */
 
-struct TableKey {
-  int device;
+struct PlaneTable {
+  int device = 0;
   std::vector<uintptr_t> planes;
+  void* memory = nullptr;
+  size_t nbytes = 0;
+  std::vector<std::pair<uintptr_t, LMC_EVENT_T>> last_use;  /* per stream: recorded after its last launch */
 };
 
 std::mutex g_table_mutex;
-std::list<std::pair<TableKey, void*>> g_tables;  // most recently used first
+std::list<PlaneTable> g_tables;  // most recently used first
 std::atomic<int64_t> g_table_uploads{0};
 std::atomic<int64_t> g_table_hits{0};
 
-uint8_t* const* plane_table(int device, const std::vector<uintptr_t>& planes, LMC_STREAM_T stream) {
-  std::lock_guard<std::mutex> lock(g_table_mutex);
+/* Wait for the launches that read `t` (their streams only), then drop its events. */
+void retire_table(PlaneTable& t) {
+  for (auto& use : t.last_use) {
+    check(LMC_EVENT_SYNCHRONIZE(use.second), "EventSynchronize (plane-table eviction)");
+    (void)LMC_EVENT_DESTROY(use.second);
+  }
+  t.last_use.clear();
+}
+
+PlaneTable& plane_table(int device, const std::vector<uintptr_t>& planes, LMC_STREAM_T stream) {
+  /* g_table_mutex held by the caller */
   for (auto it = g_tables.begin(); it != g_tables.end(); ++it) {
-    if (it->first.device == device && it->first.planes == planes) {
+    if (it->device == device && it->planes == planes) {
       g_tables.splice(g_tables.begin(), g_tables, it);
       g_table_hits.fetch_add(1);
-      return static_cast<uint8_t* const*>(g_tables.front().second);
+      return g_tables.front();
     }
   }
-  if (g_tables.size() >= kMaxPlaneTables) {  // a kernel may still read the oldest: wait, then free
-    DeviceGuard guard(g_tables.back().first.device);
-    check(LMC_DEVICE_SYNCHRONIZE(), "DeviceSynchronize (plane-table eviction)");
-    check(LMC_FREE(g_tables.back().second), "Free (plane table)");
+  const size_t nbytes = planes.size() * sizeof(uintptr_t);
+  void* memory = nullptr;
+  size_t capacity = 0;
+  if (g_tables.size() >= kMaxPlaneTables) {  /* reuse the oldest table's memory once its readers are done */
+    PlaneTable& oldest = g_tables.back();
+    DeviceGuard guard(oldest.device);
+    retire_table(oldest);
+    if (oldest.device == device && oldest.nbytes >= nbytes) {
+      memory = oldest.memory;
+      capacity = oldest.nbytes;
+    } else {
+      check(LMC_FREE(oldest.memory), "Free (plane table)");
+    }
     g_tables.pop_back();
   }
-  void* table = nullptr;
-  const size_t nbytes = planes.size() * sizeof(uintptr_t);
-  check(LMC_MALLOC(&table, nbytes), "Malloc (plane table)");
-  LMC_ERROR_T st = LMC_MEMCPY_ASYNC(table, planes.data(), nbytes, LMC_MEMCPY_HOST_TO_DEVICE, stream);
+  if (memory == nullptr) {
+    check(LMC_MALLOC(&memory, nbytes), "Malloc (plane table)");
+    capacity = nbytes;
+  }
+  LMC_ERROR_T st = LMC_MEMCPY_ASYNC(memory, planes.data(), nbytes, LMC_MEMCPY_HOST_TO_DEVICE, stream);
   if (st == LMC_SUCCESS) st = LMC_STREAM_SYNCHRONIZE(stream);  // once per table: later calls on any stream may use it
   if (st != LMC_SUCCESS) {
-    (void)LMC_FREE(table);
+    (void)LMC_FREE(memory);
     check(st, "MemcpyAsync (plane table upload)");
   }
-  g_tables.emplace_front(TableKey{device, planes}, table);
+  PlaneTable t;
+  t.device = device;
+  t.planes = planes;
+  t.memory = memory;
+  t.nbytes = capacity;
+  g_tables.push_front(std::move(t));
   g_table_uploads.fetch_add(1);
-  return static_cast<uint8_t* const*>(table);
+  return g_tables.front();
+}
+
+/* Remember that work queued on `stream` so far reads `t` (current device == t.device). */
+void mark_table_use(PlaneTable& t, uintptr_t stream_handle) {
+  LMC_EVENT_T* event = nullptr;
+  for (auto& use : t.last_use) {
+    if (use.first == stream_handle) event = &use.second;
+  }
+  if (event == nullptr) {
+    LMC_EVENT_T e = nullptr;
+    check(LMC_EVENT_CREATE_NO_TIMING(&e), "EventCreateWithFlags (plane-table use)");
+    t.last_use.emplace_back(stream_handle, e);
+    event = &t.last_use.back().second;
+  }
+  check(LMC_EVENT_RECORD(*event, as_stream(stream_handle)), "EventRecord (plane-table use)");
 }
 
 /* ---- per-stream resources: device staging, page-locked slot scratch ------------------------ */
@@ -149,7 +218,7 @@ uint8_t* staging(StreamResources& r, size_t nbytes, LMC_STREAM_T stream) {
       r.staging = nullptr;
       r.staging_bytes = 0;
     }
-    const size_t grown = std::max(nbytes, static_cast<size_t>(1) << 20);
+    const size_t grown = std::max({nbytes, r.staging_bytes * 2, static_cast<size_t>(1) << 20});
     check(LMC_MALLOC(&r.staging, grown), "Malloc (staging)");
     r.staging_bytes = grown;
   }
@@ -158,13 +227,13 @@ uint8_t* staging(StreamResources& r, size_t nbytes, LMC_STREAM_T stream) {
 
 int64_t* slot_upload(StreamResources& r, size_t nbytes, LMC_STREAM_T stream) {
   if (r.slot_upload_bytes < nbytes) {
+    const size_t grown = std::max({nbytes, r.slot_upload_bytes * 2, static_cast<size_t>(64) << 10});
     if (r.slot_upload != nullptr) {
       check(LMC_STREAM_SYNCHRONIZE(stream), "StreamSynchronize (slot upload growth)");
       check(LMC_FREE(r.slot_upload), "Free (slot upload)");
     }
     r.slot_upload = nullptr;
     r.slot_upload_bytes = 0;
-    const size_t grown = std::max(nbytes, static_cast<size_t>(64) << 10);
     check(LMC_MALLOC(&r.slot_upload, grown), "Malloc (slot upload)");
     r.slot_upload_bytes = grown;
   }
@@ -173,10 +242,10 @@ int64_t* slot_upload(StreamResources& r, size_t nbytes, LMC_STREAM_T stream) {
 
 int64_t* slot_scratch(StreamResources& r, size_t nbytes) {
   if (r.slot_scratch_bytes < nbytes) {
+    const size_t grown = std::max({nbytes, r.slot_scratch_bytes * 2, static_cast<size_t>(64) << 10});
     if (r.slot_scratch != nullptr) check(LMC_FREE_HOST(r.slot_scratch), "FreeHost (slot scratch)");
     r.slot_scratch = nullptr;
     r.slot_scratch_bytes = 0;
-    const size_t grown = std::max(nbytes, static_cast<size_t>(64) << 10);
     check(LMC_HOST_ALLOC(&r.slot_scratch, grown), "HostAlloc (slot scratch)");
     r.slot_scratch_bytes = grown;
   }
@@ -219,6 +288,7 @@ void copy_live_rows(uint8_t* dst, const uint8_t* src, const std::vector<std::pai
 
 template <int D>
 void launch_kernel(const KernelParams& p, dim3 grid, int width, LMC_STREAM_T stream) {
+  (void)LMC_GET_LAST_ERROR();  /* a stale error from an earlier call is not this launch's */
   switch (width) {
     case 16: kv_transfer_kernel<16, D><<<grid, kThreads, 0, stream>>>(p); break;
     case 8: kv_transfer_kernel<8, D><<<grid, kThreads, 0, stream>>>(p); break;
@@ -317,9 +387,12 @@ std::vector<std::string> transfer(const TransferArgs& args, bool gather, HostPat
     }
   }
 
-  /* 3. pointer table */
+  /* 3. pointer table: held under g_table_mutex until this call's launches are marked on it,
+     so it cannot be evicted and reused in between */
   const std::vector<uintptr_t> planes = plane_addresses(args);
-  uint8_t* const* table = plane_table(args.device, planes, stream);
+  std::unique_lock<std::mutex> table_lock(g_table_mutex);
+  PlaneTable& table_entry = plane_table(args.device, planes, stream);
+  uint8_t* const* table = static_cast<uint8_t* const*>(table_entry.memory);
 
   /* 4. where each chunk is reached */
   const int64_t num_planes = lmcache_core::kv_num_planes(g);
@@ -370,6 +443,7 @@ std::vector<std::string> transfer(const TransferArgs& args, bool gather, HostPat
   /* 5. launches: up to kMaxJobsPerLaunch chunks each */
   KernelParams p = make_params(table, g, args.element_size, plan);
   int64_t j = 0;
+  try {
   while (j < n_jobs) {
     p.num_jobs = 0;
     for (; j < n_jobs && p.num_jobs < kMaxJobsPerLaunch; ++j) {
@@ -385,6 +459,15 @@ std::vector<std::string> transfer(const TransferArgs& args, bool gather, HostPat
       launch_kernel<kScatter>(p, grid, plan.vector_bytes, stream);
     }
   }
+  } catch (...) {  /* launches already queued read the table: mark it before anything else may evict it */
+    try {
+      mark_table_use(table_entry, stream_handle);
+    } catch (...) {
+    }
+    throw;
+  }
+  mark_table_use(table_entry, stream_handle);
+  table_lock.unlock();
 
   if (gather) {
     for (int64_t k = 0; k < n_jobs; ++k) {
@@ -440,8 +523,12 @@ std::atomic<int64_t> g_live_host{0};
 size_t page_round(size_t n) { return (n + kHostAlign - 1) / kHostAlign * kHostAlign; }
 }  // namespace
 
-void* host_alloc(size_t nbytes, HostKind kind) {
+void* host_alloc(size_t nbytes, HostKind kind, int device) {
   if (nbytes == 0) return nullptr;
+  /* A runtime call on a thread with no current device makes a context on device 0: page-lock
+     with the KV's device current (the caller's device; -1 when none is known). */
+  std::unique_ptr<DeviceGuard> guard;
+  if (device >= 0 && kind != HostKind::kPageable) guard = std::make_unique<DeviceGuard>(device);
   void* p = nullptr;
   switch (kind) {
     case HostKind::kPinned:
@@ -489,6 +576,8 @@ void host_register(void* ptr, size_t nbytes) { check(LMC_HOST_REGISTER(ptr, nbyt
 
 void host_unregister(void* ptr) { check(LMC_HOST_UNREGISTER(ptr), "HostUnregister"); }
 
+const char* host_alloc_name() { return LMC_HOST_ALLOC_NAME; }
+
 uintptr_t stream_create(int device) {
   DeviceGuard guard(device);
   LMC_STREAM_T s = nullptr;
@@ -505,6 +594,7 @@ void stream_destroy(uintptr_t stream) {
         continue;
       }
       StreamResources& r = *it->second;
+      std::lock_guard<std::mutex> busy(r.mutex);
       DeviceGuard guard(r.device);
       (void)LMC_STREAM_SYNCHRONIZE(as_stream(stream));
       if (r.staging != nullptr) (void)LMC_FREE(r.staging);
@@ -513,15 +603,32 @@ void stream_destroy(uintptr_t stream) {
       it = g_streams.erase(it);
     }
   }
+  {
+    /* forget the stream in the plane tables' last-use events (its work is done) */
+    std::lock_guard<std::mutex> lock(g_table_mutex);
+    for (auto& t : g_tables) {
+      for (auto it = t.last_use.begin(); it != t.last_use.end();) {
+        if (it->first != stream) {
+          ++it;
+          continue;
+        }
+        (void)LMC_EVENT_DESTROY(it->second);
+        it = t.last_use.erase(it);
+      }
+    }
+  }
   check(LMC_STREAM_DESTROY(as_stream(stream)), "StreamDestroy");
 }
 
-void stream_synchronize(uintptr_t stream) { check(LMC_STREAM_SYNCHRONIZE(as_stream(stream)), "StreamSynchronize"); }
+void stream_synchronize(uintptr_t stream, int device) {
+  std::unique_ptr<DeviceGuard> guard;
+  if (device >= 0) guard = std::make_unique<DeviceGuard>(device);
+  check(LMC_STREAM_SYNCHRONIZE(as_stream(stream)), "StreamSynchronize");
+}
 
 uintptr_t event_record(uintptr_t stream, int device) {
-  DeviceGuard guard(device);
-  LMC_EVENT_T e = nullptr;
-  check(LMC_EVENT_CREATE_NO_TIMING(&e), "EventCreateWithFlags");
+  DeviceGuard guard(device);  /* the stream's device: an event must belong to its stream's device */
+  LMC_EVENT_T e = take_event(device);
   const LMC_ERROR_T st = LMC_EVENT_RECORD(e, as_stream(stream));
   if (st != LMC_SUCCESS) {
     (void)LMC_EVENT_DESTROY(e);
@@ -530,11 +637,47 @@ uintptr_t event_record(uintptr_t stream, int device) {
   return reinterpret_cast<uintptr_t>(e);
 }
 
-void event_synchronize(uintptr_t event) {
+void stream_wait_event(uintptr_t stream, uintptr_t event, int device) {
+  DeviceGuard guard(device);  /* the waiting stream's device */
+  check(LMC_STREAM_WAIT_EVENT(as_stream(stream), reinterpret_cast<LMC_EVENT_T>(event)), "StreamWaitEvent");
+}
+
+bool event_query(uintptr_t event, int device) {
+  DeviceGuard guard(device);
+  const LMC_ERROR_T st = LMC_EVENT_QUERY(reinterpret_cast<LMC_EVENT_T>(event));
+  if (st == LMC_SUCCESS) return true;
+  if (st == LMC_ERROR_NOT_READY) {
+    (void)LMC_GET_LAST_ERROR();  /* "not ready" is an answer, not an error a later check may see */
+    return false;
+  }
+  check(st, "EventQuery");
+  return false;
+}
+
+void event_synchronize(uintptr_t event, int device) {
+  DeviceGuard guard(device);
   check(LMC_EVENT_SYNCHRONIZE(reinterpret_cast<LMC_EVENT_T>(event)), "EventSynchronize");
 }
 
+void event_release(uintptr_t event, int device) {
+  LMC_EVENT_T e = reinterpret_cast<LMC_EVENT_T>(event);
+  {
+    std::lock_guard<std::mutex> lock(g_event_mutex);
+    if (g_event_pool.size() < kMaxPooledEvents) {  /* re-recording a pending event is allowed */
+      g_event_pool.emplace_back(device, e);
+      return;
+    }
+  }
+  DeviceGuard guard(device);
+  check(LMC_EVENT_DESTROY(e), "EventDestroy");
+}
+
 void event_destroy(uintptr_t event) { check(LMC_EVENT_DESTROY(reinterpret_cast<LMC_EVENT_T>(event)), "EventDestroy"); }
+
+int64_t pooled_events() {
+  std::lock_guard<std::mutex> lock(g_event_mutex);
+  return static_cast<int64_t>(g_event_pool.size());
+}
 
 void device_synchronize(int device) {
   DeviceGuard guard(device);
@@ -551,6 +694,7 @@ CacheStats cache_stats() {
     std::lock_guard<std::mutex> lock(g_stream_mutex);
     for (const auto& kv : g_streams) s.staging_bytes += static_cast<int64_t>(kv.second->staging_bytes);
   }
+  s.pooled_events = pooled_events();
   s.plane_table_uploads = g_table_uploads.load();
   s.plane_table_hits = g_table_hits.load();
   s.slot_copies = g_slot_copies.load();
@@ -560,19 +704,27 @@ CacheStats cache_stats() {
 void release_caches() {
   {
     std::lock_guard<std::mutex> lock(g_table_mutex);
-    for (auto& entry : g_tables) {
-      DeviceGuard guard(entry.first.device);
-      check(LMC_DEVICE_SYNCHRONIZE(), "DeviceSynchronize (release)");
-      check(LMC_FREE(entry.second), "Free (plane table)");
+    for (auto& t : g_tables) {
+      DeviceGuard guard(t.device);
+      retire_table(t);  /* waits for the streams that used it, not the device */
+      check(LMC_FREE(t.memory), "Free (plane table)");
     }
     g_tables.clear();
+  }
+  {
+    std::lock_guard<std::mutex> lock(g_event_mutex);
+    for (auto& de : g_event_pool) {
+      DeviceGuard guard(de.first);
+      (void)LMC_EVENT_DESTROY(de.second);
+    }
+    g_event_pool.clear();
   }
   std::lock_guard<std::mutex> lock(g_stream_mutex);
   for (auto& kv : g_streams) {
     StreamResources& r = *kv.second;
     std::lock_guard<std::mutex> busy(r.mutex);
     DeviceGuard guard(r.device);
-    check(LMC_DEVICE_SYNCHRONIZE(), "DeviceSynchronize (release)");
+    check(LMC_STREAM_SYNCHRONIZE(as_stream(kv.first.second)), "StreamSynchronize (release)");
     if (r.staging != nullptr) check(LMC_FREE(r.staging), "Free (staging)");
     if (r.slot_scratch != nullptr) check(LMC_FREE_HOST(r.slot_scratch), "FreeHost (slot scratch)");
     if (r.slot_upload != nullptr) check(LMC_FREE(r.slot_upload), "Free (slot upload)");

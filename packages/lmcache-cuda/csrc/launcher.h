@@ -53,7 +53,11 @@ DeviceInfo device_info(int device);
 /* "" when this build's kernels can run on `device`, else why not (no image for its arch). */
 std::string kernel_image_error(int device);
 
-void* host_alloc(size_t nbytes, HostKind kind);
+/* Page-locked kinds are allocated with `device` current (-1: the thread's), so a thread with no
+   device set makes no context on device 0. */
+void* host_alloc(size_t nbytes, HostKind kind, int device);
+/* The runtime call behind HostKind::kPinned (LMC_HOST_ALLOC_NAME of gpu_compat.h) */
+const char* host_alloc_name();
 void host_free(void* ptr, HostKind kind);
 int64_t live_host_allocations();
 void host_register(void* ptr, size_t nbytes);
@@ -61,9 +65,14 @@ void host_unregister(void* ptr);
 
 uintptr_t stream_create(int device);
 void stream_destroy(uintptr_t stream);
-void stream_synchronize(uintptr_t stream);
-uintptr_t event_record(uintptr_t stream, int device);
-void event_synchronize(uintptr_t event);
+/* `device` is the stream's (events) or the waiting stream's device: made current for the call, so
+   no context is made elsewhere. -1 in stream_synchronize: the thread's current device. */
+void stream_synchronize(uintptr_t stream, int device);
+uintptr_t event_record(uintptr_t stream, int device);  /* from a per-device pool */
+void stream_wait_event(uintptr_t stream, uintptr_t event, int device);  /* on the device, host not blocked */
+bool event_query(uintptr_t event, int device);  /* true when complete; never blocks */
+void event_synchronize(uintptr_t event, int device);
+void event_release(uintptr_t event, int device);  /* back to the pool (safe while pending) */
 void event_destroy(uintptr_t event);
 void device_synchronize(int device);
 
@@ -74,9 +83,10 @@ struct CacheStats {
   int64_t plane_table_hits = 0;    /* calls that reused a resident table */
   int64_t staging_bytes = 0;       /* device staging bytes held */
   int64_t slot_copies = 0;         /* slot mappings copied to the host for checking */
+  int64_t pooled_events = 0;       /* released events kept for reuse */
 };
 CacheStats cache_stats();
-/* Free every cached table and buffer (waits for the devices first). */
+/* Free every cached table, pooled event and buffer (waits for the streams that used them). */
 void release_caches();
 
 const char* runtime_name();  /* "CUDA" / "HIP" */

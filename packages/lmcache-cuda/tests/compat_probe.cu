@@ -51,6 +51,9 @@ int use_every_runtime_macro() {
   LMC_EVENT_T e = nullptr;
   ok(LMC_EVENT_CREATE_NO_TIMING(&e));
   ok(LMC_EVENT_RECORD(e, s));
+  ok(LMC_STREAM_WAIT_EVENT(s, e));
+  const LMC_ERROR_T q = LMC_EVENT_QUERY(e);
+  if (q != LMC_SUCCESS && q != LMC_ERROR_NOT_READY) ++errors;
   ok(LMC_EVENT_SYNCHRONIZE(e));
   ok(LMC_EVENT_DESTROY(e));
   ok(LMC_STREAM_SYNCHRONIZE(s));
@@ -61,5 +64,6 @@ int use_every_runtime_macro() {
   ok(LMC_FREE(d));
   ok(LMC_STREAM_DESTROY(s));
   ok(LMC_DEVICE_SYNCHRONIZE());
+  if (LMC_HOST_ALLOC_NAME[0] == 0) ++errors;
   return errors + (LMC_RUNTIME_VERSION > 0 ? 0 : 1) + (LMC_GPU_RUNTIME[0] == 'C' || LMC_GPU_RUNTIME[0] == 'H' ? 0 : 1);
 }

@@ -26,7 +26,11 @@ by measurement on a GPU (``lmcache-core bench kernels``), which is still owed. O
 ``set_host_path`` or ``LMCACHE_<BACKEND>_GATHER_PATH`` / ``..._SCATTER_PATH``.
 
 Calls are asynchronous on ``stream`` (0 = torch's current stream of the KV's device); a host
-chunk may be read only after the stream (or an event recorded on it) is synchronized. Native code
+chunk may be read only after the stream (or an event recorded on it) is synchronized. Streams
+and events belong to a device, and every call on them makes that device current for its
+duration, never another: a thread with no device set (an L2 or lookup thread) makes no context
+on GPU 0. Events come from a per-device pool; page-locked host memory is allocated with the
+registering device current. Native code
 checks geometry, extents, chunk sizes and every live slot (copying a device slot mapping to the
 host first) and raises ValueError before anything is written.
 
@@ -36,6 +40,7 @@ load anything but torch and the core's validation module.
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from collections.abc import Sequence
@@ -58,6 +63,8 @@ DEFAULT_HOST_ALLOC = "pinned"
 
 _PREPARED_MAX = 64
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ChunkJob:
@@ -73,7 +80,8 @@ class ChunkJob:
 
 
 class GpuEvent:
-    """An event recorded on a stream (an opaque handle for ``synchronize``); destroyed with the object."""
+    """An event recorded on a stream of ``device`` (an opaque handle for ``synchronize``,
+    ``query`` and stream waits); back to the extension's pool with the object."""
 
     def __init__(self, ext: ModuleType, handle: int, device: int) -> None:
         self._ext = ext
@@ -81,13 +89,17 @@ class GpuEvent:
         self.device = device
 
     def synchronize(self) -> None:
-        self._ext.event_synchronize(self.handle)
+        self._ext.event_synchronize(self.handle, self.device)
+
+    def query(self) -> bool:
+        """True when the work before the event completed; never blocks."""
+        return bool(self._ext.event_query(self.handle, self.device))
 
     def __del__(self) -> None:
         handle, self.handle = getattr(self, "handle", 0), 0
         if handle:
             try:
-                self._ext.event_destroy(handle)
+                self._ext.event_release(handle, self.device)
             except RuntimeError:
                 pass  # the runtime is shutting down; nothing left to free
 
@@ -115,6 +127,12 @@ class GpuKernels:
         self._host_path: dict[str, str] | None = None
         self._host_alloc: str | None = None
         self._prepared: dict[tuple[Any, ...], dict[str, Any]] = {}
+        #: device of every stream handle this object made or handed out (events need it)
+        self._stream_device: dict[int, int] = {}
+        #: the device KV was registered on (new_stream): host memory is page-locked with it current
+        self.home_device: int = -1
+        self._image_checked: set[int] = set()
+        self._paths_logged: set[tuple[str, str]] = set()
 
     # ---- configuration ------------------------------------------------------------------------
 
@@ -313,7 +331,7 @@ class GpuKernels:
         index = device.index if device.index is not None else torch.cuda.current_device()
         handle = stream or torch.cuda.current_stream(index).cuda_stream
         # ``checked`` holds the contiguous slot tensors whose addresses are in ``entries``: alive here
-        return list(
+        paths = list(
             self._ext.transfer(
                 gather,
                 index,
@@ -329,6 +347,11 @@ class GpuKernels:
                 handle,
             )
         )
+        for taken in set(paths):
+            if (op, taken) not in self._paths_logged:  # once per direction and path: which one runs
+                self._paths_logged.add((op, taken))
+                logger.info("%s %s: host chunks %s (asked for %s)", self.backend, op, taken, path)
+        return paths
 
     def gather(
         self,
@@ -412,7 +435,11 @@ class GpuKernels:
         return dict(self._ext.device_info(device))
 
     def kernel_image_error(self, device: int = 0) -> str:
-        """ "" when this build has code for ``device``'s architecture (binary or PTX), else the runtime's reason."""
+        """ "" when this build has code for ``device``'s architecture (binary or PTX), else the runtime's reason.
+
+        Makes ``device`` current for the query, which creates its context: call it only for the
+        device the KV lives on (:meth:`new_stream` does, once per device).
+        """
         return str(self._ext.kernel_image_error(device))
 
     def alloc_host(self, nbytes: int, pinned: bool = True, method: str | None = None) -> torch.Tensor:
@@ -429,7 +456,11 @@ class GpuKernels:
             raise ValueError(f"method: expected one of {list(HOST_ALLOC_METHODS)}, given {kind!r}")
         if nbytes == 0:
             return torch.empty(0, dtype=torch.uint8)
-        return torch.from_dlpack(self._ext.alloc_host(nbytes, kind))
+        return torch.from_dlpack(self._ext.alloc_host(nbytes, kind, self.home_device))
+
+    def host_alloc_name(self) -> str:
+        """The runtime call behind page-locked allocations: ``"cudaHostAlloc"``, ``"hipHostAlloc"``, ..."""
+        return str(self._ext.host_alloc_name())
 
     def register_host(self, tensor: torch.Tensor) -> None:
         """Page-lock an existing host tensor's memory in place (undo with :meth:`unregister_host`)."""
@@ -453,18 +484,69 @@ class GpuKernels:
         return int(d.index) if d.index is not None else int(torch.cuda.current_device())
 
     def new_stream(self, device: Any = None) -> int:
-        """Integer handle of a new non-blocking stream on ``device`` (default: the current GPU)."""
-        return int(self._ext.stream_create(self._device_index(device)))
+        """Integer handle of a new non-blocking stream on ``device`` (default: the current GPU).
+
+        The engine calls it once, when KV is registered: the first time for a device, this checks
+        that the build has code for it (the only kernel-image query, so only the KV's device gets
+        a context) and makes it the device host memory is page-locked with.
+        """
+        index = self._device_index(device)
+        if index not in self._image_checked:
+            problem = self.kernel_image_error(index)
+            if problem:
+                info = self.device_info(index)
+                raise RuntimeError(
+                    f"device: {self.backend} build has no code for GPU {index} ({info['name']}, "
+                    f"{info['arch']}): {problem}. Rebuild it for this GPU (make -C packages/lmcache-"
+                    f"{self.backend} install, or -Ccmake.define.CMAKE_*_ARCHITECTURES=native)"
+                )
+            self._image_checked.add(index)
+        if self.home_device < 0:
+            self.home_device = index
+        handle = int(self._ext.stream_create(index))
+        self._stream_device[handle] = index
+        return handle
+
+    def current_stream(self, device: Any = None) -> int:
+        """Handle of torch's current stream on ``device`` (the engine's compute stream)."""
+        index = self._device_index(device)
+        handle = int(torch.cuda.current_stream(index).cuda_stream)
+        self._stream_device[handle] = index
+        return handle
+
+    def _resolve(self, stream: int) -> tuple[int, int]:
+        """``(handle, device)`` of ``stream``; 0 is torch's current stream of the current GPU."""
+        if stream:
+            device = self._stream_device.get(stream)
+            return stream, device if device is not None else int(torch.cuda.current_device())
+        index = int(torch.cuda.current_device())
+        return int(torch.cuda.current_stream(index).cuda_stream), index
 
     def destroy_stream(self, stream: int) -> None:
-        """Destroy a stream from :meth:`new_stream` after its work (and its staging buffers)."""
+        """Destroy a stream from :meth:`new_stream` after its work, with its staging buffers, and
+        forget the tensors prepared for it."""
         self._ext.stream_destroy(stream)
+        self._stream_device.pop(stream, None)
+        self._prepared.clear()
 
     def record_event(self, stream: int = 0) -> GpuEvent:
-        """Record an event on ``stream`` (0: torch's current stream of the current GPU)."""
-        index = int(torch.cuda.current_device())
-        handle = stream or torch.cuda.current_stream(index).cuda_stream
+        """Record an event on ``stream`` (0: torch's current stream of the current GPU), on the
+        stream's own device."""
+        handle, index = self._resolve(stream)
         return GpuEvent(self._ext, int(self._ext.event_record(handle, index)), index)
+
+    def stream_wait_event(self, stream: int, event: GpuEvent) -> None:
+        """Work queued on ``stream`` after this starts after ``event``; the host does not wait."""
+        if not isinstance(event, GpuEvent):
+            raise TypeError(f"event: expected a GpuEvent from record_event, given {type(event).__name__}")
+        handle, index = self._resolve(stream)
+        self._ext.stream_wait_event(handle, event.handle, index)
+
+    def query_event(self, event: GpuEvent) -> bool:
+        """True when ``event`` completed; never blocks."""
+        if not isinstance(event, GpuEvent):
+            raise TypeError(f"event: expected a GpuEvent from record_event, given {type(event).__name__}")
+        return event.query()
 
     def synchronize(self, handle: Any = None) -> None:
         """Wait for an event from :meth:`record_event`, a stream handle (0: torch's current), or the current GPU (None)."""
@@ -473,7 +555,8 @@ class GpuKernels:
         elif isinstance(handle, GpuEvent):
             handle.synchronize()
         elif isinstance(handle, int) and not isinstance(handle, bool):
-            self._ext.stream_synchronize(handle or torch.cuda.current_stream().cuda_stream)
+            stream, index = self._resolve(handle)
+            self._ext.stream_synchronize(stream, index)
         else:
             raise TypeError(
                 f"handle: expected None, a GpuEvent from record_event or an int stream handle, "
@@ -481,7 +564,8 @@ class GpuKernels:
             )
 
     def cache_stats(self) -> dict[str, int]:
-        """Resident plane tables, their uploads and reuses, staging bytes, device slot mappings copied."""
+        """Resident plane tables, their uploads and reuses, staging bytes, device slot mappings
+        copied, pooled events."""
         return dict(self._ext.cache_stats())
 
     def build_info(self) -> dict[str, Any]:

@@ -11,7 +11,9 @@ allocate, create streams or fail for want of a GPU. At load it asks the runtime 
 none (and none shown by the driver), the backend still loads and its status says
 ``"compiled, no device"``; with GPUs the runtime cannot use (a driver too old for the toolkit it was
 built with) or a GPU this build has no code for, loading fails with the remedy (the core then falls
-back and says why).
+back and says why). Loading creates no GPU context: device properties are read without one and
+compared with the build's architectures (:func:`arch_runs`); the runtime's own kernel-image check
+runs at registration, on the KV's device only (``GpuKernels.new_stream``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .gpu_probe import amd_gpus, nvidia_gpus
 from .gpu_probe import build_info as read_build_info
 
 #: Backend hook API version this plugin was written against.
-BUILT_AGAINST_API: tuple[int, int] = (1, 0)
+BUILT_AGAINST_API: tuple[int, int] = (1, 1)
 
 #: Dtypes the kernels move: every element size 1, 2, 4 or 8 bytes (copies are bitwise).
 _DTYPE_NAMES = (
@@ -52,6 +54,37 @@ _DTYPE_NAMES = (
     "int64",
     "uint64",
 )
+
+
+def arch_runs(device_arch: str, build_archs: Sequence[str]) -> bool:
+    """True when a build for ``build_archs`` has code ``device_arch`` runs, without asking the runtime.
+
+    CUDA: a binary ``sm_XY`` runs on ``sm_XZ`` with ``Z >= Y`` (same major); an arch-specific
+    ``sm_90a`` only on ``sm_90``; PTX ``compute_XY`` on any ``sm`` at least ``XY`` (JIT). HIP: the
+    gfx name must match (feature suffixes such as ``:xnack-`` ignored). Names CMake resolves itself
+    (``native``, ``all``) count as a match.
+    """
+
+    def cc(name: str, prefix: str) -> tuple[int, int] | None:
+        digits = name[len(prefix) :].rstrip("af")
+        if not name.startswith(prefix) or not digits.isdigit() or len(digits) < 2:
+            return None
+        return int(digits[:-1]), int(digits[-1])
+
+    if any(not a.startswith(("sm_", "compute_", "gfx")) for a in build_archs):
+        return True  # "native", "all": CMake chose; the kernel-image check at registration decides
+    dev = cc(device_arch, "sm_")
+    if dev is None:  # HIP
+        return device_arch.split(":")[0] in {a.split(":")[0] for a in build_archs}
+    for arch in build_archs:
+        if arch.startswith("sm_") and (got := cc(arch, "sm_")) is not None:
+            specific = arch[-1] in "af"
+            if (specific and got == dev) or (not specific and got[0] == dev[0] and got[1] <= dev[1]):
+                return True
+        elif arch.startswith("compute_") and (got := cc(arch, "compute_")) is not None:
+            if arch[-1] not in "af" and got <= dev:
+                return True
+    return False
 
 
 def supported_dtypes() -> frozenset[str]:
@@ -82,7 +115,7 @@ class GpuPlugin:
             "archs": str(info["archs"]),
             "gather_host_path": paths["gather"],
             "scatter_host_path": paths["scatter"],
-            "host_alloc": self.kernels.host_alloc_method(),
+            "host_alloc": f"{self.kernels.host_alloc_method()} ({self.kernels.host_alloc_name()})",
             "devices": str(count),
         }
         if count == 0:
@@ -95,13 +128,13 @@ class GpuPlugin:
                     f"the installed driver supports (make -C packages/lmcache-{self.kernels.backend} install)"
                 )
             return f"compiled, no device: {compiled}; {error or 'the runtime sees no GPU'}", extra
-        devices = [self.kernels.device_info(d) for d in range(count)]
+        devices = [self.kernels.device_info(d) for d in range(count)]  # properties: no context
+        archs = [a for a in str(info["archs"]).replace(",", ";").split(";") if a]
         for d, dev in enumerate(devices):
-            problem = self.kernels.kernel_image_error(d)
-            if problem:
+            if archs and not arch_runs(str(dev["arch"]), archs):
                 raise ImportError(
                     f"backend {self.kernels.backend!r}: {compiled} has no code for GPU {d} ({dev['name']}, "
-                    f"{dev['arch']}): {problem}. Rebuild for it, e.g. `pip install --no-build-isolation "
+                    f"{dev['arch']}): built for {', '.join(archs)}. Rebuild for it, e.g. `pip install --no-build-isolation "
                     f"--no-deps -e packages/lmcache-{self.kernels.backend} "
                     f"-Ccmake.define.CMAKE_{'HIP' if info['runtime'] == 'HIP' else 'CUDA'}_ARCHITECTURES=native`"
                 )
@@ -165,6 +198,24 @@ class GpuPlugin:
     @hookimpl
     def lmcache_record_event(self, stream: int) -> Any:
         return self.kernels.record_event(stream)
+
+    @hookimpl
+    def lmcache_current_stream(self, device: Any) -> int:
+        return self.kernels.current_stream(device)
+
+    @hookimpl
+    def lmcache_stream_wait_event(self, stream: int, event: Any) -> bool:
+        self.kernels.stream_wait_event(stream, event)
+        return True
+
+    @hookimpl
+    def lmcache_query_event(self, event: Any) -> bool:
+        return self.kernels.query_event(event)
+
+    @hookimpl
+    def lmcache_destroy_stream(self, stream: int) -> bool:
+        self.kernels.destroy_stream(stream)
+        return True
 
     @hookimpl
     def lmcache_synchronize(self, handle: Any) -> bool:

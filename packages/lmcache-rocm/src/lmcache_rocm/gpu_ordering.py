@@ -1,0 +1,1 @@
+../../../lmcache-cuda/src/lmcache_cuda/gpu_ordering.py
