@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import lmcache_core
+from lmcache_core.testing.require import missing_dependency
 
 _TEST_ENV = (
     "LMCACHE_BACKEND",
@@ -35,10 +36,14 @@ def _installed(dist: str) -> bool:
     return True
 
 
-needs_test_plugins = pytest.mark.skipif(
-    not (_installed("lmcache-dummy-backend") and _installed("lmcache-broken-probe")),
-    reason="test plugins not installed (see tests/plugins/README.md)",
-)
+@pytest.fixture
+def _test_plugins() -> None:
+    """Skip without the test plugins; fail under CI=true, where `make test` installs them."""
+    if not (_installed("lmcache-dummy-backend") and _installed("lmcache-broken-probe")):
+        missing_dependency("test plugins", "see tests/plugins/README.md")
+
+
+needs_test_plugins = pytest.mark.usefixtures("_test_plugins")
 
 
 def _info(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
