@@ -87,6 +87,12 @@ def test_run_package_fails_a_row_that_collects_no_tests(
     assert (row.passed, row.failed, row.notes) == (1, 0, [])
 
 
+def test_run_package_fails_a_row_whose_test_folders_are_missing(matrix: ModuleType, tmp_path: Path) -> None:
+    row = matrix.run_package(matrix.Package("gone", (str(tmp_path / "missing"),)), [])
+    assert (row.passed, row.failed) == (0, 1)
+    assert row.notes == [f"no test folder found: {tmp_path / 'missing'}"]
+
+
 def test_run_package_fails_a_driver_that_prints_no_summary(matrix: ModuleType) -> None:
     silent = matrix.Package("silent", (), check=(sys.executable, "-c", "print('started')"))
     row = matrix.run_package(silent, [])

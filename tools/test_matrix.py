@@ -120,8 +120,10 @@ def run_package(pkg: Package, pytest_args: list[str]) -> Row:
         row.seconds = time.monotonic() - started
         return row
     paths = [p for p in pkg.tests if (ROOT / p).exists()]
-    if not paths:
-        row.notes.append("no tests found")
+    if not paths:  # a row that runs nothing fails, as pytest's exit 5 does
+        row.failed += 1
+        row.notes.append(f"no test folder found: {', '.join(pkg.tests) or 'none given'}")
+        row.seconds = time.monotonic() - started
         return row
     xml = REPORTS / f"junit-{slug}.xml"
     xml.unlink(missing_ok=True)  # a report left by an earlier run must not be read as this one's
