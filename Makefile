@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 CONSTRAINTS := -c constraints/dev.txt
 TEST_PLUGINS := tests/plugins/lmcache-dummy-backend tests/plugins/lmcache-dummy-twin tests/plugins/lmcache-broken-probe
 
-.PHONY: test demo venv lint typecheck matrix clean
+.PHONY: test demo venv lint typecheck matrix clean device-check
 
 $(VENV)/.installed: constraints/dev.txt requirements-dev.txt packages/lmcache-core/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -49,6 +49,12 @@ typecheck: venv
 
 test: venv $(VENV)/.test-plugins $(VENV)/.vllm lint typecheck
 	$(PY) tools/test_matrix.py
+
+# On a machine with one NVIDIA GPU (CUDA torch in .venv): build, GPU kernel/conformance/ordering
+# tests, the no-wait negative control, compute-sanitizer memcheck, one context per process, the
+# kernel benchmark; one report, build/device-check/report.md, in under 8 minutes.
+device-check:
+	$(PY) tools/device_check.py --report build/device-check/report.md
 
 demo: venv $(VENV)/.vllm $(VENV)/.host-plugin
 	VLLM_HOST_IP=127.0.0.1 VLLM_CPU_KVCACHE_SPACE=1 $(VENV)/bin/lmcache-core demo
