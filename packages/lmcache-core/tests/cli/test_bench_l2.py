@@ -1,3 +1,8 @@
+"""``lmcache-core bench l2`` through its parser: JSON with verify and peer, progress, bad options.
+
+The measuring library (peers on Redis, the keyword checks) is tested in tests/bench/test_l2.py.
+"""
+
 import json
 
 import pytest
@@ -29,24 +34,30 @@ def test_fs_json_with_verify_and_peer(tmp_path, capsys):
     assert len(doc["peer"]["write_mb_per_s"]) == 2 and doc["ratios"]["load_vs_peer_read"] > 0
     assert doc["adapter_counters"]["store_ok"] == 18 and doc["adapter_counters"]["load_hits"] == 18
     assert doc["adapter_counters"]["deletes"] == 18  # each round cleans up after itself
+    assert doc["host"]["cpu_model"] and doc["date"].endswith("+00:00")
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith(".evict")]
-    assert "round 3/3" in out.err  # the progress display
+    assert "[3/4 " in out.err and "round 3/3" in out.err and "[4/4 " in out.err  # the progress display
 
 
-def test_redis_table_and_cold_is_fs_only(redis_server, capsys):
-    out = bench(capsys, "--adapter", f"{redis_server.url}?prefix=bench:", "--num-keys", "4", "--object-size",
-                "10K", "--rounds", "1", "--no-progress")  # fmt: skip
-    assert "plain redis-py pipelined SET / GET" in out.out and "ours / peer" in out.out
-    assert out.err == ""
-    args = build_parser(COMMANDS).parse_args(["bench", "l2", "--adapter", redis_server.url, "--cold"])
-    with pytest.raises(CLIError, match="--cold: only for fs"):
-        args.run(args)
+def test_fs_table_without_peer_or_progress(tmp_path, capsys):
+    out = bench(capsys, "--adapter", f"fs://{tmp_path}", "--num-keys", "2", "--object-size", "4K", "--rounds", "1",
+                "--warmup-rounds", "0", "--no-peer", "--no-progress")  # fmt: skip
+    lines = out.out.splitlines()
+    assert lines[1].startswith("2 keys x 4096 B, in-flight 2, batch 1, 1 rounds (+0 warm-up)")
+    assert [line.split()[0] for line in lines[5:8]] == ["store", "lookup", "load"]
+    assert "ours / peer" not in out.out and "\npeer: " not in out.out and out.err == ""
 
 
 def test_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         build_parser(COMMANDS).parse_args(["bench", "l2", "--adapter", "fs:///x", "--object-size", "huge"])
     assert "--object-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser(COMMANDS).parse_args(["bench", "l2", "--adapter", "fs:///x", "--rounds", "0"])
+    assert "argument --rounds: expected a positive integer, given '0'" in capsys.readouterr().err
     args = build_parser(COMMANDS).parse_args(["bench", "l2", "--adapter", "nfs://x/y"])
     with pytest.raises(CLIError, match="unknown L2 scheme 'nfs'"):
+        args.run(args)
+    args = build_parser(COMMANDS).parse_args(["bench", "l2", "--adapter", "redis://127.0.0.1:1/0", "--cold"])
+    with pytest.raises(CLIError, match=r"^--cold: only for fs:// adapters, given redis://$"):
         args.run(args)
