@@ -218,3 +218,47 @@ def s3_bucket(moto_server: str, request: pytest.FixtureRequest):
     client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
     client.create_bucket(Bucket=name)
     yield moto_server, name
+
+
+class Mounts:
+    """Mounts made by one test (needs root), each undone at the end: read-only bind mounts of a
+    directory, and small tmpfs file systems (``nr_inodes`` runs out of inodes)."""
+
+    def __init__(self) -> None:
+        self.points: list[Path] = []
+
+    def _mount(self, *args: str) -> None:
+        res = subprocess.run(["mount", *args], capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount here (needs root): mount {' '.join(args)}: {res.stderr.strip()}")
+
+    def read_only(self, src: Path, dst: Path) -> Path:
+        """``dst`` shows ``src`` read-only (EROFS for everyone, root included)."""
+        src.mkdir(parents=True, exist_ok=True)
+        dst.mkdir(parents=True, exist_ok=True)
+        self._mount("--bind", str(src), str(dst))
+        self.points.append(dst)
+        self._mount("-o", "remount,bind,ro", str(dst))
+        return dst
+
+    def writable(self, dst: Path) -> None:
+        """Make a read-only bind mount writable again (the share "comes back")."""
+        self._mount("-o", "remount,bind,rw", str(dst))
+
+    def tmpfs(self, dst: Path, size: str = "4m", nr_inodes: int = 0) -> Path:
+        dst.mkdir(parents=True, exist_ok=True)
+        opts = f"size={size}" + (f",nr_inodes={nr_inodes}" if nr_inodes else "")
+        self._mount("-t", "tmpfs", "-o", opts, "tmpfs", str(dst))
+        self.points.append(dst)
+        return dst
+
+    def undo(self) -> None:
+        for p in reversed(self.points):
+            subprocess.run(["umount", "-l", str(p)], check=False, capture_output=True)
+
+
+@pytest.fixture
+def mounts():
+    m = Mounts()
+    yield m
+    m.undo()

@@ -43,10 +43,13 @@ last scan with writes since, one thread of one process (a non-blocking ``flock``
 size including other writers' files and temporary files, removes temporary files whose writer
 is gone (no ``flock`` held, older than ``TMP_GRACE``), and removes least-recently-used objects
 (oldest ``mtime``; loads refresh it at most every ``touch_interval`` seconds) down to
-``low_water`` x budget. Overshoot bound with ``P`` processes writing at once, each with up to
-``W`` writes of ``S`` bytes in flight: ``budget x (1 + (P - 1) x (1 - low_water)) + P x W x S``
-(each process evicts once its own estimate passes the budget, so each may add one
-``(1 - low_water) x budget`` of headroom unseen by the others).
+``low_water`` x budget. A process also scans once it has written its share of the headroom
+since its last scan: ``min(budget - total, (1 - low_water) x budget) / P``, where ``P`` is the
+number of processes with the tier open for writing (each holds an ``flock`` on a file in
+``<root>/.writers/``). The directory (objects, temporary files, tombstones) then stays under
+``budget x (2 - low_water) + P x W x S`` once every writer has scanned once, with ``W`` writes of
+``S`` bytes in flight per process: the last scan left at most ``budget``, and all processes
+together write at most ``(1 - low_water) x budget`` before one of them scans again.
 
 ``o_direct=1`` bypasses the page cache with ``O_DIRECT`` through a page-aligned bounce buffer
 per thread (headers are then padded to 4 KiB); a file system without ``O_DIRECT`` (tmpfs)
@@ -215,6 +218,10 @@ class FsAdapter(L2Adapter):
         self._evicting = threading.Lock()
         self._last_scan = 0.0
         self._writes_since_scan = False
+        self._written_since_scan = 0  # bytes this process wrote since its last scan
+        self._allowance = 0  # bytes it may write before the next scan: its share of the headroom
+        self._writer_fd: int | None = None
+        self._writer_name = ""
         self.metrics.gauge("used_bytes", lambda: float(self._used))
         self.metrics.gauge("budget_bytes", lambda: float(self.budget))
         self.metrics.gauge("read_only", lambda: 1.0 if self.read_only else 0.0)
@@ -266,7 +273,7 @@ class FsAdapter(L2Adapter):
         self._next_rw_probe = time.monotonic() + self.health.retry_max
         self.metrics.inc("read_only_events")
         logger.warning("L2 %s: cannot write (%s): read-only, lookups and loads only; probing again every "
-                       "%.0f s", self.name, reason, self.health.retry_max)  # fmt: skip
+                       "%.1f s", self.name, reason, self.health.retry_max)  # fmt: skip
 
     def _maybe_writable_again(self) -> None:
         """In auto mode, every ``retry_max`` seconds: become writable when the probe succeeds."""
@@ -415,6 +422,7 @@ class FsAdapter(L2Adapter):
             return OpResult(Status.FAILED, reason_of(e))
         with self._used_lock:
             self._used += len(header) + payload.nbytes
+            self._written_since_scan += len(header) + payload.nbytes
             self._writes_since_scan = True
         return OpResult(Status.OK)
 
@@ -617,9 +625,11 @@ class FsAdapter(L2Adapter):
     def _after_writes(self) -> None:
         if not self.budget:
             return
-        over = self._used > self.budget
+        over = self._used > self.budget or self._written_since_scan > self._allowance
         stale = time.monotonic() - self._last_scan > self.rescan_interval and self._writes_since_scan
-        if over or stale:
+        if over:
+            self.enforce_budget(wait=True)  # back-pressure: no more writes before a scan
+        elif stale:
             self.enforce_budget()
 
     def scan(self) -> tuple[int, list[tuple[int, int, str, str]]]:
@@ -683,10 +693,11 @@ class FsAdapter(L2Adapter):
             total += st.st_size
         return total
 
-    def enforce_budget(self) -> int:
+    def enforce_budget(self, wait: bool = False) -> int:
         """Scan the directory and evict LRU objects down to ``low_water`` x budget; returns the
-        number evicted (0 when another thread or process is already at it, or read-only)."""
-        if not self.budget or self.read_only or not self._evicting.acquire(blocking=False):
+        number evicted (0 when another thread or process is already at it, or read-only). With
+        ``wait``, wait for that other one and scan after it (a writer over its share does)."""
+        if not self.budget or self.read_only or not self._evicting.acquire(blocking=wait):
             return 0
         try:
             try:
@@ -698,12 +709,15 @@ class FsAdapter(L2Adapter):
                 return 0
             try:
                 try:
-                    fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(lock_fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
                 except OSError:
                     return 0  # another process is evicting
                 with self._used_lock:
                     self._writes_since_scan = False
+                    self._written_since_scan = 0
+                self._register_writer()
                 total, files = self.scan()
+                writers = self._count_writers()
                 evicted = 0
                 if total > self.budget:
                     target = int(self.budget * self.low_water)
@@ -719,12 +733,63 @@ class FsAdapter(L2Adapter):
                         self.metrics.inc("evicted_bytes", size)
                 with self._used_lock:
                     self._used = total
+                    headroom = min(max(0, self.budget - total), int(self.budget * (1 - self.low_water)))
+                    self._allowance = headroom // writers
                 self._last_scan = time.monotonic()
                 return evicted
             finally:
                 os.close(lock_fd)  # releases the flock
         finally:
             self._evicting.release()
+
+    WRITERS = ".writers"
+
+    def _register_writer(self) -> None:
+        """Hold an flock on ``<root>/.writers/<host>.<pid>.<n>`` while this adapter is open, so
+        that every evictor knows how many processes share the budget (best effort: 1 if not)."""
+        if self._writer_fd is not None:
+            return
+        d = os.path.join(self.root, self.WRITERS)
+        try:
+            os.makedirs(d, exist_ok=True)
+            name = f"{os.uname().nodename}.{os.getpid()}.{next(_counter)}"
+            fd = os.open(os.path.join(d, name), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._writer_fd, self._writer_name = fd, name
+        except OSError as e:
+            self.log.warning(f"writers:{reason_of(e)}", f"cannot register as a writer ({reason_of(e)})")
+
+    def _count_writers(self) -> int:
+        """Processes with this tier open for writing (their flock held); removes the entries of
+        processes that are gone."""
+        d = os.path.join(self.root, self.WRITERS)
+        try:
+            dfd = os.open(d, _DIR_FLAGS)
+        except OSError:
+            return 1
+        alive = 0
+        try:
+            for name in os.listdir(dfd):
+                gone = _tmp_writer_gone(dfd, name)
+                if gone:
+                    try:
+                        os.unlink(name, dir_fd=dfd)
+                    except OSError:
+                        pass
+                elif gone is False:
+                    alive += 1
+        finally:
+            os.close(dfd)
+        return max(1, alive)
+
+    def _close(self) -> None:
+        if self._writer_fd is not None:
+            fd, self._writer_fd = self._writer_fd, None
+            try:
+                os.unlink(os.path.join(self.root, self.WRITERS, self._writer_name))
+            except OSError:
+                pass
+            os.close(fd)
 
     def _evict(self, shard: str, name: str) -> bool:
         try:
