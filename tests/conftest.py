@@ -39,11 +39,11 @@ def plugin_env_vars() -> tuple[str, ...]:
     return ("LMCACHE_BACKEND", dummy.ENABLE_ENV, dummy.BADAPI_ENV, dummy.NOIMPORT_ENV, twin.ENABLE_ENV)
 
 
-def require_plugins(*, module_level: bool = False) -> None:
+def require_plugins() -> None:
     """Skip (fail under ``CI=true``) unless every test plugin is installed."""
     missing = _missing_dists()
     if missing:
-        missing_dependency(f"test plugins {missing}", f"run {INSTALL}", module_level=module_level)
+        missing_dependency(f"test plugins {missing}", f"run {INSTALL}")
 
 
 @pytest.fixture(autouse=True)
