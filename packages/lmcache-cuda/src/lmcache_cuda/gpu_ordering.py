@@ -33,7 +33,6 @@ from lmcache_core.layout_registry import LayoutHints, allocate_example
 #: certainly runs first, short enough for the 8-minute device check.
 SLEEP_CYCLES = 500_000_000
 TOKENS = list(range(900, 964))  # 4 chunks of 16
-GEOMETRY = {"num_layers": 4, "num_blocks": 16, "block_size": 16, "num_kv_heads": 8, "head_size": 128}
 
 
 def _skip_reason(package: str, backend: str) -> str | None:
@@ -62,7 +61,10 @@ class OrderingTests:
     # ---- helpers ----
 
     def _kv(self, value: float) -> tuple[list[torch.Tensor], LayoutHints]:
-        kv, hints = allocate_example("vllm_flash_nhd", dtype=torch.bfloat16, **GEOMETRY)
+        kv, hints = allocate_example(
+            "vllm_flash_nhd", num_layers=4, num_blocks=16, block_size=16, num_kv_heads=8, head_size=128,
+            dtype=torch.bfloat16,
+        )  # fmt: skip
         gpu = [t.to("cuda").fill_(value) for t in kv]
         torch.cuda.synchronize()  # set-up only: the KV before the forward is in place
         return gpu, hints

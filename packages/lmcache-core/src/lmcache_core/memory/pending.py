@@ -26,7 +26,7 @@ class PendingChunk:
     """One queued store: its key, reserved buffer (uint8 ``[nbytes]``), tokens, the event recorded
     after its gather, and the owner it is reported to (a request id, or None)."""
 
-    key: Hashable
+    key: Any  # a CacheKey for the engine; any hashable here
     buffer: torch.Tensor
     num_tokens: int
     event: Any

@@ -28,7 +28,7 @@ class _Stream:
     """A queue of callables run in order by one thread: a device stream on the host."""
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._queue: queue.Queue[Callable[[], object] | None] = queue.Queue()
         self.errors: list[BaseException] = []
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -42,7 +42,7 @@ class _Stream:
             finally:
                 self._queue.task_done()
 
-    def enqueue(self, fn: Callable[[], None]) -> None:
+    def enqueue(self, fn: Callable[[], object]) -> None:
         self._queue.put(fn)
 
     def idle(self) -> bool:
