@@ -71,6 +71,7 @@ extern thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define LMC_MEMCPY_2D_ASYNC hipMemcpy2DAsync
 #define LMC_MEMCPY_HOST_TO_DEVICE hipMemcpyHostToDevice
 #define LMC_MEMCPY_DEVICE_TO_HOST hipMemcpyDeviceToHost
+#define LMC_MEMCPY_DEVICE_TO_DEVICE hipMemcpyDeviceToDevice
 /* page-locked host memory: portable (every device) and mapped (a device pointer exists).
    hipHostMalloc is deprecated from ROCm 6.4 on (hipHostAlloc, CUDA's name, is the API to use);
    before 6.4 hipHostAlloc was the deprecated one, so the choice follows the version. */
@@ -132,6 +133,7 @@ extern thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define LMC_MEMCPY_2D_ASYNC cudaMemcpy2DAsync
 #define LMC_MEMCPY_HOST_TO_DEVICE cudaMemcpyHostToDevice
 #define LMC_MEMCPY_DEVICE_TO_HOST cudaMemcpyDeviceToHost
+#define LMC_MEMCPY_DEVICE_TO_DEVICE cudaMemcpyDeviceToDevice
 #define LMC_HOST_ALLOC(ptr, nbytes) cudaHostAlloc((ptr), (nbytes), cudaHostAllocPortable | cudaHostAllocMapped)
 #define LMC_HOST_ALLOC_NAME "cudaHostAlloc"
 #define LMC_FREE_HOST cudaFreeHost

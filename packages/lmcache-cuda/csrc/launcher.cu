@@ -6,14 +6,16 @@
  *
  * Order of work for one transfer (see launcher.h):
  *   1. check_layout (plan.cpp): geometry, plane table, extents, chunk sizes - host only;
- *   2. slot checks on the host: directly on a host copy the caller passes, else after copying
- *      the device slot mapping into page-locked scratch (one stream synchronisation). A bad slot
- *      raises before any kernel is queued, so nothing is written;
+ *   2. slot checks on the host, on a copy: the caller's slots are read once - a host mapping into
+ *      pageable memory of ours, a device mapping device-to-device into per-stream scratch and from
+ *      there into page-locked scratch (one stream synchronisation) - and the kernel reads only the
+ *      checked copy in device scratch. A bad slot raises before any kernel is queued, so nothing
+ *      is written;
  *   3. the device pointer table of plane addresses: uploaded once per (device, plane addresses)
  *      and reused (an LRU of kMaxPlaneTables). Each table remembers an event per stream that
  *      used it; an evicted table waits for those events only (never the whole device) and its
- *      memory is reused by the next table. Slot mappings given only in host memory are uploaded
- *      into per-stream device scratch (stream-ordered, so reuse is safe);
+ *      memory is reused by the next table. Checked host slot copies are uploaded into the
+ *      per-stream device scratch (stream-ordered, so reuse is safe);
  *   4. per chunk: device memory directly, page-locked host memory through its mapped device
  *      address (HostPath::kMapped) or through a per-stream device staging buffer and 2-D async
  *      copies of the live token runs only (HostPath::kStaged; pageable memory always);
@@ -191,7 +193,7 @@ struct StreamResources {
   size_t staging_bytes = 0;
   void* slot_scratch = nullptr;  /* page-locked host memory: device slot mappings copied for checking */
   size_t slot_scratch_bytes = 0;
-  void* slot_upload = nullptr;   /* device memory: host slot mappings uploaded for the kernel */
+  void* slot_upload = nullptr;   /* device memory: the checked slot copies the kernel reads */
   size_t slot_upload_bytes = 0;
 };
 
@@ -334,6 +336,27 @@ std::vector<std::string> transfer(const TransferArgs& args, bool gather, HostPat
   StreamResources& res = stream_resources(args.device, stream_handle);
   std::lock_guard<std::mutex> lock(res.mutex);
 
+  /* Every live job's slots reach the kernel from per-stream device scratch (`upload`), never from
+     the caller's memory: host mappings as the copy checked above; device mappings copied device to
+     device first, and that copy brought back to the host and checked. The caller's slots are read
+     once, so a writer changing them after the check cannot steer the kernel. A job giving both
+     host and device slots uses its (checked) host ones. */
+  std::vector<uintptr_t> kernel_slots(static_cast<size_t>(n_jobs), 0);
+  std::vector<size_t> upload_at(static_cast<size_t>(n_jobs), 0);
+  size_t upload_total = 0;
+  for (int64_t j = 0; j < n_jobs; ++j) {
+    const Job& job = args.jobs[j];
+    if (job.num_tokens <= job.skip_prefix) continue;
+    upload_at[j] = upload_total;
+    upload_total += static_cast<size_t>(job.num_tokens);
+  }
+  int64_t* upload = slot_upload(res, upload_total * sizeof(int64_t), stream);
+  for (int64_t j = 0; j < n_jobs; ++j) {
+    if (args.jobs[j].num_tokens > args.jobs[j].skip_prefix) {
+      kernel_slots[j] = reinterpret_cast<uintptr_t>(upload + upload_at[j]);
+    }
+  }
+
   if (need_device_copy) {
     size_t total = 0;
     for (int64_t j = 0; j < n_jobs; ++j) {
@@ -347,8 +370,11 @@ std::vector<std::string> transfer(const TransferArgs& args, bool gather, HostPat
       const Job& job = args.jobs[j];
       if (job.num_tokens <= job.skip_prefix || host_slots[j] != nullptr) continue;
       where[j] = at;
-      check(LMC_MEMCPY_ASYNC(scratch + at, reinterpret_cast<const void*>(job.slots_device),
-                             static_cast<size_t>(job.num_tokens) * sizeof(int64_t), LMC_MEMCPY_DEVICE_TO_HOST, stream),
+      const size_t nbytes = static_cast<size_t>(job.num_tokens) * sizeof(int64_t);
+      check(LMC_MEMCPY_ASYNC(upload + upload_at[j], reinterpret_cast<const void*>(job.slots_device), nbytes,
+                             LMC_MEMCPY_DEVICE_TO_DEVICE, stream),
+            "MemcpyAsync (slot mapping -> device scratch)");
+      check(LMC_MEMCPY_ASYNC(scratch + at, upload + upload_at[j], nbytes, LMC_MEMCPY_DEVICE_TO_HOST, stream),
             "MemcpyAsync (slot mapping -> host for checking)");
       at += static_cast<size_t>(job.num_tokens);
     }
@@ -364,27 +390,14 @@ std::vector<std::string> transfer(const TransferArgs& args, bool gather, HostPat
     }
   }
 
-  /* slot mappings given only in host memory: upload our pageable copy for the kernel (the runtime
-     stages pageable sources before MemcpyAsync returns, so the copy may die with this call) */
-  std::vector<uintptr_t> kernel_slots(static_cast<size_t>(n_jobs), 0);
-  size_t upload_total = 0;
+  /* host slot mappings: upload our checked pageable copy (the runtime stages pageable sources
+     before MemcpyAsync returns, so the copy may die with this call) */
   for (int64_t j = 0; j < n_jobs; ++j) {
     const Job& job = args.jobs[j];
-    kernel_slots[j] = job.slots_device;
-    if (job.num_tokens > job.skip_prefix && job.slots_device == 0) upload_total += static_cast<size_t>(job.num_tokens);
-  }
-  if (upload_total > 0) {
-    int64_t* upload = slot_upload(res, upload_total * sizeof(int64_t), stream);
-    size_t at = 0;
-    for (int64_t j = 0; j < n_jobs; ++j) {
-      const Job& job = args.jobs[j];
-      if (job.num_tokens <= job.skip_prefix || job.slots_device != 0) continue;
-      check(LMC_MEMCPY_ASYNC(upload + at, host_slots[j], static_cast<size_t>(job.num_tokens) * sizeof(int64_t),
-                             LMC_MEMCPY_HOST_TO_DEVICE, stream),
-            "MemcpyAsync (host slot mapping -> device)");
-      kernel_slots[j] = reinterpret_cast<uintptr_t>(upload + at);
-      at += static_cast<size_t>(job.num_tokens);
-    }
+    if (job.num_tokens <= job.skip_prefix || job.slots_host == 0) continue;
+    check(LMC_MEMCPY_ASYNC(upload + upload_at[j], host_slots[j], static_cast<size_t>(job.num_tokens) * sizeof(int64_t),
+                           LMC_MEMCPY_HOST_TO_DEVICE, stream),
+          "MemcpyAsync (host slot mapping -> device)");
   }
 
   /* 3. pointer table: held under g_table_mutex until this call's launches are marked on it,

@@ -14,11 +14,7 @@ std::string str(int64_t v) { return std::to_string(v); }
 
 [[noreturn]] void fail(const std::string& message) { throw ArgumentError(message); }
 
-/* a * b + c, or false on int64 overflow. */
-bool mul_add(int64_t a, int64_t b, int64_t c, int64_t* out) {
-  int64_t p = 0;
-  return !__builtin_mul_overflow(a, b, &p) && !__builtin_add_overflow(p, c, out);
-}
+using lmcache_core::kv_checked_mul_add;  /* overflow-checked a * b + c (kv_index.h) */
 
 void check_geometry(const KVGeometry& g, int64_t element_size) {
   if (element_size != 1 && element_size != 2 && element_size != 4 && element_size != 8) {
@@ -39,7 +35,8 @@ void check_geometry(const KVGeometry& g, int64_t element_size) {
   }
   int64_t slots = 0, row_bytes = 0, planes = 0;
   if (__builtin_mul_overflow(g.num_blocks, g.block_size, &slots) ||
-      !mul_add(g.num_kv_heads, g.head_size, 0, &row_bytes) || !mul_add(row_bytes, element_size, 0, &row_bytes) ||
+      !kv_checked_mul_add(g.num_kv_heads, g.head_size, 0, &row_bytes) ||
+      !kv_checked_mul_add(row_bytes, element_size, 0, &row_bytes) ||
       __builtin_mul_overflow(g.num_kv, g.num_layers, &planes)) {
     fail("geometry: num_blocks * block_size, num_kv_heads * head_size * element_size or num_kv * num_layers "
          "overflows int64");
@@ -53,12 +50,12 @@ void check_geometry(const KVGeometry& g, int64_t element_size) {
   }
 }
 
-/* Elements a plane spans from its start, with overflow checks. */
+/* Elements a plane spans from its start (kv_checked_plane_extent: overflow-checked). */
 int64_t checked_extent(const KVGeometry& g) {
-  int64_t e = 1;
-  if (!mul_add(g.num_blocks - 1, g.block_stride, e, &e) || !mul_add(g.block_size - 1, g.token_stride, e, &e) ||
-      !mul_add(g.num_kv_heads - 1, g.head_stride, e, &e) || !mul_add(g.head_size - 1, g.channel_stride, e, &e)) {
-    fail("geometry: plane extent overflows int64");
+  int64_t e = 0;
+  if (!lmcache_core::kv_checked_plane_extent(g, &e)) {
+    fail("geometry: plane extent 1 + (num_blocks - 1) * block_stride + (block_size - 1) * token_stride + "
+         "(num_kv_heads - 1) * head_stride + (head_size - 1) * channel_stride overflows int64");
   }
   return e;
 }
@@ -87,8 +84,9 @@ void check_planes(const TransferArgs& a) {
            str(t));
     }
     const int64_t off = a.plane_offset[p];
-    int64_t end_bytes = 0;
-    if (off < 0 || !mul_add(off + extent, a.element_size, 0, &end_bytes) || end_bytes > a.tensor_nbytes[t]) {
+    int64_t end_bytes = 0;  // (off + extent) * element_size, overflow-checked: it once wrapped and "fit"
+    if (!lmcache_core::kv_checked_plane_end_bytes(off, extent, a.element_size, &end_bytes) ||
+        end_bytes > a.tensor_nbytes[t]) {
       fail("plane_offset[" + str(p) + "]: plane spans elements [" + str(off) + ", " + str(off) + " + " +
            str(extent) + ") of kv_caches[" + str(t) + "], expected to fit in its " + str(a.tensor_nbytes[t]) +
            " bytes (" + str(a.element_size) + " per element)");
@@ -112,8 +110,9 @@ void check_jobs(const TransferArgs& a) {
            ", given " + str(job.skip_prefix));
     }
     int64_t rows = 0, want = 0;
-    if (!mul_add(lmcache_core::kv_num_planes(g), job.num_tokens, 0, &rows) ||
-        !mul_add(rows, lmcache_core::kv_hidden(g), 0, &want) || !mul_add(want, a.element_size, 0, &want)) {
+    if (!kv_checked_mul_add(lmcache_core::kv_num_planes(g), job.num_tokens, 0, &rows) ||
+        !kv_checked_mul_add(rows, lmcache_core::kv_hidden(g), 0, &want) ||
+        !kv_checked_mul_add(want, a.element_size, 0, &want)) {
       fail(job_field(a, j, "chunk") + ": size overflows int64");
     }
     if (job.chunk_nbytes != want) {

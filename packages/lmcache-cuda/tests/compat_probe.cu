@@ -46,6 +46,7 @@ int use_every_runtime_macro() {
   ok(LMC_HOST_ALLOC(&h, 4096));
   ok(LMC_MEMCPY_ASYNC(d, h, 64, LMC_MEMCPY_HOST_TO_DEVICE, s));
   ok(LMC_MEMCPY_2D_ASYNC(h, 128, d, 128, 64, 4, LMC_MEMCPY_DEVICE_TO_HOST, s));
+  ok(LMC_MEMCPY_ASYNC(static_cast<char*>(d) + 2048, d, 64, LMC_MEMCPY_DEVICE_TO_DEVICE, s));
   probe_kernel<<<1, 64, 0, s>>>(static_cast<int64_t*>(d), lmcache_core::KVGeometry{});
   ok(LMC_GET_LAST_ERROR());
   LMC_EVENT_T e = nullptr;
