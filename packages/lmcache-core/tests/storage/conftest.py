@@ -167,6 +167,19 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
             n.stop()
 
 
+def start_single_node_cluster(workdir: Path, port: int) -> RedisServer:
+    """A real Redis Cluster of one master holding all 16384 slots, on ``port``."""
+    node = RedisServer(workdir, port, "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                       "--cluster-node-timeout", "2000").start()  # fmt: skip
+    node.cli("cluster", "addslotsrange", "0", "16383")
+    deadline = time.monotonic() + 20
+    while "cluster_state:ok" not in node.cli("cluster", "info"):
+        if time.monotonic() > deadline:
+            raise RuntimeError("single-node cluster did not reach cluster_state:ok in 20 s")
+        time.sleep(0.05)
+    return node
+
+
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path):
     """A 1 MiB tmpfs mounted for one test: a real file system that fills up (needs root)."""

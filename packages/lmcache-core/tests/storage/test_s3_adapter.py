@@ -82,3 +82,41 @@ def test_missing_bucket_fails_stores_and_endpoint_down_is_unavailable(s3_bucket)
         stored, loaded, _ = run(a, [1], 1000)
         assert stored[0].status is Status.UNAVAILABLE and loaded[0].status is Status.UNAVAILABLE
         assert not a.available and a.metrics.snapshot()["unavailable_events"] == 1
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "match"),
+    [
+        ("127.0.0.1:9000", "endpoint_url: expected http"),
+        ("ftp://127.0.0.1:9000", "endpoint_url: expected http"),
+        ("http://", "endpoint_url: expected http"),
+        ("http://127.0.0.1:99999", "endpoint_url port: expected an integer in 1..65535, given '99999'"),
+        ("http://127.0.0.1:abc", "endpoint_url port: expected an integer in 1..65535, given 'abc'"),
+    ],
+)
+def test_bad_endpoint_url_names_the_setting(endpoint, match, aws_env):
+    with pytest.raises(ValueError, match=match):
+        open_adapter(f"s3://b/x?endpoint_url={endpoint}&region=us-east-1")
+
+
+def test_newer_object_is_a_miss_and_stays(s3_bucket):
+    import struct
+    import zlib
+
+    import boto3
+
+    endpoint, name = s3_bucket
+    client = boto3.client("s3", endpoint_url=endpoint)
+    with open_adapter(url(s3_bucket)) as a:
+        run(a, [1], 4096)
+        body = bytearray(client.get_object(Bucket=name, Key=a.object_key("k1"))["Body"].read())
+        struct.pack_into("<H", body, 4, 2)  # a newer writer's version, with a valid header crc
+        used = 40 + 8 + 2 + 3 + 5
+        struct.pack_into("<I", body, 36, 0)
+        struct.pack_into("<I", body, 36, zlib.crc32(bytes(body[:used])))
+        client.put_object(Bucket=name, Key=a.object_key("k1"), Body=bytes(body))
+        buf = np.zeros(4096, np.uint8)
+        r = a.load([LoadRequest("k1", lambda h: buf)])[0]
+        assert (r.status, r.reason) == (Status.UNVERIFIABLE, "newer_version") and not buf.any()
+        kept = client.get_object(Bucket=name, Key=a.object_key("k1"))["Body"].read()
+        assert kept == bytes(body) and a.lookup(["k1"]) == [False]

@@ -1,5 +1,6 @@
 """The CacheEngine with L2 tiers: write-behind, lookup and prefetch, stacking, faults."""
 
+import os
 import time
 from pathlib import Path
 
@@ -245,3 +246,105 @@ def test_l1_commit_pins_and_keeps_a_copy_in_use():
     assert l1.reserve(4 * 1024) is not None  # now it can go
     with pytest.raises(ValueError, match="pins: expected a non-negative int"):
         l1.commit("x", torch.zeros(8, dtype=torch.uint8), 1, pins=-1)
+
+
+# ---- hung tiers, degraded set-up ----------------------------------------------------------------
+
+
+def test_fifo_at_a_chunk_path_costs_that_chunk_only(tmp_path):
+    """A FIFO at chunk 1's object path (where a naive reader's open() would hang for ever): retrieve
+    keeps chunk 0, returns at once, the FIFO is removed as damage, close() returns."""
+    src, hints = pool()
+    dst, _ = pool(fill=False)
+    tokens = list(range(64))
+    with engine(f"fs://{tmp_path}") as e1:
+        e1.store(tokens, src, slots(64, 20))
+        fifo = Path(e1._adapters[0].path_of(str(e1._keys(tokens, None)[1][1][2])))
+    fifo.unlink()
+    os.mkfifo(fifo)
+    e2 = engine(f"fs://{tmp_path}?timeout=0.5")
+    e2.register_kv_caches(dst, hints)
+    t0 = time.monotonic()
+    s_dst = slots(64, 21)
+    assert e2.retrieve(tokens, dst, s_dst) == 16
+    assert time.monotonic() - t0 < 2.0
+    assert torch.equal(rows(e2, dst, s_dst)[:, :, :16], rows(e2, src, slots(64, 20))[:, :, :16])
+    assert not rows(e2, dst, s_dst)[:, :, 16:].any()
+    assert not fifo.exists() and e2.l2_stats()[0]["damage_found"] == 1
+    t0 = time.monotonic()
+    e2.close()
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_frozen_tier_retrieve_keeps_what_completed_and_close_is_bounded(tmp_path, own_redis):
+    """Chunk 0 is in the fs tier, chunks 1..3 only in Redis, which freezes (SIGSTOP) before the
+    retrieve: retrieve returns chunk 0 after the deadlines, close() returns within its bound."""
+    src, hints = pool()
+    dst, _ = pool(fill=False)
+    tokens = list(range(1000, 1064))
+    near, far = f"fs://{tmp_path}?timeout=0.3", f"{own_redis.url}?timeout=0.3&socket_timeout=60"
+    with engine([near, far]) as e1:
+        e1.store(tokens, src, slots(64, 22))
+        assert e1.flush(10)
+        names = [str(k) for _, _, k in e1._keys(tokens, None)[1]]
+        e1._adapters[0].delete(names[1:])
+    e2 = engine([near, far], l2_prefetch=False, l2_flush_seconds=1)
+    e2.register_kv_caches(dst, hints)
+    assert e2.lookup(tokens) == 64
+    own_redis.pause()
+    try:
+        t0 = time.monotonic()
+        s_dst = slots(64, 23)
+        assert e2.retrieve(tokens, dst, s_dst) == 16
+        took = time.monotonic() - t0
+        assert took < 0.3 * 3 + 1.5, took  # a lookup and a load deadline, not a 60 s socket wait
+        assert torch.equal(rows(e2, dst, s_dst)[:, :, :16], rows(e2, src, slots(64, 22))[:, :, :16])
+        rd = e2.l2_stats()[1]
+        assert rd["timeouts"] >= 1 and rd.gauges["stuck_calls"] >= 1
+        t0 = time.monotonic()
+        e2.close()  # flush 1 s (nothing queued) + the slowest tier's deadline + 1 s at most
+        assert time.monotonic() - t0 < 1 + 0.3 + 1 + 0.5
+    finally:
+        own_redis.resume()
+
+
+def test_engine_comes_up_on_a_read_only_prefilled_cache_with_a_budget(tmp_path, mounts):
+    src, hints = pool()
+    dst, _ = pool(fill=False)
+    tokens = list(range(2000, 2048))
+    with engine(f"fs://{tmp_path / 'fill'}") as e1:
+        e1.store(tokens, src, slots(48, 24))
+    ro = mounts.read_only(tmp_path / "fill", tmp_path / "ro")
+    with engine(f"fs://{ro}?budget=1K") as e2:  # over budget, cannot evict, cannot lock
+        e2.register_kv_caches(dst, hints)
+        assert e2.lookup(tokens) == 48 and e2.retrieve(tokens, dst, slots(48, 25)) == 48
+        assert torch.equal(rows(e2, src, slots(48, 24)), rows(e2, dst, slots(48, 25)))
+        snap = e2.l2_stats()[0]
+        assert snap.gauges["read_only"] == 1.0 and snap["load_hits"] == 3
+        assert e2.store(list(range(3000, 3016)), src, slots(16, 26)) == 16  # L1 takes it
+        assert e2.flush(5) and e2.l2_stats()[0].failures_by_reason == {"store:read_only": 1}
+
+
+def test_engine_comes_up_when_shards_cannot_be_made(tmp_path, mounts):
+    fs = mounts.tmpfs(tmp_path / "small", nr_inodes=40)  # 256 shard directories will not fit
+    src, _ = pool()
+    with engine(f"fs://{fs}?budget=1M") as e:
+        e.register_kv_caches(src, pool(fill=False)[1])
+        assert e.store(list(range(16)), src, slots(16, 27)) == 16
+        assert e.flush(5)
+        snap = e.l2_stats()[0]
+        assert snap["shard_failures"] > 0 and snap["store_ok"] + snap["store_failed"] == 1
+
+
+def test_engine_comes_up_with_its_redis_cluster_down():
+    from .conftest import free_port
+
+    src, hints = pool()
+    dst, _ = pool(fill=False)
+    url = f"redis+cluster://127.0.0.1:{free_port()}?connect_timeout=0.3&retry_min=30"
+    with engine(url) as e:
+        e.register_kv_caches(src, hints)
+        snap = e.l2_stats()[0]
+        assert snap.gauges["available"] == 0.0 and snap["unavailable_events"] == 1
+        assert e.store(list(range(32)), src, slots(32, 28)) == 32
+        assert e.lookup(list(range(32))) == 32 and e.retrieve(list(range(32)), dst, slots(32, 29)) == 32

@@ -558,7 +558,8 @@ class L2Adapter(abc.ABC):
                 stalled = item if isinstance(item, str) else item.key
             out.append(False if op in ("lookup", "delete") else r)
         self.metrics.inc("timeouts")
-        self.metrics.failure(op, "deadline", missed)
+        if op in ("lookup", "delete"):  # store and load count their TIMEOUT results themselves
+            self.metrics.failure(op, "deadline", missed)
         self.log.warning(
             f"{op}:deadline", f"{op} passed its {self.timeout} s deadline; {missed} key(s) missed"
         )

@@ -640,7 +640,8 @@ class FsAdapter(L2Adapter):
         looks). It never follows a symbolic link: a shard directory that is a link is skipped (the
         next store into it replaces the link by a real directory, never touching its target)."""
         now = time.time()
-        total, files = 0, []
+        total = 0
+        files: list[tuple[int, int, str, str]] = []
         for i in range(SHARDS):
             shard = f"{i:02x}"
             try:
