@@ -59,7 +59,9 @@ class TierMetrics:
     ``load_misses``, ``load_corrupt``, ``load_failed``, ``load_bytes``, ``deletes``,
     ``unavailable_skips`` (ops answered without I/O while the tier is marked down),
     ``unavailable_events``, ``reconnects``, ``evictions``, ``evicted_bytes``,
-    ``write_queued``, ``write_dropped`` (queue full), ``prefetch_issued``; failures also by reason
+    ``write_queued``, ``write_dropped`` (queue full), ``prefetch_issued``, ``load_unverifiable``,
+    ``timeouts``, ``bad_keys_added``, ``bad_key_skips``, ``wrong_type``, ``damage_found``,
+    ``read_only_events``, ``shard_failures``, ``stale_removed``; failures also by reason
     (``failures_by_reason``). Gauges are callables read at snapshot time (queue depth, ...).
     """
 
@@ -147,6 +149,15 @@ _COUNTER_HELP = {
     "write_queued": "chunks queued for write-behind",
     "write_dropped": "write-behind stores dropped because the queue was full",
     "prefetch_issued": "chunks whose L2 -> L1 prefetch was started",
+    "load_unverifiable": "objects this reader cannot judge (foreign format, newer version, checksum): misses, kept",
+    "timeouts": "tier calls that passed their deadline",
+    "bad_keys_added": "keys remembered as bad (damage that was not removed)",
+    "bad_key_skips": "lookups and loads answered as misses from the bad-key memory, without I/O",
+    "wrong_type": "Redis values of another type found under a key",
+    "damage_found": "links, FIFOs, directories or non-directories where the fs tier expects its own entries",
+    "read_only_events": "times the tier found it cannot write and went read-only",
+    "shard_failures": "fs shard directories that could not be made",
+    "stale_removed": "temporary files of gone writers and old tombstones removed by a scan",
 }
 
 
