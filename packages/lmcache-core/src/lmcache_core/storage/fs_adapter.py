@@ -456,23 +456,27 @@ class FsAdapter(L2Adapter):
             logger.warning("L2 %s: O_DIRECT not supported here (%s); using buffered I/O", self.name, e)
 
     def _lookup(self, keys: Sequence[str]) -> list[bool]:
+        """Two ``lstat`` per key: the shard must be a real directory (a lookup never reports an
+        object behind a link), the object a regular file. Loads check again through an
+        ``O_NOFOLLOW`` descriptor, so a shard swapped in between is still never followed."""
         out = []
         for key in keys:
             name = object_name(key) + SUFFIX
-            with self._shard(name) as dfd:
-                if dfd is None:
+            try:
+                if not stat.S_ISDIR(os.lstat(os.path.join(self.root, name[:2])).st_mode):
                     out.append(False)
                     continue
-                try:
-                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                except OSError:
-                    out.append(False)
-                    continue
-                if stat.S_ISREG(st.st_mode):
-                    out.append(True)
-                    continue
-                self._not_a_file(dfd, name, key, st.st_mode)
+                st = os.lstat(os.path.join(self.root, name[:2], name))
+            except OSError:
                 out.append(False)
+                continue
+            if stat.S_ISREG(st.st_mode):
+                out.append(True)
+                continue
+            with self._shard(name) as dfd:
+                if dfd is not None:
+                    self._not_a_file(dfd, name, key, st.st_mode)
+            out.append(False)
         return out
 
     def _not_a_file(self, dfd: int, name: str, key: str, mode: int) -> None:
