@@ -268,7 +268,8 @@ def test_permission_denied_fails_stores_and_keeps_loads(tmp_path):
             d.chmod(0o555)  # nobody may create files any more
         script = tmp_path / "child.py"
         script.write_text(PERMISSION_CHILD)
-        out = subprocess.run([sys.executable, str(script), f"fs://{root}"], capture_output=True, text=True,
+        # a byte budget on a directory it cannot write: it must still open (no eviction lock)
+        out = subprocess.run([sys.executable, str(script), f"fs://{root}?budget=1K"], capture_output=True, text=True,
                              timeout=60, check=True, preexec_fn=_drop_dac_override)  # fmt: skip
         got = json.loads(out.stdout)
         # detected read-only at open: stores fail without trying, loads work

@@ -490,6 +490,7 @@ class L2Adapter(abc.ABC):
         progress = [time.monotonic()]
 
         def work() -> None:
+            progress[0] = time.monotonic()  # the deadline runs from when a worker takes the call
             if self.per_key:
                 for i in range(n):
                     try:
@@ -519,7 +520,7 @@ class L2Adapter(abc.ABC):
             return down
         while not call.wait(max(0.0, progress[0] + self.timeout - time.monotonic())):
             if time.monotonic() - progress[0] >= self.timeout and call.abandon():
-                return self._timed_out(op, items, results, slots)
+                return self._timed_out(op, items, results, slots, call.started)
         try:
             call.result()
         except TierUnavailable as e:
@@ -536,9 +537,10 @@ class L2Adapter(abc.ABC):
         return results
 
     def _timed_out(
-        self, op: str, items: list[Any], results: list[Any], slots: list[_Slot] | None
+        self, op: str, items: list[Any], results: list[Any], slots: list[_Slot] | None, started: bool
     ) -> list[Any]:
-        """Results of a call abandoned at its deadline: keys finished before it keep theirs."""
+        """Results of a call abandoned at its deadline: keys finished before it keep theirs. A
+        call that never left the queue (every worker busy) remembers no key as bad."""
         out: list[Any] = []
         stalled: str | None = None
         missed = 0
@@ -554,7 +556,7 @@ class L2Adapter(abc.ABC):
             else:
                 r = OpResult(Status.TIMEOUT, "deadline")
             missed += 1
-            if stalled is None and self.per_key:
+            if stalled is None and self.per_key and started:
                 stalled = item if isinstance(item, str) else item.key
             out.append(False if op in ("lookup", "delete") else r)
         self.metrics.inc("timeouts")

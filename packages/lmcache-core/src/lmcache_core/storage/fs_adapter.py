@@ -225,8 +225,10 @@ class FsAdapter(L2Adapter):
         self.metrics.gauge("used_bytes", lambda: float(self._used))
         self.metrics.gauge("budget_bytes", lambda: float(self.budget))
         self.metrics.gauge("read_only", lambda: 1.0 if self.read_only else 0.0)
-        try:
-            self._setup()
+        try:  # a stalled mount must not hang the engine's start: the set-up has a deadline too
+            finished, _ = self._io.run(self._setup, self.timeout)
+            if not finished:
+                raise TierUnavailable(f"set-up passed its {self.timeout} s deadline")
         except TierUnavailable as e:
             self._mark_down(e)  # one log line and unavailable_events; _ping retries the set-up
             return
@@ -246,7 +248,10 @@ class FsAdapter(L2Adapter):
         if self.mode == "ro":
             logger.warning("L2 %s: read-only (mode=ro): lookups and loads only", self.name)
             return
-        err = self._probe_write()
+        try:
+            err = self._probe_write()
+        except OSError as e:  # EIO, ESTALE, ...: not a mode, the tier is not usable now
+            raise TierUnavailable(f"root {self.root}: {reason_of(e)}: {e.strerror}") from None
         if err is not None and self.mode == "auto":
             self._go_read_only(err)
             return

@@ -49,6 +49,11 @@ class Call:
     def abandon(self) -> bool:
         return self._pool._abandon(self)
 
+    @property
+    def started(self) -> bool:
+        """Whether a worker ever took the call (False: it was cancelled while queued)."""
+        return self._state in ("running", "done")
+
 
 class IOPool:
     """Up to ``threads`` daemon workers named ``name-<n>``; see the module docstring."""
