@@ -81,3 +81,56 @@ def test_host_device_macro_follows_the_compiler(tmp_path: Path) -> None:
             tmp_path, source, f"-D{marker}", "-D__host__=__attribute__((deprecated))", "-D__device__="
         )
         assert device.returncode != 0 and "deprecated" in device.stderr, (marker, device.stderr)
+
+
+@needs_cxx
+def test_checked_extent_helpers_refuse_what_would_wrap(tmp_path: Path) -> None:
+    """kv_checked_*: the plane-fit arithmetic of every native backend, refusing int64 overflow.
+
+    ``plane_offset + extent`` once wrapped to a negative end that "fit" (issue 9, item 1); each
+    line below prints 1 when the helper accepts and the value it computed.
+    """
+    source = (
+        '#include "lmcache_core/kv_index.h"\n'
+        "#include <stdio.h>\n"
+        "using namespace lmcache_core;\n"
+        "int main() {\n"
+        "  int64_t e = -1, b = -1;\n"
+        "  KVGeometry g = {2, 2, 4, 4, 2, 8, 64, 16, 8, 1};\n"
+        "  const int ok_e = kv_checked_plane_extent(g, &e);\n"
+        '  printf("%d %lld\\n", ok_e, (long long)e);\n'
+        "  KVGeometry big = g; big.block_stride = INT64_MAX / 2;\n"
+        '  printf("%d\\n", kv_checked_plane_extent(big, &b));\n'
+        "  KVGeometry neg = g; neg.head_stride = -1;\n"
+        '  printf("%d\\n", kv_checked_plane_extent(neg, &b));\n'
+        "  const int ok_b = kv_checked_plane_end_bytes(256, e, 2, &b);\n"
+        '  printf("%d %lld\\n", ok_b, (long long)b);\n'
+        '  printf("%d\\n", kv_checked_plane_end_bytes(INT64_MAX - e + 2, e, 1, &b));\n'
+        '  printf("%d\\n", kv_checked_plane_end_bytes(INT64_MAX / 2 - 64, 256, 2, &b));\n'
+        '  printf("%d\\n", kv_checked_plane_end_bytes(-1, e, 2, &b));\n'
+        '  printf("%d\\n", kv_checked_mul_add(INT64_MAX, 2, 0, &b));\n'
+        "  return 0;\n"
+        "}\n"
+    )
+    src = tmp_path / "checked.cpp"
+    src.write_text(source)
+    exe = tmp_path / "checked"
+    built = subprocess.run(
+        [str(CXX), "-std=c++11", "-Wall", "-Werror", "-I", get_include(), str(src), "-o", str(exe)],
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr
+    ran = subprocess.run([str(exe)], capture_output=True, text=True, check=True)
+    extent = 1 + 3 * 64 + 3 * 16 + 1 * 8 + 7 * 1
+    assert ran.stdout.split("\n") == [
+        f"1 {extent}",
+        "0",
+        "0",
+        f"1 {(256 + extent) * 2}",
+        "0",
+        "0",
+        "0",
+        "0",
+        "",
+    ]
