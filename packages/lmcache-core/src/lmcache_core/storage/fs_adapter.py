@@ -1,7 +1,7 @@
 """Filesystem L2: one file per chunk in sharded directories, safe to share between processes and hosts.
 
-URL: ``fs:///absolute/path?budget=200G&low_water=0.9&o_direct=0&fsync=0&mode=auto`` (plus the
-common parameters of :class:`~lmcache_core.storage.adapter.L2Adapter`). ``/`` itself is refused.
+URL: ``fs:///absolute/path?budget=200G&low_water=0.9&o_direct=0&fsync=0&mode=auto&inline_lookup=auto``
+(plus the common parameters of :class:`~lmcache_core.storage.adapter.L2Adapter`). ``/`` itself is refused.
 
 Layout: ``<root>/<ab>/<digest>.kv`` where ``digest`` is 32 hex digits of BLAKE2b(key) and ``ab``
 its first two (256 shard directories, made when the tier opens). The full key is in the object
@@ -32,6 +32,14 @@ The rules that make one directory safe for many writers, readers and evictors at
   created, ``EROFS`` / ``EACCES`` / ``EPERM`` / ``ENOSPC``): lookups and loads only, nothing is
   ever written or deleted, damaged objects are remembered as bad keys. A detected read-only
   tier probes again every ``retry_max`` seconds and becomes writable when it can.
+* **Lookups inline where nothing can stall** (``inline_lookup=auto``): on a local block or memory
+  file system (ext4, xfs, btrfs, tmpfs, an overlay over those; see
+  :mod:`~lmcache_core.storage.fs_kind`, decided from the mount table when the tier sets up) a
+  lookup's ``lstat`` calls run on the caller's thread, without the hand-off to an I/O thread
+  that the deadline needs. On NFS, CIFS, FUSE, Ceph, Lustre, 9p and any file system not known
+  to be local, and for every load, store and delete, the deadline holds. ``inline_lookup=on``
+  or ``off`` decides by hand (``off`` for a local file system on a disk that can hang, such as
+  iSCSI or NBD).
 * **Set-up failures degrade.** A root that cannot be made or read starts the tier unavailable
   (one log line, ``unavailable_events``); it retries with back-off and comes up on its own.
 
@@ -81,6 +89,7 @@ from lmcache_core.storage.adapter import (
     TierUnavailable,
     reason_of,
 )
+from lmcache_core.storage.fs_kind import MountKind, mount_kind
 from lmcache_core.storage.object_format import (
     MAX_HEADER,
     CorruptObject,
@@ -103,6 +112,9 @@ DIRECT_ALIGN = 4096
 TMP_GRACE = 2.0
 STALE_TMP_AGE = 3600.0
 TOMBSTONE_AGE = 60.0
+#: ``inline_lookup`` values: auto (by the file system), or a forced yes / no.
+INLINE_LOOKUP = {"auto": None, "on": True, "1": True, "true": True, "yes": True,
+                 "off": False, "0": False, "false": False, "no": False}  # fmt: skip
 #: errnos that make a tier read-only when its probe file cannot be created.
 READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
 
@@ -209,6 +221,17 @@ class FsAdapter(L2Adapter):
         self.mode = url.text_param("mode", "auto")
         if self.mode not in ("auto", "rw", "ro"):
             raise ValueError(f"{url.redacted}: parameter mode: expected auto, rw or ro, given {self.mode!r}")
+        inline = url.text_param("inline_lookup", "auto")
+        if inline.lower() not in INLINE_LOOKUP:
+            raise ValueError(
+                f"{url.redacted}: parameter inline_lookup: expected auto, on or off, given {inline!r}"
+            )
+        self._inline_setting = INLINE_LOOKUP[inline.lower()]
+        #: Whether lookups run on the caller's thread (decided by _setup; the I/O threads until then).
+        self.inline_lookup = False
+        #: The file system of the root as found by the last set-up (None: not looked at).
+        self.fs_kind: MountKind | None = None
+        self._inline_why = ""
         self.read_only = self.mode == "ro"
         self._ro_reason = "mode=ro" if self.read_only else ""
         self._next_rw_probe = 0.0
@@ -225,6 +248,7 @@ class FsAdapter(L2Adapter):
         self.metrics.gauge("used_bytes", lambda: float(self._used))
         self.metrics.gauge("budget_bytes", lambda: float(self.budget))
         self.metrics.gauge("read_only", lambda: 1.0 if self.read_only else 0.0)
+        self.metrics.gauge("inline_lookups", lambda: 1.0 if self.inline_lookup else 0.0)
         try:  # a stalled mount must not hang the engine's start: the set-up has a deadline too
             finished, _ = self._io.run(self._setup, self.timeout)
             if not finished:
@@ -245,6 +269,7 @@ class FsAdapter(L2Adapter):
             os.listdir(self.root)
         except OSError as e:
             raise TierUnavailable(f"root {self.root}: {reason_of(e)}: {e.strerror}") from None
+        self._decide_inline()
         if self.mode == "ro":
             logger.warning("L2 %s: read-only (mode=ro): lookups and loads only", self.name)
             return
@@ -256,6 +281,20 @@ class FsAdapter(L2Adapter):
             self._go_read_only(err)
             return
         self._make_shards()
+
+    def _decide_inline(self) -> None:
+        """Run lookups inline when ``inline_lookup`` says so, or (auto) when the root's file
+        system cannot stall; called by every set-up, so a remount is noticed on the next one."""
+        if self._inline_setting is None:
+            kind = self.fs_kind = mount_kind(self.root)
+            inline, why = kind.local, kind.reason
+        else:
+            inline, why = self._inline_setting, "inline_lookup=" + ("on" if self._inline_setting else "off")
+        if why != self._inline_why:
+            logger.info("L2 %s: lookups %s (%s)", self.name,
+                        "inline on the caller's thread" if inline else "on I/O threads under the deadline", why)  # fmt: skip
+        self._inline_why = why
+        self.inline_lookup = inline
 
     def _probe_write(self) -> str | None:
         """Create and remove a probe file in the root; None when that works, else the errno name."""
@@ -459,6 +498,14 @@ class FsAdapter(L2Adapter):
         if self.o_direct:
             self.o_direct = False
             logger.warning("L2 %s: O_DIRECT not supported here (%s); using buffered I/O", self.name, e)
+
+    def lookup(self, keys: Sequence[str]) -> list[bool]:
+        """As :meth:`L2Adapter.lookup`; inline on the caller's thread when :attr:`inline_lookup`
+        (the tier's probe, while it is down, keeps its deadline)."""
+        if not self.inline_lookup or self.health.down:
+            return super().lookup(keys)
+        with self._io.inline():
+            return super().lookup(keys)
 
     def _lookup(self, keys: Sequence[str]) -> list[bool]:
         """Two ``lstat`` per key: the shard must be a real directory (a lookup never reports an

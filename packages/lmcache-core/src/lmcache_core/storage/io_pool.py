@@ -8,6 +8,10 @@ thread retires or rejoins. At most ``max_stuck`` threads may be abandoned at onc
 :meth:`IOPool.start` refuses with :class:`PoolSaturated` (the tier should then count as down).
 Threads are daemons: a thread blocked for ever never keeps the interpreter from exiting, and
 :meth:`IOPool.close` returns within its timeout whatever the threads do.
+
+Work that cannot stall (a metadata call on a local file system) need not pay for the hand-off
+to a thread (tens of microseconds): inside ``with pool.inline():`` the calls this thread starts
+run at once on this thread, with no deadline, and come back as finished calls.
 """
 
 from __future__ import annotations
@@ -55,6 +59,44 @@ class Call:
         return self._state in ("running", "done")
 
 
+class _Ran(Call):
+    """A call run on the caller's thread inside :meth:`IOPool.inline`: finished when made."""
+
+    __slots__ = ()
+
+    def __init__(self, pool: IOPool, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self._pool = pool
+        self._state = "done"
+        self._result = None
+        self._exc = None
+        try:
+            self._result = fn()
+        except BaseException as e:  # handed to the caller by Call.result, as from a worker
+            self._exc = e
+
+    def wait(self, timeout: float | None) -> bool:
+        return True
+
+    def abandon(self) -> bool:
+        return False
+
+
+class _InlineScope:
+    """``with``: raise this thread's inline depth on entry, lower it on exit (see IOPool.inline)."""
+
+    __slots__ = ("_here",)
+
+    def __init__(self, here: threading.local) -> None:
+        self._here = here
+
+    def __enter__(self) -> None:
+        self._here.depth = getattr(self._here, "depth", 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._here.depth -= 1
+
+
 class IOPool:
     """Up to ``threads`` daemon workers named ``name-<n>``; see the module docstring."""
 
@@ -70,6 +112,8 @@ class IOPool:
         self._all: list[threading.Thread] = []
         self._closed = False
         self._serial = 0
+        self._here = threading.local()  # .depth > 0: calls started by this thread run on it
+        self._inline_scope = _InlineScope(self._here)
 
     @property
     def stuck(self) -> int:
@@ -77,8 +121,21 @@ class IOPool:
         with self._cv:
             return len(self._stuck)
 
+    def inline(self) -> _InlineScope:
+        """A context manager: inside it, :meth:`start` and :meth:`run` called by this thread run
+        ``fn`` at once on this thread, with no deadline (closed and saturated pools still
+        refuse). Only for work that cannot block for long. Nests."""
+        return self._inline_scope
+
     def start(self, fn: Callable[[], Any]) -> Call:
-        """Queue ``fn`` on a worker; RuntimeError when closed, PoolSaturated when too many stuck."""
+        """Queue ``fn`` on a worker (run it here inside :meth:`inline`); RuntimeError when closed,
+        PoolSaturated when too many stuck."""
+        if getattr(self._here, "depth", 0):
+            if self._closed:
+                raise RuntimeError(f"{self.name}: closed")
+            if len(self._stuck) >= self.max_stuck:
+                raise PoolSaturated(f"{self.name}: {len(self._stuck)} calls stuck past their deadline")
+            return _Ran(self, fn)
         call = Call(self, fn)
         with self._cv:
             if self._closed:
