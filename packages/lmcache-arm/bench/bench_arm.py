@@ -167,7 +167,7 @@ def _bench_shape(spec: ShapeSpec, args: argparse.Namespace, timed: Timer, rng: r
                 _C.reset_tuning()
                 _C.set_tuning(**{**_C.get_tuning(), **POLICIES[name]})
                 maps = [pool.next_mapping() for _ in range(total)]
-                run = partial(_call, fn, pool, maps, ring, num_threads=threads, validate=False)
+                run = partial(_call, fn, pool, maps, ring, num_threads=threads)
                 rows.append((name, timed(run, spec.chunk_bytes)))
             _C.reset_tuning()
             if args.reference:

@@ -1,9 +1,9 @@
 /*
  * launcher.cpp - checks, span planning and OpenMP dispatch of the host KV kernels.
  *
- * Order of work for one transfer: (1) geometry, plane extents (overflow-checked, kv_index.h) and the
- * chunk's size are checked; the caller's slot mapping is copied once and every live slot of the copy
- * is checked - nothing is written yet; (2) plan_spans groups live chunk tokens of that copy into spans
+ * Order of work for one transfer: (1) geometry, plane extents and the chunk's size are checked by the
+ * core's shared checks (lmcache_core/kv_checks.h, overflow-checked); the caller's slot mapping is
+ * copied once and every live slot of the copy is checked - nothing is written yet; (2) plan_spans groups live chunk tokens of that copy into spans
  * whose plane rows are equally spaced; (3) the (plane, span) work items are split statically over
  * OpenMP threads, plane-major, and each runs copy_span from kv_copy.h.
  */
@@ -20,6 +20,7 @@
 #endif
 
 #include "kv_copy.h"
+#include "lmcache_core/kv_checks.h"
 
 namespace lmcache_arm {
 
@@ -57,124 +58,30 @@ Status fail(std::string message) {
 
 std::string str(int64_t v) { return std::to_string(v); }
 
-using lmcache_core::kv_checked_mul_add;
-
-Status check_geometry(const KVGeometry& g, int64_t element_size) {
-  if (element_size != 1 && element_size != 2 && element_size != 4 && element_size != 8) {
-    return fail("element_size: expected 1, 2, 4 or 8 bytes, given " + str(element_size));
-  }
-  if (g.num_kv != 1 && g.num_kv != 2) {
-    return fail("num_kv: expected 1 (MLA) or 2 (K and V), given " + str(g.num_kv));
-  }
-  const struct { const char* name; int64_t value; } counts[] = {
-      {"num_layers", g.num_layers}, {"num_blocks", g.num_blocks}, {"block_size", g.block_size},
-      {"num_kv_heads", g.num_kv_heads}, {"head_size", g.head_size}};
-  for (const auto& c : counts) {
-    if (c.value < 1) return fail(std::string(c.name) + ": expected >= 1, given " + str(c.value));
-  }
-  const struct { const char* name; int64_t value; } strides[] = {
-      {"block_stride", g.block_stride}, {"token_stride", g.token_stride},
-      {"head_stride", g.head_stride}, {"channel_stride", g.channel_stride}};
-  for (const auto& s : strides) {
-    if (s.value < 0) return fail(std::string(s.name) + ": expected >= 0 elements, given " + str(s.value));
-  }
-  int64_t slots = 0, hidden_bytes = 0, planes = 0;
-  if (__builtin_mul_overflow(g.num_blocks, g.block_size, &slots) ||
-      !kv_checked_mul_add(g.num_kv_heads, g.head_size, 0, &hidden_bytes) ||
-      !kv_checked_mul_add(hidden_bytes, element_size, 0, &hidden_bytes) ||
-      __builtin_mul_overflow(g.num_kv, g.num_layers, &planes)) {
-    return fail("geometry: num_blocks * block_size, num_kv_heads * head_size * element_size or "
-                "num_kv * num_layers overflows int64");
-  }
-  return Status{};
-}
-
-Status check_planes(const TransferArgs& a) {
-  const KVGeometry& g = a.geometry;
-  const int64_t planes = lmcache_core::kv_num_planes(g);
-  if (a.num_tensors < 1 || a.tensor_address == nullptr || a.tensor_nbytes == nullptr) {
-    return fail("kv_caches: expected at least one tensor, given " + str(a.num_tensors));
-  }
-  if (a.plane_table_len != planes || a.plane_tensor == nullptr || a.plane_offset == nullptr) {
-    return fail("plane_tensor/plane_offset: expected " + str(planes) +
-                " entries (num_kv * num_layers), given " + str(a.plane_table_len));
-  }
-  int64_t extent = 0;
-  if (!lmcache_core::kv_checked_plane_extent(g, &extent)) {
-    return fail("geometry: plane extent 1 + (num_blocks - 1) * block_stride + (block_size - 1) * token_stride + "
-                "(num_kv_heads - 1) * head_stride + (head_size - 1) * channel_stride overflows int64");
-  }
-  for (int64_t t = 0; t < a.num_tensors; ++t) {
-    if (a.tensor_address[t] == 0) return fail("kv_caches[" + str(t) + "]: expected a non-null data pointer");
-    if (a.tensor_nbytes[t] < 0) {
-      return fail("tensor_nbytes[" + str(t) + "]: expected >= 0 bytes, given " + str(a.tensor_nbytes[t]));
-    }
-  }
-  for (int64_t p = 0; p < planes; ++p) {
-    const int64_t t = a.plane_tensor[p];
-    if (t < 0 || t >= a.num_tensors) {
-      return fail("plane_tensor[" + str(p) + "]: expected a tensor index in [0, " + str(a.num_tensors) +
-                  "), given " + str(t));
-    }
-    const int64_t off = a.plane_offset[p];
-    int64_t end_bytes = 0;  // (off + extent) * element_size, overflow-checked
-    if (!lmcache_core::kv_checked_plane_end_bytes(off, extent, a.element_size, &end_bytes) ||
-        end_bytes > a.tensor_nbytes[t]) {
-      return fail("plane_offset[" + str(p) + "]: plane spans elements [" + str(off) + ", " + str(off) + " + " +
-                  str(extent) + ") of kv_caches[" + str(t) + "], expected to fit in its " +
-                  str(a.tensor_nbytes[t]) + " bytes (" + str(a.element_size) + " per element)");
-    }
-  }
-  return Status{};
-}
-
-/* Everything but the slot values: token counts, the chunk's exact size, pointers, threads. */
-Status check_chunk(const TransferArgs& a) {
-  const KVGeometry& g = a.geometry;
-  if (a.num_tokens < 0) return fail("slot_mapping: expected >= 0 tokens, given " + str(a.num_tokens));
-  if (a.skip_prefix < 0 || a.skip_prefix > a.num_tokens) {
-    return fail("skip_prefix: expected 0 <= skip_prefix <= " + str(a.num_tokens) + ", given " +
-                str(a.skip_prefix));
-  }
-  int64_t rows = 0, want = 0;
-  if (!kv_checked_mul_add(lmcache_core::kv_num_planes(g), a.num_tokens, 0, &rows) ||
-      !kv_checked_mul_add(rows, lmcache_core::kv_hidden(g), 0, &want) ||
-      !kv_checked_mul_add(want, a.element_size, 0, &want)) {
-    return fail("chunk: size overflows int64");
-  }
-  if (a.chunk_nbytes != want) {
-    return fail("chunk: expected " + str(want) + " bytes ([num_kv " + str(g.num_kv) + ", num_layers " +
-                str(g.num_layers) + ", num_tokens " + str(a.num_tokens) + ", hidden " +
-                str(lmcache_core::kv_hidden(g)) + "] x " + str(a.element_size) + " bytes), given " +
-                str(a.chunk_nbytes));
-  }
-  if (want > 0 && a.chunk_address == 0) return fail("chunk: expected a non-null data pointer");
-  if (a.num_tokens > 0 && a.slot_mapping == nullptr) return fail("slot_mapping: expected a non-null pointer");
-  if (a.num_threads < 0) return fail("num_threads: expected >= 0 (0 = default), given " + str(a.num_threads));
-  return Status{};
-}
+/* A check's message (empty: fine) as a Status. */
+Status from_message(std::string message) { return message.empty() ? Status{} : fail(std::move(message)); }
 
 /* Every live slot (tokens from skip_prefix on) of `slots` [num_tokens] in [-1, num_slots). */
 Status check_slots(const TransferArgs& a, const int64_t* slots) {
-  const KVGeometry& g = a.geometry;
-  const int64_t num_slots = lmcache_core::kv_num_slots(g);
-  for (int64_t t = a.skip_prefix; t < a.num_tokens; ++t) {
-    const int64_t slot = slots[t];
-    if (!lmcache_core::kv_slot_in_range(slot, num_slots)) {
-      return fail("slot_mapping[" + str(t) + "]: expected -1 <= slot < " + str(num_slots) + " (num_blocks " +
-                  str(g.num_blocks) + " * block_size " + str(g.block_size) + "), given " + str(slot));
-    }
-  }
-  return Status{};
+  return from_message(lmcache_core::kv_check_slots(a.geometry, slots, a.num_tokens, a.skip_prefix, "slot_mapping"));
 }
 
-/* Checks that read no slot value: geometry, planes, chunk. */
+/* Checks that read no slot value (kv_checks.h): geometry, planes, chunk; then this launcher's own. */
 Status check_all_but_slots(const TransferArgs& a) {
-  Status st = check_geometry(a.geometry, a.element_size);
-  if (!st.ok) return st;
-  st = check_planes(a);
-  if (!st.ok) return st;
-  return check_chunk(a);
+  const KVGeometry& g = a.geometry;
+  std::string message = lmcache_core::kv_check_geometry(g, a.element_size);
+  if (message.empty()) {
+    message = lmcache_core::kv_check_planes(g, a.element_size, a.tensor_address, a.tensor_nbytes, a.num_tensors,
+                                            a.plane_tensor, a.plane_offset, a.plane_table_len);
+  }
+  if (message.empty()) {
+    message = lmcache_core::kv_check_chunk(g, a.element_size, a.num_tokens, a.skip_prefix, a.chunk_address,
+                                           a.chunk_nbytes);
+  }
+  if (!message.empty()) return fail(std::move(message));
+  if (a.num_tokens > 0 && a.slot_mapping == nullptr) return fail("slot_mapping: expected a non-null pointer");
+  if (a.num_threads < 0) return fail("num_threads: expected >= 0 (0 = default), given " + str(a.num_threads));
+  return Status{};
 }
 
 /*

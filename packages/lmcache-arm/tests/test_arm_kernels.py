@@ -221,18 +221,19 @@ def test_bad_slot_raises_and_gather_writes_nothing(bad: int) -> None:
     slots = torch.tensor([0, 1, 2, 3, 4, 5, bad], dtype=torch.int64)
     out = poison_(torch.empty(2, 2, 7, 16, dtype=torch.float16))
     with pytest.raises(ValueError, match=rf"slot_mapping\[6\]: expected -1 <= slot < 16 .*given {bad}$"):
-        kernels.gather(layout, kv, slots, out, validate=False)  # native check alone
+        kernels.gather(layout, kv, slots, out)  # the native check
     assert bool((bits(out) == bits(poison_(torch.empty(1, dtype=torch.float16)))).all())
 
 
-@pytest.mark.parametrize("validate", [False, True])
-def test_bad_slot_raises_and_scatter_writes_nothing(validate: bool) -> None:
+@pytest.mark.parametrize("path", ["native", "backend"])
+def test_bad_slot_raises_and_scatter_writes_nothing(path: str) -> None:
     kv, layout = _nhd()
     before = [t.clone() for t in kv]
     slots = torch.tensor([0, 1, 99, 3], dtype=torch.int64)
     src = torch.zeros(2, 2, 4, 16, dtype=torch.float16)
+    scatter = kernels.scatter if path == "native" else get_backend("cpu", "arm").scatter
     with pytest.raises(ValueError, match=r"slot_mapping") as raised:
-        kernels.scatter(layout, kv, slots, src, validate=validate)
+        scatter(layout, kv, slots, src)
     message = str(raised.value)  # native: "slot_mapping[2]: ... given 99"; core: "given 99 at index 2"
     assert "given 99" in message and ("[2]" in message or "index 2" in message), message
     for a, b in zip(kv, before, strict=True):
@@ -243,7 +244,7 @@ def test_bad_slot_behind_skip_prefix_is_ignored() -> None:
     kv, layout = _nhd()
     slots = torch.tensor([2**40, -5, 3], dtype=torch.int64)
     src = torch.ones(2, 2, 3, 16, dtype=torch.float16)
-    kernels.scatter(layout, kv, slots, src, 2, validate=False)
+    kernels.scatter(layout, kv, slots, src, 2)
     want, _ = _nhd()
     reference_backend().scatter(layout, want, slots, src, 2)
     for a, b in zip(kv, want, strict=True):
@@ -255,7 +256,7 @@ def test_chunk_size_mismatch_raises() -> None:
     slots = torch.tensor([0, 1, 2], dtype=torch.int64)
     out = poison_(torch.empty(2, 2, 2, 16, dtype=torch.float16))  # 2 tokens, slot mapping has 3
     with pytest.raises(ValueError, match=r"chunk: expected 384 bytes .* given 256"):
-        kernels.gather(layout, kv, slots, out, validate=False)
+        kernels.gather(layout, kv, slots, out)
 
 
 def test_kv_tensor_smaller_than_layout_raises() -> None:
@@ -268,7 +269,7 @@ def test_kv_tensor_smaller_than_layout_raises() -> None:
     with pytest.raises(
         ValueError, match=r"plane_offset\[2\]: plane spans elements .* expected to fit in its"
     ):
-        kernels.scatter(big_layout, small, slots, src, validate=False)
+        kernels.scatter(big_layout, small, slots, src)
     for a, b in zip(small, before, strict=True):
         assert _same(a, b)
 
@@ -341,21 +342,37 @@ def test_wrapper_rejects_non_host_and_misshapen_inputs() -> None:
     out = torch.empty(2, 2, 2, 16, dtype=torch.float16)
     meta_kv = [torch.empty(t.shape, dtype=t.dtype, device="meta") for t in kv]
     with pytest.raises(ValueError, match=r"kv_caches\[0\]: expected a tensor in host memory"):
-        kernels.gather(layout, meta_kv, slots, out, validate=False)
+        kernels.gather(layout, meta_kv, slots, out)
     with pytest.raises(ValueError, match=r"out: expected a contiguous tensor"):
-        kernels.gather(
-            layout, kv, slots, torch.empty(2, 2, 16, 2, dtype=torch.float16).transpose(2, 3), validate=False
-        )
+        kernels.gather(layout, kv, slots, torch.empty(2, 2, 16, 2, dtype=torch.float16).transpose(2, 3))
     with pytest.raises(TypeError, match=r"slot_mapping: expected a 1-D int64 tensor"):
-        kernels.gather(layout, kv, slots.int(), out, validate=False)
+        kernels.gather(layout, kv, slots.int(), out)
     with pytest.raises(ValueError, match=r"chunk: expected 256 bytes .* given 512"):
-        kernels.gather(layout, kv, slots, out.float(), validate=False)  # native size check
-    with pytest.raises(TypeError, match=r"out: expected dtype float16, given float32"):
-        kernels.gather(layout, kv, slots, out.float())  # the core's check
+        kernels.gather(layout, kv, slots, out.float())  # native size check
     with pytest.raises(ValueError, match=r"num_threads: expected a positive int"):
         kernels.gather(layout, kv, slots, out, num_threads=0)
+    with pytest.raises(
+        TypeError, match=r"kv_caches\[0\]: expected 2-byte elements \(float16\), given torch.float32"
+    ):
+        kernels.gather(layout, [t.float() for t in kv], slots, out)  # native_layout's element size
+    with pytest.raises(ValueError, match=r"kv_caches: expected 2 tensors for layout vllm_flash_nhd, given 1"):
+        kernels.gather(layout, kv[:1], slots, out)
+
+
+def test_user_facing_checks_are_the_backends() -> None:
+    """Issue 11.4: the kernels check what memory safety needs; dtype and shape checks are the
+    core's, once, through ``Backend`` (there is no ``validate=`` flag)."""
+    kv, layout = _nhd()
+    slots = torch.tensor([0, 1], dtype=torch.int64)
+    out = torch.empty(2, 2, 2, 16, dtype=torch.float16)
+    arm = get_backend("cpu", "arm")
+    assert arm.handles(layout)
+    with pytest.raises(TypeError, match=r"out: expected dtype float16, given float32"):
+        arm.gather(layout, kv, slots, out.float())
     with pytest.raises(ValueError, match=r"slot_mapping\[\d+\]: expected slots in \[-1, 16\)"):
-        kernels.gather(layout, kv, torch.tensor([0, 16]), out)  # the core's Python check (validate=True)
+        arm.gather(layout, kv, torch.tensor([0, 16]), out)
+    with pytest.raises(TypeError, match="validate"):
+        kernels.gather(layout, kv, slots, out, validate=True)  # type: ignore[call-arg]
 
 
 def test_tuning_knob_checks_and_reset() -> None:
@@ -408,7 +425,7 @@ def _hostile_layouts(layout: KVLayout, num_blocks: int) -> dict[str, KVLayout]:
 @pytest.mark.parametrize("variant", ["wrapped-end", "offset-plus-extent-wraps", "extent-overflows"])
 @pytest.mark.parametrize("path", ["native", "backend"])
 def test_overflowing_plane_layout_is_refused(dtype: torch.dtype, variant: str, path: str) -> None:
-    """Issue 9.1: the native check alone (validate=False) and the public API both refuse, nothing written.
+    """Issue 9.1: the native check alone (kernels) and the public API (Backend) both refuse, nothing written.
 
     The KV tensors sit inside one larger buffer, so a write before the first tensor's first byte
     shows up in the guard bytes in front of it.
@@ -433,8 +450,8 @@ def test_overflowing_plane_layout_is_refused(dtype: torch.dtype, variant: str, p
     out = chunk.clone()
     if path == "native":
         calls = [
-            lambda: kernels.scatter(bad, kv, slots, chunk, validate=False),
-            lambda: kernels.gather(bad, kv, slots, out, validate=False),
+            lambda: kernels.scatter(bad, kv, slots, chunk),
+            lambda: kernels.gather(bad, kv, slots, out),
         ]
         pattern = r"^(plane_offset\[\d+\]: plane spans elements|geometry: plane extent)"
     else:
@@ -483,7 +500,7 @@ try:
             break
         fn = kernels.gather if call % 2 else kernels.scatter
         try:
-            fn(layout, kv, slots, chunk, validate=False, num_threads=1)
+            fn(layout, kv, slots, chunk, num_threads=1)
             ok += 1
         except ValueError as e:
             assert str(e).startswith(f"slot_mapping[{n - 1}]: "), e

@@ -1,6 +1,7 @@
 import pytest
 
-from lmcache_core.config import CacheEngineConfig, parse_bytes, parse_seconds
+from lmcache_core.config import CacheEngineConfig
+from lmcache_core.units import parse_bytes, parse_seconds
 
 
 def test_parse_bytes():

@@ -11,13 +11,15 @@ Shapes use named axes. For a layer group described by ``layout``
 * ``out`` / ``src``: contiguous ``[num_kv, num_layers, num_tokens, hidden]`` chunk of the KV
   dtype, ``hidden = num_kv_heads * head_size``; rows in bytes: ``hidden * element_size``.
 
-The extension never links libtorch: this module passes ``data_ptr()`` addresses, the bytes each
-tensor's storage holds from that address (so native code can bound every write), the plane table,
-``(block, token, head, channel)`` strides in elements and the element size. The copy runs with the
+The extension never links libtorch: this module passes the core's
+:func:`lmcache_core.native_args.native_layout` (``data_ptr()`` addresses, the bytes each tensor's
+storage holds from that address so native code can bound every write, the plane table,
+``(block, token, head, channel)`` strides in elements and the element size; cached per layout
+and tensor set), the slot mapping's and the chunk's addresses. The copy runs with the
 GIL released on ``num_threads`` OpenMP threads (default ``torch.get_num_threads()``).
 
 May assume: torch is importable. Must not at import time: load anything but torch, the core's
-validation module and the extension.
+layout and native-arguments modules and the extension.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 
 from lmcache_arm import _C
 from lmcache_core.layout import KVLayout
-from lmcache_core.validation import check_transfer
+from lmcache_core.native_args import native_layout
 
 
 def _transfer(
@@ -41,33 +43,20 @@ def _transfer(
     skip_prefix: int,
     num_threads: int | None,
     stream: int,
-    validate: bool,
 ) -> None:
-    if validate:
-        check_transfer(layout, kv_caches, slot_mapping, chunk_name, chunk, skip_prefix)
-        for name, t in (*((f"kv_caches[{i}]", t) for i, t in enumerate(kv_caches)), (chunk_name, chunk)):
-            if t.element_size() != layout.element_size:
-                raise TypeError(
-                    f"{name}: expected {layout.element_size}-byte elements ({layout.dtype}), given {t.dtype}"
-                )
-    # What memory safety needs, checked on every call (validate=False included): host memory, the
-    # bytes each tensor's storage holds from its data pointer, a contiguous chunk, int64 slots.
-    if not isinstance(kv_caches, (list, tuple)) or not kv_caches:
-        raise TypeError(f"kv_caches: expected a non-empty list or tuple of tensors, given {kv_caches!r}")
+    # What memory safety needs, in Python: the integers native_layout hands over, host memory, a
+    # contiguous chunk, int64 slots. Native code checks every extent and slot (kv_checks.h).
+    args = native_layout(layout, kv_caches)
+    if args.device is None or args.device.type != "cpu":
+        i = next(j for j, d in enumerate(args.devices) if d.type != "cpu")
+        raise ValueError(
+            f"kv_caches[{i}]: expected a tensor in host memory (device cpu), given {args.devices[i]}"
+        )
     if not isinstance(chunk, torch.Tensor) or not isinstance(slot_mapping, torch.Tensor):
         raise TypeError(
             f"{chunk_name} and slot_mapping: expected torch.Tensor, given "
             f"{type(chunk).__name__} and {type(slot_mapping).__name__}"
         )
-    address, reach = [], []
-    for t in kv_caches:
-        if not t.is_cpu:
-            i = next(j for j, x in enumerate(kv_caches) if x is t)
-            raise ValueError(
-                f"kv_caches[{i}]: expected a tensor in host memory (device cpu), given {t.device}"
-            )
-        address.append(t.data_ptr())
-        reach.append(t.untyped_storage().nbytes() - t.storage_offset() * t.element_size())
     if not chunk.is_cpu or not slot_mapping.is_cpu:
         name, t = (chunk_name, chunk) if not chunk.is_cpu else ("slot_mapping", slot_mapping)
         raise ValueError(f"{name}: expected a tensor in host memory (device cpu), given {t.device}")
@@ -85,20 +74,13 @@ def _transfer(
         raise ValueError(f"num_threads: expected a positive int or None, given {num_threads!r}")
     slots = slot_mapping.contiguous()
     fn(
-        tensor_address=address,
-        tensor_nbytes=reach,
-        plane_tensor=layout.plane_tensor,
-        plane_offset=layout.plane_offset,
-        dims=(
-            layout.num_kv,
-            layout.num_layers,
-            layout.num_blocks,
-            layout.block_size,
-            layout.num_kv_heads,
-            layout.head_size,
-        ),
-        strides=layout.strides,
-        element_size=layout.element_size,
+        tensor_address=args.tensor_address,
+        tensor_nbytes=args.tensor_nbytes,
+        plane_tensor=args.plane_tensor,
+        plane_offset=args.plane_offset,
+        dims=args.dims,
+        strides=args.strides,
+        element_size=args.element_size,
         slot_mapping=slots.data_ptr(),
         num_tokens=slots.numel(),
         chunk=chunk.data_ptr(),
@@ -118,19 +100,17 @@ def gather(
     *,
     num_threads: int | None = None,
     stream: int = 0,
-    validate: bool = True,
 ) -> None:
     """Copy chunk tokens' KV rows from paged ``kv_caches`` into ``out`` (synchronously).
 
     ``out``: contiguous ``[num_kv, num_layers, num_tokens, hidden]``; rows of tokens
-    ``< skip_prefix`` and of ``-1`` slots stay as they were. ``validate=False`` skips the core's
-    Python checks (the hook does, since :class:`lmcache_core.backend.Backend` ran them); native code
-    checks slots and sizes regardless and raises ValueError before writing anything.
-    ``stream`` is accepted and ignored (host copies are synchronous).
+    ``< skip_prefix`` and of ``-1`` slots stay as they were. Checks what memory safety needs
+    (native code: every extent and live slot, ValueError before anything is written), not the
+    user-facing dtype and shape checks: a caller who wants those goes through
+    :class:`lmcache_core.backend.Backend`. ``stream`` is accepted and ignored (host copies are
+    synchronous).
     """
-    _transfer(
-        _C.gather, "out", layout, kv_caches, slot_mapping, out, skip_prefix, num_threads, stream, validate
-    )
+    _transfer(_C.gather, "out", layout, kv_caches, slot_mapping, out, skip_prefix, num_threads, stream)
 
 
 def scatter(
@@ -142,16 +122,13 @@ def scatter(
     *,
     num_threads: int | None = None,
     stream: int = 0,
-    validate: bool = True,
 ) -> None:
     """Copy chunk rows of ``src`` into paged ``kv_caches``: the inverse of :func:`gather`.
 
     ``src``: contiguous ``[num_kv, num_layers, num_tokens, hidden]``. Slots of tokens
-    ``< skip_prefix`` and ``-1`` slots are never written.
+    ``< skip_prefix`` and ``-1`` slots are never written. Checks as :func:`gather`.
     """
-    _transfer(
-        _C.scatter, "src", layout, kv_caches, slot_mapping, src, skip_prefix, num_threads, stream, validate
-    )
+    _transfer(_C.scatter, "src", layout, kv_caches, slot_mapping, src, skip_prefix, num_threads, stream)
 
 
 def isa() -> str:

@@ -1,8 +1,9 @@
 """Hook implementations of the ``arm`` backend (see :mod:`lmcache_core.hookspecs`).
 
-May assume: the probe found the extension; torch imports; the core validated every argument of a
-kernel hook (:class:`lmcache_core.backend.Backend` does), though native code checks slots and sizes
-again before writing. Must not at import time: allocate, start threads or touch any device.
+May assume: the probe found the extension; torch imports; the kernel hooks are reached only through
+:class:`lmcache_core.backend.Backend`, which validated every argument (native code checks extents
+and slots for memory safety before writing). Must not at import time: allocate, start threads or
+touch any device.
 
 Stream and event hooks are not implemented: host copies finish before the kernel hook returns, so
 the core's fallback (the reference backend's: stream 0, no-op events) is exact.
@@ -18,35 +19,10 @@ from lmcache_arm import _C, kernels
 from lmcache_core.hookspecs import hookimpl
 from lmcache_core.layout import KVLayout
 from lmcache_core.layout_registry import LAYOUT_KINDS
-from lmcache_core.plugin_api import Capabilities
+from lmcache_core.plugin_api import API_1_0, Capabilities, supported_dtypes
 
-#: Backend hook API version this plugin was written against.
-BUILT_AGAINST_API: tuple[int, int] = (1, 0)
-
-#: Dtypes the kernels move: every element size 1, 2, 4 or 8 bytes (copies are bitwise).
-_DTYPE_NAMES = (
-    "float8_e4m3fn",
-    "float8_e4m3fnuz",
-    "float8_e5m2",
-    "float8_e5m2fnuz",
-    "int8",
-    "uint8",  # 1 byte
-    "float16",
-    "bfloat16",
-    "int16",
-    "uint16",  # 2 bytes
-    "float32",
-    "int32",
-    "uint32",  # 4 bytes
-    "float64",
-    "int64",
-    "uint64",  # 8 bytes
-)
-
-
-def supported_dtypes() -> frozenset[str]:
-    """Names (``"bfloat16"``) of the dtypes above that this torch build has."""
-    return frozenset(n for n in _DTYPE_NAMES if isinstance(getattr(torch, n, None), torch.dtype))
+#: Backend hook API version this plugin was written against: 1.0 (host copies need no ordering hooks).
+BUILT_AGAINST_API: tuple[int, int] = API_1_0
 
 
 @hookimpl
@@ -77,9 +53,8 @@ def lmcache_gather(
     out: torch.Tensor,
     skip_prefix: int,
     stream: int,
-) -> bool:
-    kernels.gather(layout, kv_caches, slot_mapping, out, skip_prefix, stream=stream, validate=False)
-    return True
+) -> None:
+    kernels.gather(layout, kv_caches, slot_mapping, out, skip_prefix, stream=stream)
 
 
 @hookimpl
@@ -90,9 +65,8 @@ def lmcache_scatter(
     src: torch.Tensor,
     skip_prefix: int,
     stream: int,
-) -> bool:
-    kernels.scatter(layout, kv_caches, slot_mapping, src, skip_prefix, stream=stream, validate=False)
-    return True
+) -> None:
+    kernels.scatter(layout, kv_caches, slot_mapping, src, skip_prefix, stream=stream)
 
 
 @hookimpl

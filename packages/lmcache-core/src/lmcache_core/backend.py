@@ -1,8 +1,10 @@
 """A loaded backend: its plugin registered alone in a pluggy manager, and the calls the core makes.
 
-:class:`Backend` validates every kernel call's arguments, then routes it to the backend's own
-hook when the backend implements it and its :class:`Capabilities` cover the layout and dtype;
-otherwise to the reference backend.
+:class:`Backend` is the one door to a backend's kernels: it validates every kernel call's
+arguments once (:func:`lmcache_core.validation.check_transfer`), then calls the backend's own hook
+when the backend implements it and its :class:`Capabilities` cover the layout and dtype, otherwise
+the reference backend's. Hooks are called directly (each has one implementation); the kernel
+hooks' results are ignored and they do not validate again.
 """
 
 from __future__ import annotations
@@ -27,14 +29,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _KERNEL_HOOKS = ("lmcache_gather", "lmcache_scatter")
-_HOT_HOOKS = (
-    *_KERNEL_HOOKS,
-    "lmcache_record_event",
-    "lmcache_synchronize",
-    "lmcache_current_stream",
-    "lmcache_stream_wait_event",
-    "lmcache_query_event",
-)
+#: Every hook of :mod:`lmcache_core.hookspecs`.
+_HOOKS = tuple(name for name in vars(hookspecs) if name.startswith("lmcache_"))
 _NOTHING = Capabilities(layouts=frozenset(), dtypes=frozenset(), status="no kernels")
 
 
@@ -55,26 +51,27 @@ class Backend:
         self._pm.add_hookspecs(hookspecs)
         self._pm.register(plugin, name=name)
         self._pm.check_pending()  # a hookimpl with no matching spec is a typo: fail at load
-        if not self._implements("lmcache_api_version"):
-            raise pluggy.PluginValidationError(
-                plugin, f"backend {name!r} does not implement the required hook lmcache_api_version"
-            )
-        check_api_version(name, self._pm.hook.lmcache_api_version())
         # One plugin per manager, so each hook has at most one implementation: keep its function
-        # and call it directly on the hot path (pluggy's dispatch costs ~30 us a call).
+        # and call it directly (pluggy's dispatch costs ~30 us a call, and there is nothing to
+        # combine). Pluggy is here for registration's checks of names and arguments.
         self._impls: dict[str, Callable[..., Any]] = {}
-        for hook in _HOT_HOOKS:
+        for hook in _HOOKS:
             impls = getattr(self._pm.hook, hook).get_hookimpls()
             if impls:
                 self._impls[hook] = impls[0].function
-        caps = self._pm.hook.lmcache_capabilities() if self._implements("lmcache_capabilities") else None
+        if "lmcache_api_version" not in self._impls:
+            raise pluggy.PluginValidationError(
+                plugin, f"backend {name!r} does not implement the required hook lmcache_api_version"
+            )
+        check_api_version(name, self._impls["lmcache_api_version"]())
+        caps = self._impls["lmcache_capabilities"]() if "lmcache_capabilities" in self._impls else None
         self.capabilities: Capabilities = caps if caps is not None else _NOTHING
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, {self.capabilities.status!r})"
 
     def _implements(self, hook: str) -> bool:
-        return bool(getattr(self._pm.hook, hook).get_hookimpls())
+        return hook in self._impls
 
     def handles(self, layout: KVLayout) -> bool:
         """True when this backend's own kernels (not the reference's) move ``layout``."""
@@ -140,10 +137,7 @@ class Backend:
 
     def _device_call(self, hook: str, **kwargs: Any) -> Any:
         owner = self if self._implements(hook) or self.reference is None else self.reference
-        direct = owner._impls.get(hook)
-        if direct is not None:
-            return direct(**kwargs)
-        return getattr(owner._pm.hook, hook)(**kwargs)
+        return owner._impls[hook](**kwargs)
 
     def alloc_host(self, nbytes: int, pinned: bool = True) -> torch.Tensor:
         """uint8 ``[nbytes]`` host buffer, page-locked when ``pinned`` and the device supports it."""
@@ -193,8 +187,9 @@ class Backend:
 
     def destroy_stream(self, stream: int) -> None:
         """Free a stream from :meth:`new_stream` and the backend's buffers for it (after its work)."""
-        if stream and self._implements("lmcache_destroy_stream"):
-            self._pm.hook.lmcache_destroy_stream(stream=stream)
+        impl = self._own("lmcache_destroy_stream")
+        if stream and impl is not None:
+            impl(stream=stream)
 
     def order_after_compute(self, stream: int, device: Any) -> Any:
         """Make ``stream`` wait, on the device, for every kernel enqueued so far on ``device``'s

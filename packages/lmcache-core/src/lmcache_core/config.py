@@ -11,37 +11,9 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any
 
+from lmcache_core.storage.url import split_urls
 from lmcache_core.tokens import DEFAULT_CHUNK_SIZE
-
-_SIZE_SUFFIX = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-
-
-def parse_bytes(name: str, text: str) -> int:
-    """``"512M"``, ``"4G"``, ``"1048576"`` -> bytes; ValueError naming ``name`` otherwise."""
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    mult = _SIZE_SUFFIX.get(t[-1:], 1)
-    digits = t[:-1] if t[-1:] in _SIZE_SUFFIX else t
-    try:
-        number = float(digits) * mult
-    except ValueError:
-        raise ValueError(f"{name}: expected a byte size like 4G or 512M, given {text!r}") from None
-    if not math.isfinite(number) or number >= 2**63:
-        raise ValueError(f"{name}: expected a finite byte size below 8E (2**63), given {text!r}")
-    value = int(number)
-    if value <= 0:
-        raise ValueError(f"{name}: expected a positive byte size, given {text!r}")
-    return value
-
-
-def parse_seconds(name: str, text: str) -> float:
-    """``"2.5"`` -> 2.5 seconds, finite and >= 0; ValueError naming ``name`` otherwise (inf, nan)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{name}: expected a number of seconds, given {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: expected a finite, non-negative number of seconds, given {text!r}")
-    return value
+from lmcache_core.units import parse_bytes, parse_seconds
 
 
 @dataclass(frozen=True)
@@ -79,8 +51,6 @@ class CacheEngineConfig:
     l2_flush_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        from lmcache_core.storage.url import split_urls
-
         object.__setattr__(self, "l2_urls", split_urls(self.l2_urls))
         for url in self.l2_urls:
             if "://" not in url:

@@ -25,6 +25,12 @@ from dataclasses import dataclass, field
 LOGICAL_AXES = ("kv", "layer", "block", "token", "head", "channel")
 
 
+def dtype_name(dtype: object) -> str:
+    """Torch's name of a dtype without the ``torch.`` prefix (``torch.bfloat16`` -> ``"bfloat16"``):
+    the form :attr:`KVLayout.dtype`, :class:`lmcache_core.plugin_api.Capabilities` and messages use."""
+    return str(dtype).removeprefix("torch.")
+
+
 @dataclass(frozen=True)
 class ChunkFormat:
     """Shape of a contiguous KV chunk in host memory.

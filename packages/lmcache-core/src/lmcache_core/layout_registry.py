@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lmcache_core.layout import KVLayout
+from lmcache_core.layout import KVLayout, dtype_name
 
 if TYPE_CHECKING:
     import torch
@@ -65,10 +65,6 @@ class LayoutKind:
     allocate: Allocator
     ndim: int
     mla: bool = False
-
-
-def _dtype_name(t: torch.Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
 
 
 def _common(kv_caches: Sequence[torch.Tensor], ndim: int, kind: str) -> torch.Tensor:
@@ -129,7 +125,7 @@ def _build(
         block_size=block_size,
         num_kv_heads=num_kv_heads,
         head_size=head_size,
-        dtype=_dtype_name(first),
+        dtype=dtype_name(first.dtype),
         element_size=first.element_size(),
         num_tensors=num_tensors,
         tensor_shape=tuple(first.shape),

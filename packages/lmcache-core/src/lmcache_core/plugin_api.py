@@ -9,7 +9,7 @@ A backend package exposes two objects:
 2. a **plugin module** (``BackendProbe.plugin``, a dotted path), whose functions carry
    ``@hookimpl`` and implement the hookspecs in :mod:`lmcache_core.hookspecs`.
 
-This module imports neither torch nor pluggy.
+This module imports neither torch nor pluggy (:func:`supported_dtypes` imports torch when called).
 """
 
 from __future__ import annotations
@@ -22,6 +22,37 @@ from dataclasses import dataclass, field
 #: and ``lmcache_destroy_stream``; a 1.0 plugin without them still loads, and the core orders its
 #: copies after the forward by a host wait instead (:class:`lmcache_core.backend.Backend`).
 API_VERSION: tuple[int, int] = (1, 1)
+
+#: The hook API versions a plugin can be built against; its ``lmcache_api_version`` returns one.
+#: 1.0: identity, kernel, host-memory, stream, event and synchronize hooks.
+API_1_0: tuple[int, int] = (1, 0)
+#: 1.1: 1.0 plus the device-side ordering hooks named above.
+API_1_1: tuple[int, int] = (1, 1)
+
+#: Torch dtype names a bitwise copy kernel can move: every element size of 1, 2, 4 or 8 bytes.
+#: Native backends declare the ones their torch build has (:func:`supported_dtypes`).
+KV_DTYPE_NAMES: tuple[str, ...] = (
+    # 1 byte
+    "float8_e4m3fn",
+    "float8_e4m3fnuz",
+    "float8_e5m2",
+    "float8_e5m2fnuz",
+    "int8",
+    "uint8",
+    # 2 bytes
+    "float16",
+    "bfloat16",
+    "int16",
+    "uint16",
+    # 4 bytes
+    "float32",
+    "int32",
+    "uint32",
+    # 8 bytes
+    "float64",
+    "int64",
+    "uint64",
+)
 
 #: Entry-point group that backend packages register their probe under.
 BACKENDS_GROUP = "lmcache_core.backends"
@@ -97,3 +128,10 @@ def check_api_version(plugin_name: str, built_against: object) -> None:
             f"this lmcache-core supports ({API_VERSION[0]}, 0) to {API_VERSION}. "
             f"Install matching versions of lmcache-core and the plugin."
         )
+
+
+def supported_dtypes() -> frozenset[str]:
+    """Names (``"bfloat16"``) of :data:`KV_DTYPE_NAMES` that the installed torch has."""
+    import torch
+
+    return frozenset(n for n in KV_DTYPE_NAMES if isinstance(getattr(torch, n, None), torch.dtype))

@@ -17,14 +17,10 @@ import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from lmcache_core.layout import KVLayout
+from lmcache_core.layout import KVLayout, dtype_name
 
 if TYPE_CHECKING:
     import torch
-
-
-def _dtype_name(t: torch.Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
 
 
 # layout -> weak references to the tensors last checked against it. Engines pass the same KV
@@ -119,8 +115,8 @@ def check_kv_caches(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> None
     for i, t in enumerate(kv_caches):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"kv_caches[{i}]: expected torch.Tensor, given {type(t).__name__}")
-        if _dtype_name(t) != layout.dtype:
-            raise TypeError(f"kv_caches[{i}]: expected dtype {layout.dtype}, given {_dtype_name(t)}")
+        if dtype_name(t.dtype) != layout.dtype:
+            raise TypeError(f"kv_caches[{i}]: expected dtype {layout.dtype}, given {dtype_name(t.dtype)}")
         if tuple(t.shape) != layout.tensor_shape:
             raise ValueError(f"kv_caches[{i}]: expected shape {layout.tensor_shape}, given {tuple(t.shape)}")
         if tuple(t.stride()) != layout.tensor_stride:
@@ -143,8 +139,8 @@ def check_chunk(name: str, layout: KVLayout, chunk: torch.Tensor) -> int:
 
     if not isinstance(chunk, torch.Tensor):
         raise TypeError(f"{name}: expected torch.Tensor, given {type(chunk).__name__}")
-    if _dtype_name(chunk) != layout.dtype:
-        raise TypeError(f"{name}: expected dtype {layout.dtype}, given {_dtype_name(chunk)}")
+    if dtype_name(chunk.dtype) != layout.dtype:
+        raise TypeError(f"{name}: expected dtype {layout.dtype}, given {dtype_name(chunk.dtype)}")
     if chunk.dim() != 4 or (
         chunk.shape[0] != layout.num_kv
         or chunk.shape[1] != layout.num_layers
@@ -168,7 +164,7 @@ def check_slot_mapping(
     if not isinstance(slot_mapping, torch.Tensor):
         raise TypeError(f"slot_mapping: expected torch.Tensor, given {type(slot_mapping).__name__}")
     if slot_mapping.dtype != torch.int64:
-        raise TypeError(f"slot_mapping: expected dtype int64, given {_dtype_name(slot_mapping)}")
+        raise TypeError(f"slot_mapping: expected dtype int64, given {dtype_name(slot_mapping.dtype)}")
     if slot_mapping.dim() != 1 or slot_mapping.shape[0] != num_tokens:
         raise ValueError(
             f"slot_mapping: expected shape [{num_tokens}] (one slot per chunk token), "

@@ -187,7 +187,8 @@ def _last_plane_out_of_its_tensor(layout: KVLayout) -> KVLayout:
 
 @pytest.mark.parametrize("skip_prefix", [0, 1], ids=["whole", "skip-prefix"])
 def test_failing_later_plane_leaves_out_untouched(skip_prefix: int) -> None:
-    """Issue 9.3: the hook used to copy the first planes, then raise on the last one."""
+    """Issue 9.3: the hook used to copy the first planes, then raise on the last one. Through
+    ``Backend`` the layout check names the plane; nothing is written."""
     kv, layout = nhd(torch.float16)
     for i, t in enumerate(kv):
         as_int(t).copy_(torch.arange(t.numel(), dtype=torch.int16).view(t.shape) + i)
@@ -198,38 +199,60 @@ def test_failing_later_plane_leaves_out_untouched(skip_prefix: int) -> None:
     with pytest.raises(
         ValueError, match=rf"^plane_offset\[{2 * L - 1}\]: plane {2 * L - 1} \(kv 1, layer {L - 1}\)"
     ):
-        reference.lmcache_gather(
-            layout=bad, kv_caches=kv, slot_mapping=slots, out=out, skip_prefix=skip_prefix, stream=0
-        )
+        reference_backend().gather(bad, kv, slots, out, skip_prefix)
     assert torch.equal(as_int(out), as_int(before))
 
 
-def test_failing_later_plane_leaves_kv_untouched() -> None:
+@pytest.mark.parametrize("hook", ["lmcache_gather", "lmcache_scatter"])
+def test_hook_builds_every_view_before_the_first_copy(hook: str) -> None:
+    """The hooks do not validate again, yet a plane outside its storage still writes nothing:
+    every plane's view is built (and refused by torch) before the first copy."""
     kv, layout = nhd(torch.float16)
     before = [t.clone() for t in kv]
     bad = _last_plane_out_of_its_tensor(layout)
-    src = torch.full((2, L, 2, H * D), 3.0, dtype=torch.float16)
-    with pytest.raises(ValueError, match=r"^plane_offset\[3\]"):
-        reference.lmcache_scatter(
-            layout=bad, kv_caches=kv, slot_mapping=torch.tensor([0, 7]), src=src, skip_prefix=0, stream=0
+    chunk = torch.full((2, L, 2, H * D), 3.0, dtype=torch.float16)
+    chunk_before = chunk.clone()
+    name = "out" if hook == "lmcache_gather" else "src"
+    with pytest.raises(RuntimeError, match="out of bounds for storage"):
+        getattr(reference, hook)(
+            layout=bad,
+            kv_caches=kv,
+            slot_mapping=torch.tensor([0, 7]),
+            skip_prefix=0,
+            stream=0,
+            **{name: chunk},
         )
     for t, b in zip(kv, before, strict=True):
         assert torch.equal(as_int(t), as_int(b))
+    assert torch.equal(as_int(chunk), as_int(chunk_before))
 
 
-def test_direct_hook_checks_slots_before_writing() -> None:
+def test_backend_checks_slots_before_writing() -> None:
     """A bad slot at the end of the mapping: nothing written to the KV, ValueError naming it."""
     kv, layout = nhd(torch.float16)
     before = [t.clone() for t in kv]
     src = torch.full((2, L, 3, H * D), 3.0, dtype=torch.float16)
     with pytest.raises(ValueError, match=r"slot_mapping\[2\]: expected slots in \[-1, 12\)"):
-        reference.lmcache_scatter(
-            layout=layout,
-            kv_caches=kv,
-            slot_mapping=torch.tensor([0, 1, 12]),
-            src=src,
-            skip_prefix=0,
-            stream=0,
-        )
+        reference_backend().scatter(layout, kv, torch.tensor([0, 1, 12]), src)
     for t, b in zip(kv, before, strict=True):
         assert torch.equal(as_int(t), as_int(b))
+
+
+@pytest.mark.parametrize("op", ["gather", "scatter"])
+def test_backend_validates_once(op: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11.4: one full validation per call through ``Backend`` (the slot pass is the costly
+    part), none in the reference's hooks."""
+    from lmcache_core import validation
+
+    passes: list[int] = []
+    real = validation.check_slot_mapping
+
+    def counting(*args: object, **kwargs: object) -> None:
+        passes.append(1)
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(validation, "check_slot_mapping", counting)
+    kv, layout = nhd(torch.float16)
+    chunk = torch.zeros((2, L, 3, H * D), dtype=torch.float16)
+    getattr(reference_backend(), op)(layout, kv, torch.tensor([0, 1, 11]), chunk)
+    assert passes == [1]

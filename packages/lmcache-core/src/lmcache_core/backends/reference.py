@@ -7,10 +7,12 @@ per ``(kv, layer)`` plane, never a Python loop per token.
 Data is moved through same-width integer views (bf16 as int16, fp8 as uint8, ...) so every copy
 is bit-exact, NaN payloads included, and dtypes without indexing kernels (fp8) work.
 
-Checks before the first byte: its hooks can be called directly, not only through
-:class:`lmcache_core.backend.Backend`, so each one runs :func:`lmcache_core.validation.check_transfer`
-itself (plane fit cached per (layout, tensors); one pass over the slots) and then builds every
-plane's view before it copies anything. A failure leaves the KV and the chunk untouched.
+Checks before the first byte: the kernel hooks are reached only through
+:class:`lmcache_core.backend.Backend`, which runs :func:`lmcache_core.validation.check_transfer`
+once (plane fit cached per (layout, tensors); one pass over the slots) before it calls them; the
+hooks do not validate again. Each hook then builds every plane's view before it copies anything,
+so torch refuses a view that would leave its storage (RuntimeError) before a byte moves. A failure
+leaves the KV and the chunk untouched.
 
 Must not: import any vendor module, or allocate per token.
 """
@@ -25,7 +27,6 @@ import torch
 from lmcache_core.hookspecs import hookimpl
 from lmcache_core.layout import KVLayout
 from lmcache_core.plugin_api import API_VERSION, Capabilities
-from lmcache_core.validation import check_transfer
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -126,11 +127,10 @@ def lmcache_gather(
     out: torch.Tensor,
     skip_prefix: int,
     stream: int,
-) -> bool:
-    check_transfer(layout, kv_caches, slot_mapping, "out", out, skip_prefix)
+) -> None:
     rows = _Rows(layout, slot_mapping, skip_prefix, kv_caches[0].device)
     if rows.count == 0:
-        return True
+        return
     out_bits = as_bits(out)
     token_index = None if rows.token_index is None else rows.token_index.to(out.device)
     direct = token_index is None and out.device == kv_caches[0].device
@@ -150,7 +150,6 @@ def lmcache_gather(
             dst[rows.skip_prefix :].copy_(picked)
         else:
             dst.index_copy_(0, token_index, picked.to(out.device))
-    return True
 
 
 @hookimpl
@@ -161,12 +160,11 @@ def lmcache_scatter(
     src: torch.Tensor,
     skip_prefix: int,
     stream: int,
-) -> bool:
-    check_transfer(layout, kv_caches, slot_mapping, "src", src, skip_prefix)
+) -> None:
     device = kv_caches[0].device
     rows = _Rows(layout, slot_mapping, skip_prefix, device)
     if rows.count == 0:
-        return True
+        return
     src_bits = as_bits(src)
     token_index = None if rows.token_index is None else rows.token_index.to(src.device)
     shape = (rows.count, layout.num_kv_heads, layout.head_size)
@@ -184,7 +182,6 @@ def lmcache_scatter(
         else:
             assert whole is not None  # built whenever by_slot is None
             whole[rows.block, rows.offset] = picked.view(shape)
-    return True
 
 
 def _accelerator_available() -> bool:
@@ -222,10 +219,9 @@ def lmcache_record_event(stream: int) -> Any:
 
 
 @hookimpl
-def lmcache_stream_wait_event(stream: int, event: Any) -> bool:
+def lmcache_stream_wait_event(stream: int, event: Any) -> None:
     if isinstance(event, torch.Event):
         event.wait(torch.accelerator.current_stream())  # every reference stream is the current one
-    return True
 
 
 @hookimpl
@@ -234,14 +230,13 @@ def lmcache_query_event(event: Any) -> bool:
 
 
 @hookimpl
-def lmcache_destroy_stream(stream: int) -> bool:
-    return True  # the reference makes no stream of its own
+def lmcache_destroy_stream(stream: int) -> None:
+    return  # the reference makes no stream of its own
 
 
 @hookimpl
-def lmcache_synchronize(handle: Any) -> bool:
+def lmcache_synchronize(handle: Any) -> None:
     if isinstance(handle, torch.Event):
         handle.synchronize()
     elif _accelerator_available():
         torch.accelerator.synchronize()
-    return True

@@ -41,7 +41,7 @@ def byte_size(option: str) -> Callable[[str], int]:
     """A type for ``option``: ``"256K"``, ``"32M"``, ``"4096"`` -> bytes (> 0)."""
 
     def parse(text: str) -> int:
-        from lmcache_core.config import parse_bytes
+        from lmcache_core.units import parse_bytes
 
         try:
             return parse_bytes(option, text)

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
+from lmcache_core.units import parse_bytes
+
 T = TypeVar("T")
 
 _TRUE = ("1", "true", "yes", "on")
@@ -99,8 +101,6 @@ class L2URL:
             return default
         if allow_zero and raw.strip() == "0":
             return 0
-        from lmcache_core.config import parse_bytes
-
         return parse_bytes(f"{self.redacted}: parameter {name}", raw)
 
     def bool_param(self, name: str, default: bool) -> bool:

@@ -32,7 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from lmcache_core.config import CacheEngineConfig, parse_bytes
+from lmcache_core.config import CacheEngineConfig
+from lmcache_core.units import parse_bytes
 
 _ENGINE_FIELDS = {f.name: f for f in fields(CacheEngineConfig)}
 _FIXED = ("world_size", "rank")
