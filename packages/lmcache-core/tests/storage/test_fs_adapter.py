@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -279,3 +280,31 @@ def test_permission_denied_fails_stores_and_keeps_loads(tmp_path):
         for d in [root, *root.iterdir()]:
             d.chmod(0o755)
         shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("setting", ["auto", "on", "off", "ON", "0", "yes"])
+def test_inline_lookup_setting_decides_the_thread_and_never_the_answer(tmp_path, setting):
+    keys = [f"k{i}" for i in range(3)]
+    with open_adapter(f"fs://{tmp_path}?inline_lookup={setting}") as a:
+        assert store(a, keys)[0].status is Status.OK
+        names: list[str] = []
+        inner = a._lookup
+        a._lookup = lambda ks: names.append(threading.current_thread().name) or inner(ks)
+        assert a.lookup(keys + ["absent"]) == [True, True, True, False]
+        assert a.submit_lookup(keys[:1]).result(5) == [True]
+        if setting == "auto":
+            assert a.fs_kind is not None and a.inline_lookup == a.fs_kind.local
+        else:
+            assert a.fs_kind is None and a.inline_lookup == (setting.lower() in ("on", "yes"))
+        if a.inline_lookup:  # the caller's thread: this one, then the submit worker
+            assert names[0] == threading.current_thread().name and names[-1].startswith("l2-fs-")
+        else:
+            assert all(n.startswith("l2-io-fs-") for n in names) and len(names) == 5
+        assert a.metrics.snapshot().gauges["inline_lookups"] == float(a.inline_lookup)
+
+
+def test_inline_lookup_must_be_auto_on_or_off(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"parameter inline_lookup: expected auto, on or off, given 'sometimes'"
+    ):
+        open_adapter(f"fs://{tmp_path}?inline_lookup=sometimes")

@@ -69,3 +69,50 @@ def test_exceptions_reach_the_caller():
     with pytest.raises(ZeroDivisionError):
         pool.run(lambda: 1 // 0, 1.0)
     pool.close(1.0)
+
+
+def test_inline_calls_run_on_the_callers_thread_and_nest(tmp_path):
+    pool = IOPool("t", threads=1, max_stuck=1)
+    me = threading.current_thread().name
+    try:
+        assert pool.run(lambda: threading.current_thread().name, 1.0) == (True, "t-1")
+        with pool.inline():
+            call = pool.start(lambda: threading.current_thread().name)
+            assert call.started and call.wait(0) and not call.abandon() and call.result() == me
+            with pool.inline():
+                assert pool.run(lambda: threading.current_thread().name, 1.0) == (True, me)
+            assert pool.run(lambda: threading.current_thread().name, 1.0) == (True, me)
+            with pytest.raises(ZeroDivisionError):
+                pool.run(lambda: 1 // 0, 1.0)
+            names = []  # another thread's calls still go to the workers
+            other = threading.Thread(
+                target=lambda: names.append(pool.run(threading.current_thread, 1.0)[1].name)
+            )
+            other.start()
+            other.join(5)
+            assert names == ["t-1"]
+        assert pool.run(lambda: threading.current_thread().name, 1.0) == (True, "t-1")
+    finally:
+        pool.close(1.0)
+
+
+def test_inline_calls_are_refused_by_a_saturated_or_closed_pool(tmp_path):
+    fifo = tmp_path / "hung"
+    os.mkfifo(fifo)
+    pool = IOPool("t", threads=1, max_stuck=1)
+    ran = []
+    try:
+        assert pool.run(lambda: open(fifo, "rb").close(), 0.2) == (False, None)
+        with pool.inline(), pytest.raises(PoolSaturated, match="1 calls stuck"):
+            pool.start(lambda: ran.append(1))
+        release(fifo)
+        deadline = time.monotonic() + 5
+        while pool.stuck and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pool.inline():
+            assert pool.run(lambda: ran.append(2), 1.0) == (True, None)
+    finally:
+        pool.close(1.0)
+    with pool.inline(), pytest.raises(RuntimeError, match="closed"):
+        pool.start(lambda: ran.append(3))
+    assert ran == [2]
