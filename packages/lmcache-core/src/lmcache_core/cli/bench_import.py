@@ -33,7 +33,7 @@ _PROBE = (
 )
 
 #: Top-level packages an ``import lmcache_core`` must not load (see the module docstring).
-HEAVY_TOPS = ("torch", "pluggy", "numpy", "torch_npu", "jax")
+HEAVY_TOPS = ("torch", "pluggy", "numpy")
 #: Core modules that import torch or pluggy themselves.
 HEAVY_CORE = ("lmcache_core.backends.reference", "lmcache_core.hookspecs", "lmcache_core.backend")
 
