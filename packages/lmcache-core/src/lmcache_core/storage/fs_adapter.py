@@ -514,11 +514,12 @@ class FsAdapter(L2Adapter):
         out = []
         for key in keys:
             name = object_name(key) + SUFFIX
+            shard = f"{self.root}/{name[:2]}"  # root is normalised and never "/": no os.path.join
             try:
-                if not stat.S_ISDIR(os.lstat(os.path.join(self.root, name[:2])).st_mode):
+                if not stat.S_ISDIR(os.lstat(shard).st_mode):
                     out.append(False)
                     continue
-                st = os.lstat(os.path.join(self.root, name[:2], name))
+                st = os.lstat(f"{shard}/{name}")
             except OSError:
                 out.append(False)
                 continue
