@@ -232,7 +232,9 @@ def test_sampled_steps_time_the_forward_on_the_device_not_its_enqueue() -> None:
         w.save(plan)
         est = w.cost.estimates()
         assert est.prefill_samples == 1
-        assert est.prefill_s_per_token * 256 >= 0.05 > 10 * enqueue
+        # the estimate covers the forward's 50 ms on the "device", not the enqueue (microseconds)
+        assert est.prefill_s_per_token * 256 >= 0.05
+        assert est.prefill_s_per_token * 256 > enqueue
         w.close()
     finally:
         plugin.close()
