@@ -3,12 +3,13 @@
 Bitwise against the reference for every layout variant and dtype through each host path (mapped,
 staged) and device chunks, host and device slot mappings, unaligned chunks (narrow accesses),
 several chunks per launch, bad slots writing nothing, the plane-table cache, page-locked host
-memory and streams/events. Run under the sanitizer with `make -C packages/lmcache-cuda sanitize`.
+memory and streams/events (bodies: :class:`lmcache_gpu.testing.KernelTests`). Run under the
+sanitizer with `make -C packages/lmcache-cuda sanitize`.
 """
 
 from __future__ import annotations
 
-from lmcache_cuda.gpu_testing import KernelTests
+from lmcache_gpu.testing import KernelTests
 
 
 class TestCudaKernels(KernelTests):

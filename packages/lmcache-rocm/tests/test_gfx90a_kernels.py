@@ -8,7 +8,7 @@ memory and streams/events. Run under the sanitizer with `make -C packages/lmcach
 
 from __future__ import annotations
 
-from lmcache_rocm.gpu_testing import KernelTests
+from lmcache_gpu.testing import KernelTests
 
 
 class TestRocmKernels(KernelTests):

@@ -1,39 +1,39 @@
-"""lmcache-rocm holds no second copy of the GPU source: it compiles lmcache-cuda's as HIP.
+"""lmcache-rocm holds no GPU source and no shared Python: it compiles lmcache-gpu's source as HIP.
 
-Needs only the checkout: reads files, compiles nothing (the HIP build itself is ``make install``,
-and ``packages/lmcache-cuda/tests/test_compat_header.py`` compiles the source both ways).
+Needs only the checkout and the installed lmcache-gpu: reads files, compiles nothing (the HIP build
+itself is ``make install`` and ``test_sdist_build.py``).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+import lmcache_gpu
+
 ROCM = Path(__file__).resolve().parents[1]
-CUDA = ROCM.parent / "lmcache-cuda"
 
 
-def test_no_native_source_in_this_package() -> None:
-    sources = [
-        p
-        for p in ROCM.rglob("*")
-        if p.suffix in (".cu", ".cuh", ".cpp", ".h", ".hip") and "build" not in p.parts
-    ]
-    assert sources == []
+def _own_files() -> list[Path]:
+    return [p for p in ROCM.rglob("*") if "build" not in p.relative_to(ROCM).parts]
 
 
-def test_the_build_compiles_the_cuda_packages_launcher_as_hip() -> None:
-    cmake = ROCM.joinpath("CMakeLists.txt").read_text()
-    assert re.search(
-        r'set_source_files_properties\("\$\{GPU_SRC\}/launcher\.cu" PROPERTIES LANGUAGE HIP\)', cmake
-    )
-    assert 'set(GPU_SRC "${LMCACHE_CUDA_SOURCE_DIR}/csrc")' in cmake
-    assert "LINKER_LANGUAGE CXX" in cmake
-    assert (CUDA / "csrc" / "launcher.cu").is_file()
+def test_no_native_source_and_no_links_in_this_package() -> None:
+    own = _own_files()
+    assert [p for p in own if p.suffix in (".cu", ".cuh", ".cpp", ".h", ".hip")] == []
+    assert [p for p in own if p.is_symlink()] == []
 
 
-def test_shared_python_modules_are_links_to_lmcache_cuda() -> None:
-    for name in ("gpu_probe.py", "gpu_kernels.py", "gpu_plugin.py", "gpu_testing.py"):
-        mine = ROCM / "src" / "lmcache_rocm" / name
-        assert mine.is_symlink(), f"{name} must be a symlink, not a copy"
-        assert mine.resolve() == (CUDA / "src" / "lmcache_cuda" / name).resolve()
+def test_the_build_finds_the_source_through_the_installed_lmcache_gpu() -> None:
+    cmake = (ROCM / "CMakeLists.txt").read_text()
+    assert "import lmcache_gpu; print(lmcache_gpu.get_cmake_dir())" in cmake
+    assert "find_package(lmcache_gpu CONFIG REQUIRED" in cmake
+    assert "lmcache_gpu_add_extension(_C HIP rocm" in cmake
+    assert "../" not in cmake, "a relative path out of this package"
+    config = Path(lmcache_gpu.get_cmake_dir()) / "lmcache_gpuConfig.cmake"
+    assert config.is_file() and (Path(lmcache_gpu.get_source()) / "launcher.cu").is_file()
+
+
+def test_the_python_modules_are_this_vendors_own() -> None:
+    """Probe, plugin and kernels only; the shared code is imported from lmcache_gpu."""
+    modules = sorted(p.name for p in (ROCM / "src" / "lmcache_rocm").glob("*.py"))
+    assert modules == ["__init__.py", "kernels.py", "plugin.py", "probe.py"]

@@ -1,12 +1,12 @@
-"""lmcache_cuda: GPU KV kernels for lmcache-core on NVIDIA GPUs (CUDA; the same kernel source builds lmcache-rocm).
+"""lmcache_cuda: GPU KV kernels for lmcache-core on NVIDIA GPUs (lmcache-gpu's source compiled as CUDA).
 
 The backend registers as ``cuda`` in the ``lmcache_core.backends`` entry-point group (priority
 ``Priority.ACCELERATOR``, torch device type ``"cuda"``).
 
-Modules: :mod:`lmcache_cuda.probe` (cheap availability check), :mod:`lmcache_cuda.plugin` (the hook
-implementations), :mod:`lmcache_cuda.kernels` (the Python wrapper of the compiled ``lmcache_cuda._C``);
-``gpu_probe``, ``gpu_kernels``, ``gpu_plugin`` and ``gpu_testing`` are shared by lmcache-cuda and
-lmcache-rocm (lmcache-rocm carries them as symlinks to lmcache-cuda's files).
+A thin package over :mod:`lmcache_gpu`: :mod:`lmcache_cuda.probe` (cheap availability check with
+the NVIDIA driver scan), :mod:`lmcache_cuda.plugin` (one :class:`lmcache_gpu.plugin.GpuPlugin`),
+:mod:`lmcache_cuda.kernels` (one :class:`lmcache_gpu.kernels.GpuKernels` over the compiled
+``lmcache_cuda._C``, built by this package's CMakeLists from ``lmcache_gpu.get_source()``).
 
 Importing this package is cheap: it imports neither torch nor the compiled extension.
 """

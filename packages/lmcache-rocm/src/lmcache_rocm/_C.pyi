@@ -1,1 +1,3 @@
-../../../lmcache-cuda/src/lmcache_cuda/_C.pyi
+"""Type stub of lmcache_rocm._C: lmcache-gpu's extension interface (its source, compiled here)."""
+
+from lmcache_gpu._extension import *

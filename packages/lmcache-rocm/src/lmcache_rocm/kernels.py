@@ -1,7 +1,7 @@
-"""The rocm backend's kernels: :class:`~lmcache_rocm.gpu_kernels.GpuKernels` over ``lmcache_rocm._C``.
+"""The rocm backend's kernels: one :class:`~lmcache_gpu.kernels.GpuKernels` over ``lmcache_rocm._C``.
 
 ``KERNELS.gather(layout, kv_caches, slot_mapping, out, skip_prefix, stream=...)`` and the rest are
-documented on :class:`~lmcache_rocm.gpu_kernels.GpuKernels` (shapes with named axes, host paths, streams).
+documented on :class:`~lmcache_gpu.kernels.GpuKernels` (shapes with named axes, host paths, streams).
 
 May assume: torch imports and the extension is built. Must not at import time: touch a GPU (loading
 ``_C`` loads the HIP runtime library but makes no runtime call).
@@ -9,10 +9,8 @@ May assume: torch imports and the extension is built. Must not at import time: t
 
 from __future__ import annotations
 
+from lmcache_gpu.kernels import GpuKernels
 from lmcache_rocm import _C
-from lmcache_rocm.gpu_kernels import ChunkJob, GpuEvent, GpuKernels
-
-__all__ = ["KERNELS", "ChunkJob", "GpuEvent", "GpuKernels"]
 
 #: The one instance of this backend: host-path settings and the pointer cache are per process.
 KERNELS = GpuKernels(_C, "rocm")

@@ -30,7 +30,13 @@
 
 #include <stdint.h>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
+/* Detected from the compiler alone, so no runtime header need come first: clang in HIP mode
+   defines __HIP__ and takes the attributes directly (the __host__/__device__ macros come from
+   HIP's headers, which may not be included yet); nvcc and clang in CUDA mode define __CUDACC__
+   and always pre-include those macros. */
+#if defined(__HIP__)
+#define LMC_HOST_DEVICE __attribute__((host)) __attribute__((device))
+#elif defined(__CUDACC__) || defined(__HIPCC__)
 #define LMC_HOST_DEVICE __host__ __device__
 #else
 #define LMC_HOST_DEVICE

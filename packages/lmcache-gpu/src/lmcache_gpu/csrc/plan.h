@@ -16,20 +16,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "argument_error.h"
 #include "lmcache_core/kv_index.h"
 
 namespace lmcache_gpu {
 
 using lmcache_core::KVGeometry;
-
-/* A bad argument: the binding turns it into ValueError (argument, expected, given). */
-struct ArgumentError : std::invalid_argument {
-  using std::invalid_argument::invalid_argument;
-};
 
 /* One chunk of a transfer. */
 struct Job {

@@ -1,11 +1,13 @@
 /*
- * binding.cpp - pybind11 export of the GPU launchers as <package>._C; export only, no logic.
+ * binding.cpp - pybind11 export of the GPU launcher and runtime services as <package>._C; exports
+ * only: each function converts Python values to the C++ call's and its result back, nothing more.
  *
- * Host compiler only (no CUDA/HIP header): it sees launcher.h and plan.h. Takes raw addresses,
- * byte counts, strides and the element size (no libtorch), releases the GIL while the launcher
- * runs, and maps ArgumentError to ValueError, runtime failures to RuntimeError. Host memory is
- * handed to torch as a DLPack capsule whose deleter frees it. Importing the module has no side
- * effect: no runtime call happens until a function is called.
+ * Host compiler only (no CUDA/HIP header): it sees launcher.h, runtime.h, plan.h and the two
+ * helpers that build call arguments (transfer_args.h) and hand host memory to torch as a DLPack
+ * capsule (host_capsule.h). Takes raw addresses, byte counts, strides and the element size (no
+ * libtorch), releases the GIL while the launcher runs, and maps ArgumentError to ValueError,
+ * runtime failures to RuntimeError. Importing the module has no side effect: no runtime call
+ * happens until a function is called.
  *
  * Build definitions: LMC_BACKEND_NAME ("cuda" / "rocm"), LMC_BUILD_ARCHS ("sm_80;sm_90;compute_90"
  * / "gfx90a").
@@ -13,17 +15,17 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <array>
 #include <cstdint>
-#include <cstdio>
 #include <exception>
 #include <string>
-#include <tuple>
+#include <utility>
 #include <vector>
 
-#include "dlpack_min.h"
+#include "host_capsule.h"
 #include "launcher.h"
 #include "plan.h"
+#include "runtime.h"
+#include "transfer_args.h"
 
 #ifndef LMC_BACKEND_NAME
 #define LMC_BACKEND_NAME "cuda"
@@ -36,117 +38,6 @@ namespace py = pybind11;
 namespace gpu = lmcache_gpu;
 
 namespace {
-
-using Dims = std::array<int64_t, 6>;     /* num_kv, num_layers, num_blocks, block_size, num_kv_heads, head_size */
-using Strides = std::array<int64_t, 4>;  /* block, token, head, channel; elements */
-/* slots_device, slots_host, num_tokens, skip_prefix, chunk, chunk_nbytes, chunk_on_device */
-using JobTuple = std::tuple<uintptr_t, uintptr_t, int64_t, int64_t, uintptr_t, int64_t, bool>;
-
-/* The launcher's argument struct over vectors that outlive it. */
-struct Args {
-  std::vector<uintptr_t> tensor_address;
-  std::vector<int64_t> tensor_nbytes, plane_tensor, plane_offset;
-  std::vector<gpu::Job> jobs;
-  gpu::TransferArgs a;
-};
-
-void make_args(Args* out, int device, std::vector<uintptr_t> tensor_address, std::vector<int64_t> tensor_nbytes,
-               std::vector<int64_t> plane_tensor, std::vector<int64_t> plane_offset, const Dims& dims,
-               const Strides& strides, int64_t element_size, const std::vector<JobTuple>& jobs) {
-  if (tensor_address.size() != tensor_nbytes.size()) {
-    throw py::value_error("tensor_nbytes: expected " + std::to_string(tensor_address.size()) +
-                          " entries (one per tensor_address), given " + std::to_string(tensor_nbytes.size()));
-  }
-  if (plane_tensor.size() != plane_offset.size()) {
-    throw py::value_error("plane_offset: expected " + std::to_string(plane_tensor.size()) +
-                          " entries (one per plane_tensor entry), given " + std::to_string(plane_offset.size()));
-  }
-  if (device < 0) throw py::value_error("device: expected a device index >= 0, given " + std::to_string(device));
-  out->tensor_address = std::move(tensor_address);
-  out->tensor_nbytes = std::move(tensor_nbytes);
-  out->plane_tensor = std::move(plane_tensor);
-  out->plane_offset = std::move(plane_offset);
-  for (const JobTuple& t : jobs) {
-    gpu::Job j;
-    std::tie(j.slots_device, j.slots_host, j.num_tokens, j.skip_prefix, j.chunk, j.chunk_nbytes, j.chunk_on_device) = t;
-    out->jobs.push_back(j);
-  }
-  gpu::TransferArgs& a = out->a;
-  a.device = device;
-  a.tensor_address = out->tensor_address.data();
-  a.tensor_nbytes = out->tensor_nbytes.data();
-  a.num_tensors = static_cast<int64_t>(out->tensor_address.size());
-  a.plane_tensor = out->plane_tensor.data();
-  a.plane_offset = out->plane_offset.data();
-  a.plane_table_len = static_cast<int64_t>(out->plane_tensor.size());
-  a.geometry = lmcache_core::KVGeometry{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5],
-                                        strides[0], strides[1], strides[2], strides[3]};
-  a.element_size = element_size;
-  a.jobs = out->jobs.data();
-  a.num_jobs = static_cast<int64_t>(out->jobs.size());
-}
-
-gpu::HostKind host_kind(const std::string& kind) {
-  if (kind == "pinned") return gpu::HostKind::kPinned;
-  if (kind == "registered") return gpu::HostKind::kRegistered;
-  if (kind == "pageable") return gpu::HostKind::kPageable;
-  throw py::value_error("kind: expected one of 'pinned', 'registered', 'pageable', given '" + kind + "'");
-}
-
-/* ---- host memory as a DLPack capsule ------------------------------------------------------- */
-
-struct HostBlock {
-  gpu::dlpack::ManagedTensor managed;
-  int64_t shape[1];
-  gpu::HostKind kind;
-};
-
-void host_block_deleter(gpu::dlpack::ManagedTensor* self) {
-  auto* block = static_cast<HostBlock*>(self->manager_ctx);
-  try {
-    gpu::host_free(block->managed.dl_tensor.data, block->kind);
-  } catch (const std::exception& e) {  // a deleter must not throw; the memory is lost, say so
-    std::fprintf(stderr, "lmcache %s: freeing host memory failed: %s\n", LMC_BACKEND_NAME, e.what());
-  }
-  delete block;
-}
-
-/* Called when the capsule dies; frees the block only if torch never took it ("used_dltensor"). */
-void dltensor_capsule_destructor(PyObject* capsule) {
-  if (PyCapsule_IsValid(capsule, "dltensor")) {
-    auto* managed = static_cast<gpu::dlpack::ManagedTensor*>(PyCapsule_GetPointer(capsule, "dltensor"));
-    if (managed != nullptr && managed->deleter != nullptr) managed->deleter(managed);
-  }
-}
-
-py::object alloc_host(int64_t nbytes, const std::string& kind_name, int device) {
-  const gpu::HostKind kind = host_kind(kind_name);
-  if (nbytes < 1) throw py::value_error("nbytes: expected >= 1, given " + std::to_string(nbytes));
-  void* data = nullptr;
-  {
-    py::gil_scoped_release release;
-    data = gpu::host_alloc(static_cast<size_t>(nbytes), kind, device);
-  }
-  auto* block = new HostBlock{};
-  block->shape[0] = nbytes;
-  block->kind = kind;
-  gpu::dlpack::Tensor& t = block->managed.dl_tensor;
-  t.data = data;
-  t.device = {gpu::dlpack::kDLCPU, 0};
-  t.ndim = 1;
-  t.dtype = {gpu::dlpack::kDLUInt, 8, 1};
-  t.shape = block->shape;
-  t.strides = nullptr;
-  t.byte_offset = 0;
-  block->managed.manager_ctx = block;
-  block->managed.deleter = host_block_deleter;
-  PyObject* capsule = PyCapsule_New(&block->managed, "dltensor", dltensor_capsule_destructor);
-  if (capsule == nullptr) {
-    host_block_deleter(&block->managed);
-    throw py::error_already_set();
-  }
-  return py::reinterpret_steal<py::object>(capsule);
-}
 
 constexpr const char* kTransferDoc = R"(
     device: device index of the KV tensors
@@ -179,17 +70,15 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "transfer",
       [](bool gather, int device, std::vector<uintptr_t> tensor_address, std::vector<int64_t> tensor_nbytes,
-         std::vector<int64_t> plane_tensor, std::vector<int64_t> plane_offset, const Dims& dims,
-         const Strides& strides, int64_t element_size, const std::vector<JobTuple>& jobs, int host_path,
+         std::vector<int64_t> plane_tensor, std::vector<int64_t> plane_offset, const gpu::Dims& dims,
+         const gpu::Strides& strides, int64_t element_size, const std::vector<gpu::JobTuple>& jobs, int host_path,
          uintptr_t stream) {
-        if (host_path != 0 && host_path != 1) {
-          throw py::value_error("host_path: expected 0 (mapped) or 1 (staged), given " + std::to_string(host_path));
-        }
-        Args args;
-        make_args(&args, device, std::move(tensor_address), std::move(tensor_nbytes), std::move(plane_tensor),
-                  std::move(plane_offset), dims, strides, element_size, jobs);
+        const gpu::HostPath path = gpu::host_path_from_int(host_path);
+        const gpu::OwnedTransferArgs args(device, std::move(tensor_address), std::move(tensor_nbytes),
+                                          std::move(plane_tensor), std::move(plane_offset), dims, strides,
+                                          element_size, jobs);
         py::gil_scoped_release release;
-        return gpu::transfer(args.a, gather, static_cast<gpu::HostPath>(host_path), stream);
+        return gpu::transfer(args.view(), gather, path, stream);
       },
       (std::string("Gather (gather=True: KV -> chunks) or scatter chunks on a stream, asynchronously.\n") +
        kTransferDoc)
@@ -201,12 +90,12 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "plane_addresses",
       [](std::vector<uintptr_t> tensor_address, std::vector<int64_t> tensor_nbytes, std::vector<int64_t> plane_tensor,
-         std::vector<int64_t> plane_offset, const Dims& dims, const Strides& strides, int64_t element_size) {
-        Args args;
-        make_args(&args, 0, std::move(tensor_address), std::move(tensor_nbytes), std::move(plane_tensor),
-                  std::move(plane_offset), dims, strides, element_size, {});
-        gpu::check_layout(args.a);
-        return gpu::plane_addresses(args.a);
+         std::vector<int64_t> plane_offset, const gpu::Dims& dims, const gpu::Strides& strides, int64_t element_size) {
+        const gpu::OwnedTransferArgs args(0, std::move(tensor_address), std::move(tensor_nbytes),
+                                          std::move(plane_tensor), std::move(plane_offset), dims, strides,
+                                          element_size, {});
+        gpu::check_layout(args.view());
+        return gpu::plane_addresses(args.view());
       },
       "Checked pointer table: byte address of each plane [num_kv * num_layers] (what is uploaded to the device).",
       py::arg("tensor_address"), py::arg("tensor_nbytes"), py::arg("plane_tensor"), py::arg("plane_offset"),
@@ -214,11 +103,10 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "plan",
-      [](const std::vector<uintptr_t>& planes, const std::vector<uintptr_t>& chunks, const Dims& dims,
-         const Strides& strides, int64_t element_size) {
+      [](const std::vector<uintptr_t>& planes, const std::vector<uintptr_t>& chunks, const gpu::Dims& dims,
+         const gpu::Strides& strides, int64_t element_size) {
         gpu::TransferArgs a;
-        a.geometry = lmcache_core::KVGeometry{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5],
-                                              strides[0], strides[1], strides[2], strides[3]};
+        a.geometry = gpu::make_geometry(dims, strides);
         a.element_size = element_size;
         const gpu::CopyPlan p = gpu::plan_copy(a, planes, chunks);
         return py::dict(py::arg("vector_bytes") = p.vector_bytes, py::arg("row_bytes") = p.row_bytes,
@@ -250,7 +138,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("kernel_image_error", &gpu::kernel_image_error,
         "'' when this build's kernels run on the device, else the runtime's reason.", py::arg("device"));
 
-  m.def("alloc_host", &alloc_host,
+  m.def("alloc_host", &gpu::alloc_host_capsule,
         "DLPack capsule (torch.from_dlpack) of uint8 [nbytes] host memory that frees itself; kind: 'pinned' "
         "(HostAlloc, portable + mapped), 'registered' (page-aligned allocation + HostRegister) or 'pageable'; "
         "page-locked kinds are allocated with `device` current (-1: the thread's current device).",
@@ -259,13 +147,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("live_host_allocations", &gpu::live_host_allocations, "Host allocations from alloc_host not yet freed.");
   m.def(
       "host_register",
-      [](uintptr_t ptr, int64_t nbytes) {
-        if (ptr == 0 || nbytes < 1) {
-          throw py::value_error("host_register: expected a non-null address and nbytes >= 1, given nbytes " +
-                                std::to_string(nbytes));
-        }
-        gpu::host_register(reinterpret_cast<void*>(ptr), static_cast<size_t>(nbytes));
-      },
+      [](uintptr_t ptr, size_t nbytes) { gpu::host_register(reinterpret_cast<void*>(ptr), nbytes); },
       "Page-lock existing host memory (portable, mapped).", py::arg("ptr"), py::arg("nbytes"));
   m.def(
       "host_unregister", [](uintptr_t ptr) { gpu::host_unregister(reinterpret_cast<void*>(ptr)); },
@@ -273,7 +155,7 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("stream_create", &gpu::stream_create, "New non-blocking stream on a device, as an integer handle.",
         py::arg("device"));
-  m.def("stream_destroy", &gpu::stream_destroy, py::call_guard<py::gil_scoped_release>(),
+  m.def("stream_destroy", &gpu::stream_release, py::call_guard<py::gil_scoped_release>(),
         "Destroy a stream from stream_create (and its staging buffers).", py::arg("stream"));
   m.def("stream_synchronize", &gpu::stream_synchronize, py::call_guard<py::gil_scoped_release>(),
         "Wait for a stream (device: the stream's, -1 = the thread's current device).", py::arg("stream"),

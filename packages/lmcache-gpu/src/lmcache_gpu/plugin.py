@@ -1,7 +1,8 @@
-"""Hook implementations shared by the ``cuda`` and ``rocm`` backends (see :mod:`lmcache_core.hookspecs`).
+"""Hook implementations of every GPU backend (see :mod:`lmcache_core.hookspecs`).
 
-lmcache-rocm carries this file as a symlink. Each package's ``plugin`` module makes one
-:class:`GpuPlugin` over its :class:`~lmcache_cuda.gpu_kernels.GpuKernels`; the probe names it as
+Each vendor package's ``plugin`` module makes one :class:`GpuPlugin` over its
+:class:`~lmcache_gpu.kernels.GpuKernels` and its driver scan, e.g.
+``plugin = GpuPlugin(KERNELS, driver_scan=nvidia_gpus)``; the probe names it as
 ``"<package>.plugin:plugin"`` and the core registers the instance (pluggy takes instances whose
 methods carry ``@hookimpl``).
 
@@ -18,7 +19,7 @@ runs at registration, on the KV's device only (``GpuKernels.new_stream``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,9 +29,9 @@ from lmcache_core.layout import KVLayout
 from lmcache_core.layout_registry import LAYOUT_KINDS
 from lmcache_core.plugin_api import Capabilities
 
-from .gpu_kernels import GpuKernels
-from .gpu_probe import amd_gpus, nvidia_gpus
-from .gpu_probe import build_info as read_build_info
+from lmcache_gpu import build_info
+from lmcache_gpu.kernels import GpuKernels
+from lmcache_gpu.probing import GpuScan
 
 #: Backend hook API version this plugin was written against.
 BUILT_AGAINST_API: tuple[int, int] = (1, 1)
@@ -92,25 +93,54 @@ def supported_dtypes() -> frozenset[str]:
     return frozenset(n for n in _DTYPE_NAMES if isinstance(getattr(torch, n, None), torch.dtype))
 
 
-class GpuPlugin:
-    """The hooks of one GPU backend; ``kernels`` is its :class:`GpuKernels`."""
+def missing_images(devices: Sequence[Mapping[str, Any]], build_archs: Sequence[str]) -> str:
+    """``""`` when the build has code for every device, else one text naming each GPU without it.
 
-    def __init__(self, kernels: GpuKernels) -> None:
+    ``devices``: what ``GpuKernels.device_info`` returns per GPU index (``name``, ``arch``);
+    ``build_archs``: the build's targets (``("sm_80", "sm_90", "compute_90")``). E.g.
+    ``"GPU 0 (Tesla T4, sm_75), GPU 2 (Tesla T4, sm_75)"``.
+    """
+    if not build_archs:
+        return ""
+    lacking = [
+        f"GPU {index} ({dev['name']}, {dev['arch']})"
+        for index, dev in enumerate(devices)
+        if not arch_runs(str(dev["arch"]), build_archs)
+    ]
+    return ", ".join(lacking)
+
+
+class GpuPlugin:
+    """The hooks of one GPU backend.
+
+    ``kernels``: its :class:`GpuKernels`; ``driver_scan``: its vendor's driver scan (the GPUs the
+    kernel driver shows, without the runtime), used to tell "no GPU here" from "GPUs this
+    runtime cannot use".
+    """
+
+    def __init__(self, kernels: GpuKernels, driver_scan: Callable[[], GpuScan]) -> None:
         self.kernels = kernels
+        self.driver_scan = driver_scan
 
     def status(self) -> tuple[str, dict[str, str]]:
-        """The status line ``lmcache-core info`` shows and the extra fields, from the runtime."""
+        """The status line ``lmcache-core info`` shows and the extra fields, from the runtime.
+
+        Raises ImportError (loading fails, the core falls back and says why) when the driver shows
+        GPUs the runtime cannot use, or when GPUs lack code in this build: one message naming every
+        such GPU and the rebuild that fixes it.
+        """
         info = self.kernels.build_info()
-        described = read_build_info(self.kernels.package)
+        runtime = str(info["runtime"])
+        described = build_info.read(self.kernels.package)
         compiled = (
             f"compiled for {described.describe()}"
             if described
-            else f"compiled for {info['archs'].replace(';', ', ')} ({info['runtime']} {info['runtime_version']})"
+            else f"compiled for {info['archs'].replace(';', ', ')} ({runtime} {info['runtime_version']})"
         )
         count, error = self.kernels.device_count()
         paths = self.kernels.host_paths()
         extra = {
-            "runtime": str(info["runtime"]),
+            "runtime": runtime,
             "runtime_version": str(info["runtime_version"]),
             "archs": str(info["archs"]),
             "gather_host_path": paths["gather"],
@@ -118,26 +148,26 @@ class GpuPlugin:
             "host_alloc": f"{self.kernels.host_alloc_method()} ({self.kernels.host_alloc_name()})",
             "devices": str(count),
         }
+        backend = self.kernels.backend
         if count == 0:
-            scan = nvidia_gpus() if info["runtime"] == "CUDA" else amd_gpus()
+            scan = self.driver_scan()
             if scan.names:  # the driver shows GPUs the runtime cannot use: fail loading, with the remedy
                 raise ImportError(
-                    f"backend {self.kernels.backend!r}: {compiled}, and the driver shows "
-                    f"{len(scan.names)} GPU(s) ({', '.join(scan.names)}), but the {info['runtime']} runtime "
+                    f"backend {backend!r}: {compiled}, and the driver shows "
+                    f"{len(scan.names)} GPU(s) ({', '.join(scan.names)}), but the {runtime} runtime "
                     f"it was built with sees none: {error or 'no reason given'}. Rebuild it with a toolkit "
-                    f"the installed driver supports (make -C packages/lmcache-{self.kernels.backend} install)"
+                    f"the installed driver supports (make -C packages/lmcache-{backend} install)"
                 )
             return f"compiled, no device: {compiled}; {error or 'the runtime sees no GPU'}", extra
         devices = [self.kernels.device_info(d) for d in range(count)]  # properties: no context
         archs = [a for a in str(info["archs"]).replace(",", ";").split(";") if a]
-        for d, dev in enumerate(devices):
-            if archs and not arch_runs(str(dev["arch"]), archs):
-                raise ImportError(
-                    f"backend {self.kernels.backend!r}: {compiled} has no code for GPU {d} ({dev['name']}, "
-                    f"{dev['arch']}): built for {', '.join(archs)}. Rebuild for it, e.g. `pip install --no-build-isolation "
-                    f"--no-deps -e packages/lmcache-{self.kernels.backend} "
-                    f"-Ccmake.define.CMAKE_{'HIP' if info['runtime'] == 'HIP' else 'CUDA'}_ARCHITECTURES=native`"
-                )
+        lacking = missing_images(devices, archs)
+        if lacking:
+            raise ImportError(
+                f"backend {backend!r}: {compiled} has no code for {lacking}: built for {', '.join(archs)}. "
+                f"Rebuild for them, e.g. `pip install --no-build-isolation --no-deps -e packages/lmcache-{backend} "
+                f"-Ccmake.define.CMAKE_{runtime}_ARCHITECTURES=native`"
+            )
         extra["device"] = f"{devices[0]['name']} ({devices[0]['arch']})"
         names = ", ".join(f"{d['name']} ({d['arch']})" for d in devices)
         return (

@@ -1,8 +1,10 @@
 /*
- * launcher.cu - the one GPU source of lmcache-cuda and lmcache-rocm: checks, resources and the
- * launch of kv_transfer_kernel (kv_transfer.cuh). lmcache-cuda compiles it with nvcc; lmcache-rocm
- * compiles this same file as HIP (set_source_files_properties(... LANGUAGE HIP)). Every runtime
- * call goes through gpu_compat.h's LMC_ macros.
+ * launcher.cu - the transfer launcher: checks, the caches a transfer keeps (plane tables,
+ * per-stream staging and slot buffers) and the launch of kv_transfer_kernel (kv_transfer.cuh).
+ * The runtime services it builds on (devices, host memory, streams, events) are runtime.cu's.
+ * lmcache-cuda compiles it with nvcc; lmcache-rocm compiles this same file as HIP
+ * (set_source_files_properties(... LANGUAGE HIP)). Every runtime call goes through gpu_compat.h's
+ * LMC_ macros.
  *
  * Order of work for one transfer (see launcher.h):
  *   1. check_layout (plan.cpp): geometry, plane table, extents, chunk sizes - host only;
@@ -21,9 +23,6 @@
  *      copies of the live token runs only (HostPath::kStaged; pageable memory always);
  *   5. one kernel launch per kMaxJobsPerLaunch chunks, vector width from plan_copy.
  */
-#include <stdlib.h>
-#include <string.h>
-
 #include <algorithm>
 #include <atomic>
 #include <list>
@@ -35,8 +34,10 @@
 #include <utility>
 #include <vector>
 
-#include "kv_transfer.cuh"  // includes gpu_compat.h, then lmcache_core/kv_index.h
+#include "kv_transfer.cuh"
 #include "launcher.h"
+#include "runtime.h"
+#include "runtime_check.h"
 
 namespace lmcache_gpu {
 
@@ -44,62 +45,6 @@ namespace {
 
 constexpr size_t kMaxPlaneTables = 256;
 constexpr size_t kStagingAlign = 256;   /* bytes between staged chunks in the staging buffer */
-constexpr size_t kHostAlign = 4096;     /* registered and pageable allocations: page aligned */
-constexpr size_t kMaxPooledEvents = 1024;
-
-/* Throws naming the call. Clears the runtime's last error first: a failure reported here must not
-   make a later, successful launch look failed (its check reads the last error). */
-void check(LMC_ERROR_T status, const char* what) {
-  if (status != LMC_SUCCESS) {
-    (void)LMC_GET_LAST_ERROR();
-    throw std::runtime_error(std::string(LMC_GPU_RUNTIME) + " " + what + " failed: " + LMC_GET_ERROR_NAME(status) +
-                             ": " + LMC_GET_ERROR_STRING(status));
-  }
-}
-
-LMC_STREAM_T as_stream(uintptr_t handle) { return reinterpret_cast<LMC_STREAM_T>(handle); }
-
-/* Make `device` current for the scope; restore the previous one. */
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    check(LMC_GET_DEVICE(&previous_), "GetDevice");
-    if (previous_ != device) {
-      check(LMC_SET_DEVICE(device), "SetDevice");
-      changed_ = true;
-    }
-  }
-  ~DeviceGuard() {
-    if (changed_) (void)LMC_SET_DEVICE(previous_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = 0;
-  bool changed_ = false;
-};
-
-/* ---- events: pooled per device, so recording one per store allocates nothing ---------------- */
-
-std::mutex g_event_mutex;
-std::vector<std::pair<int, LMC_EVENT_T>> g_event_pool;  /* (device, event) ready for reuse */
-
-LMC_EVENT_T take_event(int device) {  /* current device == device */
-  {
-    std::lock_guard<std::mutex> lock(g_event_mutex);
-    for (size_t i = g_event_pool.size(); i-- > 0;) {
-      if (g_event_pool[i].first == device) {
-        LMC_EVENT_T e = g_event_pool[i].second;
-        g_event_pool.erase(g_event_pool.begin() + static_cast<std::ptrdiff_t>(i));
-        return e;
-      }
-    }
-  }
-  LMC_EVENT_T e = nullptr;
-  check(LMC_EVENT_CREATE_NO_TIMING(&e), "EventCreateWithFlags");
-  return e;
-}
 
 /* ---- plane tables: device arrays of plane addresses, one per (device, addresses) ---------- */
 
@@ -492,34 +437,6 @@ std::vector<std::string> transfer(const TransferArgs& args, bool gather, HostPat
   return paths;
 }
 
-int device_count(std::string* error) {
-  int n = 0;
-  const LMC_ERROR_T st = LMC_GET_DEVICE_COUNT(&n);
-  if (st != LMC_SUCCESS) {
-    (void)LMC_GET_LAST_ERROR();
-    if (error != nullptr) {
-      *error = std::string(LMC_GPU_RUNTIME) + " GetDeviceCount failed: " + LMC_GET_ERROR_NAME(st) + ": " +
-               LMC_GET_ERROR_STRING(st);
-    }
-    return 0;
-  }
-  return n;
-}
-
-DeviceInfo device_info(int device) {
-  LMC_DEVICE_PROP_T prop{};
-  check(LMC_GET_DEVICE_PROPERTIES(&prop, device), "GetDeviceProperties");
-  DeviceInfo info;
-  info.name = prop.name;
-  char arch[64];
-  lmc_arch_name(prop, arch, sizeof(arch));
-  info.arch = arch;
-  info.multiprocessors = prop.multiProcessorCount;
-  info.total_memory = static_cast<int64_t>(prop.totalGlobalMem);
-  info.can_map_host_memory = prop.canMapHostMemory != 0;
-  return info;
-}
-
 std::string kernel_image_error(int device) {
   DeviceGuard guard(device);
   LMC_FUNC_ATTR_T attr{};
@@ -530,75 +447,7 @@ std::string kernel_image_error(int device) {
   return std::string(LMC_GET_ERROR_NAME(st)) + ": " + LMC_GET_ERROR_STRING(st);
 }
 
-namespace {
-std::atomic<int64_t> g_live_host{0};
-
-size_t page_round(size_t n) { return (n + kHostAlign - 1) / kHostAlign * kHostAlign; }
-}  // namespace
-
-void* host_alloc(size_t nbytes, HostKind kind, int device) {
-  if (nbytes == 0) return nullptr;
-  /* A runtime call on a thread with no current device makes a context on device 0: page-lock
-     with the KV's device current (the caller's device; -1 when none is known). */
-  std::unique_ptr<DeviceGuard> guard;
-  if (device >= 0 && kind != HostKind::kPageable) guard = std::make_unique<DeviceGuard>(device);
-  void* p = nullptr;
-  switch (kind) {
-    case HostKind::kPinned:
-      check(LMC_HOST_ALLOC(&p, nbytes), "HostAlloc");
-      break;
-    case HostKind::kRegistered: {
-      p = aligned_alloc(kHostAlign, page_round(nbytes));
-      if (p == nullptr) throw std::bad_alloc();
-      const LMC_ERROR_T st = LMC_HOST_REGISTER(p, page_round(nbytes));
-      if (st != LMC_SUCCESS) {
-        free(p);
-        check(st, "HostRegister");
-      }
-      break;
-    }
-    case HostKind::kPageable:
-      p = aligned_alloc(kHostAlign, page_round(nbytes));
-      if (p == nullptr) throw std::bad_alloc();
-      break;
-  }
-  g_live_host.fetch_add(1);
-  return p;
-}
-
-void host_free(void* ptr, HostKind kind) {
-  if (ptr == nullptr) return;
-  switch (kind) {
-    case HostKind::kPinned:
-      check(LMC_FREE_HOST(ptr), "FreeHost");
-      break;
-    case HostKind::kRegistered:
-      (void)LMC_HOST_UNREGISTER(ptr);
-      free(ptr);
-      break;
-    case HostKind::kPageable:
-      free(ptr);
-      break;
-  }
-  g_live_host.fetch_sub(1);
-}
-
-int64_t live_host_allocations() { return g_live_host.load(); }
-
-void host_register(void* ptr, size_t nbytes) { check(LMC_HOST_REGISTER(ptr, nbytes), "HostRegister"); }
-
-void host_unregister(void* ptr) { check(LMC_HOST_UNREGISTER(ptr), "HostUnregister"); }
-
-const char* host_alloc_name() { return LMC_HOST_ALLOC_NAME; }
-
-uintptr_t stream_create(int device) {
-  DeviceGuard guard(device);
-  LMC_STREAM_T s = nullptr;
-  check(LMC_STREAM_CREATE_NON_BLOCKING(&s), "StreamCreateWithFlags");
-  return reinterpret_cast<uintptr_t>(s);
-}
-
-void stream_destroy(uintptr_t stream) {
+void stream_release(uintptr_t stream) {
   {
     std::lock_guard<std::mutex> lock(g_stream_mutex);
     for (auto it = g_streams.begin(); it != g_streams.end();) {
@@ -630,71 +479,7 @@ void stream_destroy(uintptr_t stream) {
       }
     }
   }
-  check(LMC_STREAM_DESTROY(as_stream(stream)), "StreamDestroy");
-}
-
-void stream_synchronize(uintptr_t stream, int device) {
-  std::unique_ptr<DeviceGuard> guard;
-  if (device >= 0) guard = std::make_unique<DeviceGuard>(device);
-  check(LMC_STREAM_SYNCHRONIZE(as_stream(stream)), "StreamSynchronize");
-}
-
-uintptr_t event_record(uintptr_t stream, int device) {
-  DeviceGuard guard(device);  /* the stream's device: an event must belong to its stream's device */
-  LMC_EVENT_T e = take_event(device);
-  const LMC_ERROR_T st = LMC_EVENT_RECORD(e, as_stream(stream));
-  if (st != LMC_SUCCESS) {
-    (void)LMC_EVENT_DESTROY(e);
-    check(st, "EventRecord");
-  }
-  return reinterpret_cast<uintptr_t>(e);
-}
-
-void stream_wait_event(uintptr_t stream, uintptr_t event, int device) {
-  DeviceGuard guard(device);  /* the waiting stream's device */
-  check(LMC_STREAM_WAIT_EVENT(as_stream(stream), reinterpret_cast<LMC_EVENT_T>(event)), "StreamWaitEvent");
-}
-
-bool event_query(uintptr_t event, int device) {
-  DeviceGuard guard(device);
-  const LMC_ERROR_T st = LMC_EVENT_QUERY(reinterpret_cast<LMC_EVENT_T>(event));
-  if (st == LMC_SUCCESS) return true;
-  if (st == LMC_ERROR_NOT_READY) {
-    (void)LMC_GET_LAST_ERROR();  /* "not ready" is an answer, not an error a later check may see */
-    return false;
-  }
-  check(st, "EventQuery");
-  return false;
-}
-
-void event_synchronize(uintptr_t event, int device) {
-  DeviceGuard guard(device);
-  check(LMC_EVENT_SYNCHRONIZE(reinterpret_cast<LMC_EVENT_T>(event)), "EventSynchronize");
-}
-
-void event_release(uintptr_t event, int device) {
-  LMC_EVENT_T e = reinterpret_cast<LMC_EVENT_T>(event);
-  {
-    std::lock_guard<std::mutex> lock(g_event_mutex);
-    if (g_event_pool.size() < kMaxPooledEvents) {  /* re-recording a pending event is allowed */
-      g_event_pool.emplace_back(device, e);
-      return;
-    }
-  }
-  DeviceGuard guard(device);
-  check(LMC_EVENT_DESTROY(e), "EventDestroy");
-}
-
-void event_destroy(uintptr_t event) { check(LMC_EVENT_DESTROY(reinterpret_cast<LMC_EVENT_T>(event)), "EventDestroy"); }
-
-int64_t pooled_events() {
-  std::lock_guard<std::mutex> lock(g_event_mutex);
-  return static_cast<int64_t>(g_event_pool.size());
-}
-
-void device_synchronize(int device) {
-  DeviceGuard guard(device);
-  check(LMC_DEVICE_SYNCHRONIZE(), "DeviceSynchronize");
+  stream_destroy(stream);
 }
 
 CacheStats cache_stats() {
@@ -724,14 +509,7 @@ void release_caches() {
     }
     g_tables.clear();
   }
-  {
-    std::lock_guard<std::mutex> lock(g_event_mutex);
-    for (auto& de : g_event_pool) {
-      DeviceGuard guard(de.first);
-      (void)LMC_EVENT_DESTROY(de.second);
-    }
-    g_event_pool.clear();
-  }
+  release_event_pool();
   std::lock_guard<std::mutex> lock(g_stream_mutex);
   for (auto& kv : g_streams) {
     StreamResources& r = *kv.second;
@@ -747,9 +525,5 @@ void release_caches() {
     r.staging_bytes = r.slot_scratch_bytes = r.slot_upload_bytes = 0;
   }
 }
-
-const char* runtime_name() { return LMC_GPU_RUNTIME; }
-
-int runtime_version() { return LMC_RUNTIME_VERSION; }
 
 }  // namespace lmcache_gpu

@@ -1,16 +1,14 @@
 /*
  * gpu_compat.h - every difference between CUDA and HIP that lmcache's GPU source needs, as
  * LMC_-prefixed macros and two small inline helpers. Nothing else in csrc/ names a cudaXxx or
- * hipXxx symbol, so launcher.cu compiles unchanged as CUDA (nvcc, lmcache-cuda) and as HIP
- * (clang/hipcc, lmcache-rocm builds this very file with LANGUAGE HIP).
+ * hipXxx symbol, so launcher.cu and runtime.cu compile unchanged as CUDA (nvcc, lmcache-cuda) and
+ * as HIP (clang/hipcc, lmcache-rocm builds these very files with LANGUAGE HIP).
  *
  * Selection: a HIP compile (clang's __HIP__, hipcc's __HIPCC__, or LMC_FORCE_HIP) uses the HIP
  * runtime; anything else uses the CUDA runtime. LMC_GPU_RUNTIME names the one chosen
  * ("CUDA" / "HIP"). LMC_HOST_DEVICE (host + device functions) lives in lmcache_core/kv_index.h,
- * the index math shared with the host (arm) backend.
- *
- * Include this header before lmcache_core/kv_index.h: the runtime header defines __HIPCC__,
- * which kv_index.h reads.
+ * the index math shared with the host (arm) backend; it detects a CUDA or HIP compile itself, so
+ * the two headers may be included in either order.
  */
 #ifndef LMCACHE_GPU_COMPAT_H_
 #define LMCACHE_GPU_COMPAT_H_

@@ -1,8 +1,7 @@
-"""GPU test bodies: the CacheEngine's copies ordered against the forward, on a real device.
+"""Ordering test bodies: the CacheEngine's copies ordered against the forward, on a real device.
 
-Shared by lmcache-cuda and lmcache-rocm (lmcache-rocm carries this file as a symlink); each
-package's ``test_*_ordering.py`` subclasses :class:`OrderingTests` with its names. Skipped, with
-the probe's reason, where no usable GPU is. Imported only by tests.
+A vendor's ``test_<arch>_ordering.py`` subclasses :class:`OrderingTests` with its names. Skipped,
+with the probe's reason, where no usable GPU is. Imported only by tests.
 
 The "forward" is ``torch.cuda._sleep`` (a kernel that spins for a number of clock cycles,
 ~0.25-0.5 s here) followed by a fill of the KV, both enqueued on torch's current stream; the
@@ -29,19 +28,12 @@ from lmcache_core import CacheEngine, CacheEngineConfig
 from lmcache_core.cache_engine import SKIP_STREAM_WAIT_ENV
 from lmcache_core.layout_registry import LayoutHints, allocate_example
 
+from lmcache_gpu.testing._package import gpu_skip_reason
+
 #: Spin cycles of the fake forward: 0.25 s at 2 GHz, long enough that a copy not ordered after it
 #: certainly runs first, short enough for the 8-minute device check.
 SLEEP_CYCLES = 500_000_000
 TOKENS = list(range(900, 964))  # 4 chunks of 16
-
-
-def _skip_reason(package: str, backend: str) -> str | None:
-    probe = importlib.import_module(f"{package}.probe").probe()
-    if not probe.available:
-        return f"backend {backend!r} cannot run on this host: {probe.reason}"
-    if not torch.cuda.is_available():
-        return "torch.cuda.is_available() is False"
-    return None
 
 
 class OrderingTests:
@@ -53,7 +45,7 @@ class OrderingTests:
 
     @pytest.fixture(autouse=True)
     def _gpu(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        reason = _skip_reason(self.package, self.backend)
+        reason = gpu_skip_reason(self.package, self.backend)
         if reason:
             pytest.skip(reason)
         monkeypatch.delenv(SKIP_STREAM_WAIT_ENV, raising=False)

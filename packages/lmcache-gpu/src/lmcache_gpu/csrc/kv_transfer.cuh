@@ -17,7 +17,7 @@
 
 #include <stdint.h>
 
-#include "gpu_compat.h"  // before kv_index.h: it defines the compiler macros kv_index.h reads
+#include "gpu_compat.h"
 #include "lmcache_core/kv_index.h"
 #include "plan.h"
 

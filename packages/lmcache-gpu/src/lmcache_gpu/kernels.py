@@ -1,8 +1,8 @@
 """Python wrapper of the GPU kernels: torch tensors in, raw pointers to the compiled ``_C``.
 
-Shared by lmcache-cuda (``lmcache_cuda._C``, CUDA) and lmcache-rocm (``lmcache_rocm._C``, the same
-source compiled as HIP); lmcache-rocm carries this file as a symlink. Each package makes one
-:class:`GpuKernels` over its own extension (``lmcache_cuda.kernels.KERNELS``).
+Every GPU backend's extension is this package's source compiled by its vendor package (e.g.
+``lmcache_cuda._C`` as CUDA, ``lmcache_rocm._C`` as HIP); each vendor package makes one
+:class:`GpuKernels` over its own extension (``<package>.kernels.KERNELS``).
 
 Shapes use named axes. For a layer group described by ``layout``
 (:class:`lmcache_core.layout.KVLayout`):
@@ -122,7 +122,7 @@ class GpuKernels:
     def __init__(self, ext: ModuleType, backend: str) -> None:
         self._ext = ext
         self.backend = backend
-        #: the package holding the extension, e.g. ``"lmcache_cuda"``
+        #: the package holding the extension, e.g. ``"lmcache_cuda"`` or ``"lmcache_rocm"``
         self.package = ext.__name__.rpartition(".")[0]
         self._host_path: dict[str, str] | None = None
         self._host_alloc: str | None = None

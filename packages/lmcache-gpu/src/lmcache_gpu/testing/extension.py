@@ -1,0 +1,475 @@
+"""Extension test bodies (no GPU needed): the build, native checks, pointer table, plan, wrapper, plugin, CLI.
+
+A vendor's ``test_extension.py`` subclasses :class:`ExtensionTests` with its names,
+``runtime_library`` (``"libcudart.so"`` / ``"libamdhip64.so"``) and its own
+``test_device_code_is_in_the_binary`` (how device code is stored is the vendor's format). Checked
+here: the extension imports without a GPU and says what it was compiled for; native checks (bad
+slots, sizes, the plane table, overflowing plane extents) raise ValueError before anything is
+touched; the pointer table; the vector-width plan; host memory through DLPack; the Python
+wrapper's checks; the plugin loading as ``"compiled, no device"`` or refusing with every reason;
+the bench CLI refusing cleanly. Imported only by tests.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+from lmcache_core.backend import Backend, import_plugin
+from lmcache_core.layout import KVLayout
+from lmcache_core.layout_registry import LAYOUT_KINDS, allocate_example, detect_layout
+from lmcache_core.testing.cases import bits, poison_, poison_value
+from lmcache_core.testing.require import REQUIRE_BACKEND_ENV
+
+from lmcache_gpu.kernels import GpuKernels
+from lmcache_gpu.plugin import GpuPlugin
+from lmcache_gpu.probing import GpuScan
+from lmcache_gpu.testing._package import PackageUnderTest, gpu_skip_reason, layout_dtype, nhd_case
+
+class ExtensionTests(PackageUnderTest):
+    """What can be checked without a GPU: the build, native checks, pointer table, plan, wrapper."""
+
+    #: the GPU runtime's shared library the extension must link dynamically, e.g. "libcudart.so"
+    runtime_library: ClassVar[str] = ""
+
+    # ---- the build ----
+
+    def so_path(self) -> Path:
+        return Path(self.ext().__file__)
+
+    def test_extension_imports_and_says_what_it_was_built_for(self) -> None:
+        info = self.ext().build_info()
+        generated = self.module("_build_info")
+        assert info["backend"] == self.backend and info["runtime"] == self.runtime
+        assert tuple(info["archs"].split(";")) == generated.ARCHS
+        assert info["max_jobs_per_launch"] == 32
+
+    def test_links_the_gpu_runtime_dynamically_and_not_libtorch(self) -> None:
+        if shutil.which("readelf") is None:
+            pytest.skip("readelf not found")
+        dyn = subprocess.run(
+            ["readelf", "-d", str(self.so_path())], capture_output=True, text=True, check=True
+        )
+        needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", dyn.stdout)
+        assert any(n.startswith(self.runtime_library) for n in needed), needed
+        assert not any("torch" in n or n.startswith("libc10") for n in needed), needed
+
+    def test_device_count_without_a_gpu_reports_the_runtime_error(self) -> None:
+        count, error = self.ext().device_count()
+        if count:
+            pytest.skip(f"{count} GPU(s) present")
+        assert "GetDeviceCount" in error and self.runtime in error
+
+    # ---- native checks: ValueError before any byte is written ----
+
+    def _native(
+        self, layout: KVLayout, kv: list[torch.Tensor], jobs: list[tuple[Any, ...]], **over: Any
+    ) -> Any:
+        p = dict(self.kernels()._prepare(layout, kv))
+        p.update(over)
+        return self.ext().transfer(
+            True,
+            over.pop("device", 0),
+            p["tensor_address"],
+            p["tensor_nbytes"],
+            p["plane_tensor"],
+            p["plane_offset"],
+            p["dims"],
+            p["strides"],
+            p["element_size"],
+            jobs,
+            over.pop("host_path", 0),
+            0,
+        )
+
+    @staticmethod
+    def _job(
+        slots: torch.Tensor, chunk: torch.Tensor, skip: int = 0, nbytes: int | None = None
+    ) -> tuple[Any, ...]:
+        size = chunk.numel() * chunk.element_size() if nbytes is None else nbytes
+        return (0, slots.data_ptr(), slots.numel(), skip, chunk.data_ptr(), size, False)
+
+    def _check_untouched(
+        self, kv: list[torch.Tensor], before: list[torch.Tensor], chunk: torch.Tensor
+    ) -> None:
+        for t, b in zip(kv, before, strict=True):
+            assert torch.equal(bits(t), bits(b)), "KV changed"
+        assert bool((bits(chunk) == poison_value(chunk.element_size())).all()), "chunk changed"
+
+    def test_bad_slot_raises_naming_index_and_value_and_writes_nothing(self) -> None:
+        kv, layout = nhd_case()
+        before = [t.clone() for t in kv]
+        slots = torch.arange(8, dtype=torch.int64)
+        slots[3] = layout.num_slots  # one past the end
+        chunk = poison_(torch.empty(layout.chunk_format.shape(8), dtype=layout_dtype(layout)))
+        with pytest.raises(ValueError, match=r"slot_mapping\[3\]: expected -1 <= slot < 64 .*given 64"):
+            self._native(layout, kv, [self._job(slots, chunk)])
+        slots[3] = -2
+        with pytest.raises(ValueError, match=r"slot_mapping\[3\]: .*given -2"):
+            self._native(layout, kv, [self._job(slots, chunk)])
+        self._check_untouched(kv, before, chunk)
+
+    def test_bad_slot_of_the_second_chunk_is_named(self) -> None:
+        kv, layout = nhd_case()
+        good, bad = torch.arange(4, dtype=torch.int64), torch.tensor([0, 1, 2**40], dtype=torch.int64)
+        chunks = [
+            poison_(torch.empty(layout.chunk_format.shape(n), dtype=layout_dtype(layout))) for n in (4, 3)
+        ]
+        with pytest.raises(ValueError, match=r"jobs\[1\]\.slot_mapping\[2\]: .*given 1099511627776"):
+            self._native(layout, kv, [self._job(good, chunks[0]), self._job(bad, chunks[1])])
+
+    def test_wrong_chunk_size_and_skip_prefix_raise(self) -> None:
+        kv, layout = nhd_case()
+        slots = torch.arange(8, dtype=torch.int64)
+        chunk = poison_(torch.empty(layout.chunk_format.shape(8), dtype=layout_dtype(layout)))
+        size = chunk.numel() * chunk.element_size()
+        with pytest.raises(ValueError, match=rf"chunk: expected {size} bytes .* given {size - 2}"):
+            self._native(layout, kv, [self._job(slots, chunk, nbytes=size - 2)])
+        with pytest.raises(ValueError, match=r"skip_prefix: expected 0 <= skip_prefix <= 8, given 9"):
+            self._native(layout, kv, [self._job(slots, chunk, skip=9)])
+
+    def test_plane_table_and_extents_are_checked(self) -> None:
+        kv, layout = nhd_case()
+        slots = torch.arange(8, dtype=torch.int64)
+        chunk = poison_(torch.empty(layout.chunk_format.shape(8), dtype=layout_dtype(layout)))
+        job = [self._job(slots, chunk)]
+        p = self.kernels()._prepare(layout, kv)
+        with pytest.raises(ValueError, match=r"plane_tensor/plane_offset: expected 4 entries"):
+            self._native(
+                layout, kv, job, plane_tensor=p["plane_tensor"][:3], plane_offset=p["plane_offset"][:3]
+            )
+        short = [n - 2 for n in p["tensor_nbytes"]]
+        with pytest.raises(
+            ValueError,
+            match=r"plane_offset\[2\]: plane spans elements \[1024, 1024 \+ 1024\) of kv_caches\[0\], expected to fit",
+        ):
+            self._native(layout, kv, job, tensor_nbytes=short)
+        with pytest.raises(
+            ValueError, match=r"plane_tensor\[0\]: expected a tensor index in \[0, 2\), given 5"
+        ):
+            self._native(layout, kv, job, plane_tensor=[5, *p["plane_tensor"][1:]])
+        with pytest.raises(ValueError, match=r"element_size: expected 1, 2, 4 or 8 bytes, given 3"):
+            self._native(layout, kv, job, element_size=3)
+
+    def test_valid_arguments_reach_the_runtime_and_fail_there_without_a_gpu(self) -> None:
+        """Skipped slots are not checked (the contract); with no GPU the first runtime call fails."""
+        if self.device_count():
+            pytest.skip("a GPU is present: these host pointers must not reach a kernel")
+        kv, layout = nhd_case()
+        slots = torch.tensor([2**40, -7, 5, -1, 9], dtype=torch.int64)  # garbage in the skipped prefix
+        chunk = poison_(torch.empty(layout.chunk_format.shape(5), dtype=layout_dtype(layout)))
+        with pytest.raises(RuntimeError, match=rf"{self.runtime} (GetDevice|SetDevice) failed"):
+            self._native(layout, kv, [self._job(slots, chunk, skip=2)])
+
+    def test_nothing_to_move_needs_no_device(self) -> None:
+        kv, layout = nhd_case()
+        slots = torch.tensor([3, 4], dtype=torch.int64)
+        chunk = poison_(torch.empty(layout.chunk_format.shape(2), dtype=layout_dtype(layout)))
+        assert self._native(layout, kv, [self._job(slots, chunk, skip=2)]) == ["nothing to move"]
+
+    # ---- pointer table and plan ----
+
+    @pytest.mark.parametrize("kind", sorted(LAYOUT_KINDS))
+    def test_pointer_table_matches_the_reference_planes(self, kind: str) -> None:
+        from lmcache_core.backends.reference import plane_view
+
+        mla, sglang = LAYOUT_KINDS[kind].mla, kind == "sglang"
+        tensors, hints = allocate_example(
+            kind,
+            num_layers=3,
+            num_blocks=5,
+            block_size=1 if sglang else 4,
+            num_kv_heads=1 if mla else 2,
+            head_size=24,
+            dtype=torch.bfloat16,
+        )
+        layout = detect_layout(tensors, hints)
+        table = self.kernels().plane_addresses(layout, tensors)
+        want = tuple(
+            plane_view(layout, tensors, p).data_ptr() for p in range(layout.num_kv * layout.num_layers)
+        )
+        assert table == want
+
+    @pytest.mark.parametrize(
+        ("dims", "strides", "es", "plane_shift", "chunk_shift", "want"),
+        [
+            # vLLM NHD bf16, 8 heads x 128: whole 2 KiB rows, 16-byte vectors, a warp per row
+            ((2, 32, 64, 16, 8, 128), (16384, 1024, 128, 1), 2, 0, 0, (16, 2048, 2048, 128, 128, 32)),
+            # the chunk 2 bytes off 16-byte alignment: fall back to 2-byte accesses
+            ((2, 32, 64, 16, 8, 128), (16384, 1024, 128, 1), 2, 0, 2, (2, 2048, 2048, 1024, 1024, 32)),
+            # a plane 8 bytes off: 8-byte accesses
+            ((2, 32, 64, 16, 8, 128), (16384, 1024, 128, 1), 2, 8, 0, (8, 2048, 2048, 256, 256, 32)),
+            # HND: heads are not adjacent, runs of one head (256 bytes)
+            ((2, 32, 64, 16, 8, 128), (16384, 128, 2048, 1), 2, 0, 0, (16, 2048, 256, 128, 16, 32)),
+            # strided channels: element by element
+            ((2, 2, 4, 4, 2, 8), (128, 32, 16, 2), 2, 0, 0, (2, 32, 2, 16, 1, 16)),
+            # a 16-byte row (1 head x 8 fp16): one thread per row
+            ((1, 4, 8, 16, 1, 8), (128, 8, 8, 1), 2, 0, 0, (16, 16, 16, 1, 1, 1)),
+            # fp8, 3 heads x 8: 24-byte rows in 8-byte pieces, 4 threads per row
+            ((2, 2, 8, 16, 3, 8), (384, 24, 8, 1), 1, 0, 0, (8, 24, 24, 3, 3, 4)),
+        ],
+    )
+    def test_plan_picks_the_widest_aligned_access(
+        self,
+        dims: tuple[int, ...],
+        strides: tuple[int, ...],
+        es: int,
+        plane_shift: int,
+        chunk_shift: int,
+        want: tuple[int, ...],
+    ) -> None:
+        base = 1 << 20
+        planes = [base + p * (1 << 16) + plane_shift for p in range(dims[0] * dims[1])]
+        plan = self.ext().plan(planes, [base * 4 + chunk_shift], dims, strides, es)
+        keys = ("vector_bytes", "row_bytes", "run_bytes", "vecs_per_row", "vecs_per_run", "group_threads")
+        assert tuple(plan[k] for k in keys) == want
+
+    def test_plan_through_the_wrapper_on_torch_tensors(self) -> None:
+        kv, layout = nhd_case()
+        chunk = torch.empty(layout.chunk_format.shape(8), dtype=layout_dtype(layout))
+        plan = self.kernels().plan(layout, kv, [chunk])
+        row = layout.hidden * layout.element_size  # 2 heads x 8 fp16 = 32 bytes
+        assert plan["row_bytes"] == row and row % plan["vector_bytes"] == 0
+        assert chunk.data_ptr() % plan["vector_bytes"] == 0
+        odd = torch.empty(chunk.numel() + 1, dtype=chunk.dtype)[1:].view(chunk.shape)
+        assert self.kernels().plan(layout, kv, [odd])["vector_bytes"] == 2
+
+    # ---- host memory ----
+
+    def test_pageable_host_memory_through_dlpack_frees_itself(self) -> None:
+        ext = self.ext()
+        gc.collect()
+        live = ext.live_host_allocations()
+        buf = self.kernels().alloc_host(10000, pinned=False)
+        assert (buf.dtype, tuple(buf.shape), buf.device.type) == (torch.uint8, (10000,), "cpu")
+        assert buf.data_ptr() % 4096 == 0
+        buf.fill_(3)
+        view = buf[100:200]
+        assert int(buf.sum()) == 30000 and ext.live_host_allocations() == live + 1
+        del buf
+        gc.collect()
+        assert ext.live_host_allocations() == live + 1, "freed while a view is alive"
+        del view
+        gc.collect()
+        assert ext.live_host_allocations() == live
+        capsule = ext.alloc_host(64, "pageable")  # never handed to torch: the capsule frees it
+        assert ext.live_host_allocations() == live + 1
+        del capsule
+        gc.collect()
+        assert ext.live_host_allocations() == live
+        assert tuple(self.kernels().alloc_host(0).shape) == (0,)
+
+    def test_host_allocation_arguments(self) -> None:
+        k = self.kernels()
+        with pytest.raises(ValueError, match="nbytes: expected a non-negative int, given -1"):
+            k.alloc_host(-1)
+        with pytest.raises(
+            ValueError, match=r"method: expected one of \['pinned', 'registered'\], given 'mmap'"
+        ):
+            k.alloc_host(16, method="mmap")
+        with pytest.raises(ValueError, match="kind: expected one of 'pinned', 'registered', 'pageable'"):
+            self.ext().alloc_host(16, "huge")
+
+    def test_pinned_host_memory_without_a_gpu_fails_with_the_runtime_reason(self) -> None:
+        if self.device_count():
+            pytest.skip("a GPU is present (KernelTests allocate page-locked memory)")
+        live = self.ext().live_host_allocations()
+        with pytest.raises(RuntimeError, match=rf"{self.runtime} HostAlloc failed"):
+            self.kernels().alloc_host(4096, pinned=True, method="pinned")
+        with pytest.raises(RuntimeError, match=rf"{self.runtime} HostRegister failed"):
+            self.kernels().alloc_host(4096, pinned=True, method="registered")
+        assert self.ext().live_host_allocations() == live
+
+    # ---- the Python wrapper's checks ----
+
+    def test_wrapper_rejects_kv_outside_a_gpu(self) -> None:
+        kv, layout = nhd_case()
+        out = torch.empty(layout.chunk_format.shape(8), dtype=layout_dtype(layout))
+        slots = torch.arange(8, dtype=torch.int64)
+        with pytest.raises(
+            ValueError, match=rf"kv_caches\[0\]: expected a tensor on a {self.backend} GPU .* given cpu"
+        ):
+            self.kernels().gather(layout, kv, slots, out, validate=False)
+
+    def test_wrapper_argument_checks(self) -> None:
+        k = self.kernels()
+        kv, layout = nhd_case()
+        out = torch.empty(layout.chunk_format.shape(8), dtype=layout_dtype(layout))
+        slots = torch.arange(8, dtype=torch.int64)
+        strided = torch.empty((2, 2, 16, 16), dtype=out.dtype)[:, :, :8]
+        with pytest.raises(ValueError, match=r"out: expected a contiguous tensor"):
+            k.gather(layout, kv, slots, strided, validate=False)
+        with pytest.raises(
+            TypeError, match=r"slot_mapping: expected a 1-D int64 tensor, given 1-D torch.int32"
+        ):
+            k.gather(layout, kv, slots.int(), out, validate=False)
+        with pytest.raises(
+            TypeError, match=r"src: expected 2-byte elements \(float16\), given torch.float32"
+        ):
+            k.scatter(layout, kv, slots, out.float(), validate=False)
+        with pytest.raises(TypeError, match=r"skip_prefix: expected int, given float"):
+            k.gather(layout, kv, slots, out, 1.0, validate=False)  # type: ignore[arg-type]
+        with pytest.raises(
+            ValueError, match=r"host_path: expected one of \['mapped', 'staged'\], given 'dma'"
+        ):
+            k.gather(layout, kv, slots, out, host_path="dma", validate=False)
+        with pytest.raises(ValueError, match=r"stream: expected a non-negative integer handle, given -1"):
+            k.gather(layout, kv, slots, out, stream=-1, validate=False)
+        with pytest.raises(ValueError, match=r"out: expected shape"):  # the core's checks with validate=True
+            k.gather(layout, kv, slots, out[:, :1], validate=True)
+        with pytest.raises(TypeError, match=r"handle: expected None, a GpuEvent"):
+            k.synchronize("event")
+
+    def test_host_path_settings(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        ext = self.ext()
+        env = f"LMCACHE_{self.backend.upper()}_GATHER_PATH"
+        monkeypatch.setenv(env, "zero-copy")
+        with pytest.raises(
+            ValueError, match=rf"{env}: expected one of \['mapped', 'staged'\], given 'zero-copy'"
+        ):
+            GpuKernels(ext, self.backend).host_paths()
+        monkeypatch.setenv(env, "staged")
+        k = GpuKernels(ext, self.backend)
+        assert k.host_paths() == {"gather": "staged", "scatter": "staged"}
+        k.set_host_path(gather="mapped", scatter="mapped")
+        assert k.host_paths() == {"gather": "mapped", "scatter": "mapped"}
+        with pytest.raises(ValueError, match=r"scatter: expected one of \['mapped', 'staged'\], given 'x'"):
+            k.set_host_path(scatter="x")
+        monkeypatch.setenv(f"LMCACHE_{self.backend.upper()}_HOST_ALLOC", "registered")
+        assert GpuKernels(ext, self.backend).host_alloc_method() == "registered"
+
+    # ---- plugin and CLI ----
+
+    def test_plugin_loads_and_says_compiled_no_device(self) -> None:
+        backend = Backend(self.backend, import_plugin(f"{self.package}.plugin:plugin"))
+        caps = backend.capabilities
+        assert caps.layouts == frozenset(LAYOUT_KINDS) and caps.pinned_host
+        assert {"float16", "bfloat16", "float32", "float8_e4m3fn"} <= caps.dtypes
+        if self.device_count():
+            assert not caps.status.startswith("compiled, no device"), caps.status
+        else:
+            assert caps.status.startswith("compiled, no device: compiled for "), caps.status
+            assert caps.extra["devices"] == "0"
+
+    def test_plugin_refuses_to_load_when_the_driver_shows_gpus_the_runtime_cannot_use(self) -> None:
+        """E.g. a driver older than the toolkit the extension was built with: fail loading, say how to fix."""
+        if self.device_count():
+            pytest.skip("the runtime sees a GPU here")
+        plugin = GpuPlugin(self.kernels(), driver_scan=lambda: GpuScan(("test GPU",)))
+        with pytest.raises(
+            ImportError, match=r"the driver shows 1 GPU\(s\) \(test GPU\), but the .* runtime"
+        ):
+            Backend(self.backend, plugin)
+
+    def test_bench_cli_refuses_cleanly_without_a_gpu(self) -> None:
+        if self.module("probe").probe().available:
+            pytest.skip("the backend is available here")
+        cli = Path(sys.executable).with_name("lmcache-core")
+        if not cli.exists():
+            pytest.skip(f"{cli} not installed")
+        run = subprocess.run(
+            [
+                str(cli),
+                "bench",
+                "kernels",
+                "--backend",
+                self.backend,
+                "--device",
+                "cuda",
+                "--quick",
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 2, run.stdout + run.stderr
+        assert f"--backend {self.backend!r}" in run.stderr and "not available here" in run.stderr
+        assert "compiled, no device" in run.stderr and "Traceback" not in run.stderr
+
+    # ---- hostile layouts: overflowing plane extents (the planner's kv_index.h helpers) ----
+
+    @staticmethod
+    def _native_args(dtype: torch.dtype) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        """vLLM NHD KV (2 layers, 4 blocks of 4, 2 heads of 8) and the native call's keyword arguments."""
+        kv, hints = allocate_example(
+            "vllm_flash_nhd", num_layers=2, num_blocks=4, block_size=4, num_kv_heads=2, head_size=8, dtype=dtype
+        )
+        layout = detect_layout(kv, hints)
+        return kv, {
+            "tensor_address": [t.data_ptr() for t in kv],
+            "tensor_nbytes": [t.numel() * t.element_size() for t in kv],
+            "plane_tensor": list(layout.plane_tensor),
+            "plane_offset": list(layout.plane_offset),
+            "dims": (2, 2, 4, 4, 2, 8),
+            "strides": layout.strides,
+            "element_size": layout.element_size,
+        }
+
+    @staticmethod
+    def _hostile(p: dict[str, Any], variant: str) -> dict[str, Any]:
+        """A hand-edited layout whose plane extent or ``offset + extent`` wraps 64 bits."""
+        planes = len(p["plane_offset"])
+        _, token, head, channel = p["strides"]
+        if variant == "wrapped-end":  # every plane 64 elements before its tensor once offset * size wraps
+            return {**p, "plane_offset": [2**63 - 64] * planes, "strides": ((2**62 + 2**10) // 3 + 1, token, head, channel)}
+        if variant == "offset-plus-extent-wraps":
+            return {**p, "plane_offset": [*p["plane_offset"][:-1], 2**63 - 2]}
+        return {**p, "strides": (2**62, token, head, channel)}  # the extent itself overflows
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.float8_e4m3fn], ids=str)
+    @pytest.mark.parametrize("variant", ["wrapped-end", "offset-plus-extent-wraps", "extent-overflows"])
+    def test_pointer_table_refuses_overflowing_planes(self, dtype: torch.dtype, variant: str) -> None:
+        _, p = self._native_args(dtype)
+        assert len(self.ext().plane_addresses(**p)) == 4  # the unedited layout passes
+        with pytest.raises(
+            ValueError, match=r"^(plane_offset\[\d+\]: plane spans elements|geometry: plane extent)"
+        ):
+            self.ext().plane_addresses(**self._hostile(p, variant))
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.float8_e4m3fn], ids=str)
+    def test_transfer_refuses_overflowing_planes_before_any_runtime_call(self, dtype: torch.dtype) -> None:
+        """``transfer`` fails in check_layout (ValueError), not at the runtime (RuntimeError without a GPU)."""
+        kv, p = self._native_args(dtype)
+        before = [t.clone() for t in kv]
+        slots = torch.tensor([0, 1], dtype=torch.int64)
+        chunk = torch.zeros(2, 2, 2, 16, dtype=dtype)
+        job = (0, slots.data_ptr(), 2, 0, chunk.data_ptr(), chunk.numel() * chunk.element_size(), False)
+        bad = self._hostile(p, "wrapped-end")
+        with pytest.raises(ValueError, match=r"^plane_offset\[0\]: plane spans elements \[9223372036854775744, "):
+            self.ext().transfer(True, 0, jobs=[job], host_path=0, stream=0, **bad)
+        for t, b in zip(kv, before, strict=True):
+            assert torch.equal(bits(t), bits(b))
+
+    def test_require_backend_turns_the_no_device_skips_into_failures(self) -> None:
+        """A GPU runner whose probe wrongly says "no device" must fail, not pass as skips."""
+        if gpu_skip_reason(self.package, self.backend) is None:
+            pytest.skip("the backend runs here: no skip to turn into a failure")
+        tests = Path(importlib.import_module(self.package).__file__ or "").parents[2] / "tests"
+        kernel_tests = sorted(tests.glob("test_*kernels.py"))
+        if not (tests / "test_conformance.py").exists() or len(kernel_tests) != 1:
+            pytest.skip(f"{tests}: not a source checkout with test_conformance.py and one test_*kernels.py")
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfs",
+               str(tests / "test_conformance.py"), str(kernel_tests[0]),
+               "-k", "test_device_hooks or test_streams_and_events"]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != REQUIRE_BACKEND_ENV}
+        plain = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tests.parent)
+        assert plain.returncode == 0 and "2 skipped" in plain.stdout, plain.stdout + plain.stderr
+        env[REQUIRE_BACKEND_ENV] = self.backend
+        required = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tests.parent)
+        out = required.stdout + required.stderr
+        summary = required.stdout.strip().splitlines()[-1]
+        assert required.returncode == 1 and "2 errors" in summary and "skipped" not in summary, out
+        assert f"backend {self.backend!r} cannot run on this host: " in out, out
+        assert f"{REQUIRE_BACKEND_ENV}={self.backend} requires backend {self.backend!r}" in out, out
+

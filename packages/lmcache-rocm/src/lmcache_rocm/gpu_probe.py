@@ -1,1 +1,0 @@
-../../../lmcache-cuda/src/lmcache_cuda/gpu_probe.py
