@@ -205,7 +205,7 @@ class FsAdapter(L2Adapter):
         if not url.path.startswith("/"):
             raise ValueError(f"url: expected an absolute path in fs:///path, given {url.redacted}")
         self.root = os.path.normpath(url.path)
-        if os.path.realpath(self.root) == "/":
+        if not self.root.strip("/"):  # a link resolving to / is refused by _setup (realpath may stall)
             raise ValueError(f"url: expected a directory other than / for an fs tier, given {url.redacted}")
         self.budget = url.bytes_param("budget", 0, allow_zero=True)
         self.low_water = url.float_param("low_water", 0.9)
@@ -256,6 +256,9 @@ class FsAdapter(L2Adapter):
         except TierUnavailable as e:
             self._mark_down(e)  # one log line and unavailable_events; _ping retries the set-up
             return
+        except ValueError:  # the root resolves to /
+            self._io.close(0.0)
+            raise
         if self.budget and not self.read_only:
             self.enforce_budget()
 
@@ -263,7 +266,11 @@ class FsAdapter(L2Adapter):
 
     def _setup(self) -> None:
         """Make the root, decide read-write or read-only, make the shards; TierUnavailable when
-        the root cannot be made or read."""
+        the root cannot be made or read; ValueError when it resolves to ``/``."""
+        if os.path.realpath(self.root) == "/":
+            raise ValueError(
+                f"url: expected a directory other than / for an fs tier, given {self.url.redacted}"
+            )
         try:
             os.makedirs(self.root, exist_ok=True)
             os.listdir(self.root)
