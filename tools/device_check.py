@@ -52,7 +52,7 @@ tokens, slots = list(range(64)), torch.arange(64, dtype=torch.int64)
 eng.store(tokens, kv, slots)
 t = threading.Thread(target=lambda: eng.lookup(tokens)); t.start(); t.join()
 eng.wait_stores(); eng.flush(10)
-assert eng.retrieve(tokens, kv, slots) == 64
+assert eng.retrieve(tokens, kv, slots).tokens == 64
 print(os.getpid(), flush=True)
 sys.stdin.readline()
 eng.close()

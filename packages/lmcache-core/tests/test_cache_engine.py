@@ -41,9 +41,9 @@ def test_store_lookup_retrieve_round_trip(kind):
     eng = CacheEngine(CacheEngineConfig(chunk_size=16, l1_bytes=1 << 22), layout_hints=hints)
     tokens = list(range(1000, 1050))
     s_src, s_dst = slots_for(50, 8, 32, seed=1), slots_for(50, 8, 32, seed=2)
-    assert eng.store(tokens, src, s_src) == 50
-    assert eng.lookup(tokens) == 50
-    assert eng.retrieve(tokens, dst, s_dst) == 50
+    assert eng.store(tokens, src, s_src).tokens == 50
+    assert eng.lookup(tokens).tokens == 50
+    assert eng.retrieve(tokens, dst, s_dst).tokens == 50
     layout = eng.spec.groups[0]
     assert torch.equal(
         gather_all(layout, src, s_src).view(torch.int16), gather_all(layout, dst, s_dst).view(torch.int16)
@@ -55,11 +55,11 @@ def test_lookup_is_chunk_granular_prefix():
     eng = CacheEngine(CacheEngineConfig(chunk_size=16), layout_hints=hints)
     tokens = list(range(48))
     eng.store(tokens, src, slots_for(48, 8, 32))
-    assert eng.lookup(tokens) == 48
-    assert eng.lookup(tokens + [7, 7, 7]) == 48  # new tail: the cached prefix still hits
-    assert eng.lookup(tokens[:40]) == 32  # partial tail of other length misses
-    assert eng.lookup([9] + tokens[1:]) == 0  # first token differs: nothing shared
-    assert eng.lookup(tokens[:16] + [5] * 32) == 16
+    assert eng.lookup(tokens).tokens == 48
+    assert eng.lookup(tokens + [7, 7, 7]).tokens == 48  # new tail: the cached prefix still hits
+    assert eng.lookup(tokens[:40]).tokens == 32  # partial tail of other length misses
+    assert eng.lookup([9] + tokens[1:]).tokens == 0  # first token differs: nothing shared
+    assert eng.lookup(tokens[:16] + [5] * 32).tokens == 16
     assert eng.stats.lookups == 5 and eng.stats.lookup_hit_tokens == 48 + 48 + 32 + 0 + 16
 
 
@@ -69,9 +69,9 @@ def test_store_is_idempotent_and_stops_at_missing_kv():
     tokens = list(range(64))
     slots = slots_for(64, 8, 32)
     slots[40] = -1  # the engine has no KV for token 40 (chunk 2)
-    assert eng.store(tokens, src, slots) == 32
-    assert eng.lookup(tokens) == 32
-    assert eng.store(tokens, src, slots) == 0 and eng.stats.store_skipped_present == 2
+    assert eng.store(tokens, src, slots).tokens == 32
+    assert eng.lookup(tokens).tokens == 32
+    assert eng.store(tokens, src, slots).tokens == 0 and eng.stats.store_skipped_present == 2
 
 
 def test_retrieve_skips_leading_tokens_and_stops_at_miss():
@@ -82,7 +82,8 @@ def test_retrieve_skips_leading_tokens_and_stops_at_miss():
     s_src, s_dst = slots_for(64, 8, 32, 3), slots_for(64, 8, 32, 4)
     eng.store(tokens[:40], src, s_src[:40])  # chunks 0, 1 and a partial 32..40
     loaded = eng.retrieve(tokens, dst, s_dst, skip_leading_tokens=20)
-    assert loaded == 32 - 20  # chunk 1 from token 20; chunk 2 (32..48) is not cached
+    assert loaded.tokens == 32 - 20  # chunk 1 from token 20; chunk 2 (32..48) is not cached
+    assert loaded.chunks == 1 and loaded.nbytes == eng.spec.chunk_nbytes(16)  # the whole chunk moved
     layout = eng.spec.groups[0]
     a, b = gather_all(layout, src, s_src[:40]), gather_all(layout, dst, s_dst[:40])
     assert torch.equal(a[:, :, 20:32].view(torch.int16), b[:, :, 20:32].view(torch.int16))
@@ -98,8 +99,8 @@ def test_eviction_under_budget():
     eng.store(second, src, slots_for(64, 8, 32))
     st = eng.l1_stats()
     assert st.used_bytes <= 3 * chunk_bytes and st.evictions >= 5
-    assert eng.lookup(first) == 0  # the oldest chunks went first
-    assert eng.lookup(second) == 0  # its chunk 0 was evicted by its own later chunks...
+    assert eng.lookup(first).tokens == 0  # the oldest chunks went first
+    assert eng.lookup(second).tokens == 0  # its chunk 0 was evicted by its own later chunks...
     assert eng.stats.stored_chunks == 8
 
 
@@ -108,18 +109,18 @@ def test_tenants_and_ranks_are_isolated():
     tokens = list(range(32))
     eng = CacheEngine(CacheEngineConfig(chunk_size=16, cache_salt="acme"), layout_hints=hints)
     eng.store(tokens, src, slots_for(32, 8, 32))
-    assert eng.lookup(tokens) == 32
-    assert eng.lookup(tokens, cache_salt="globex") == 0
-    assert eng.lookup(tokens, cache_salt="acme") == 32
+    assert eng.lookup(tokens).tokens == 32
+    assert eng.lookup(tokens, cache_salt="globex").tokens == 0
+    assert eng.lookup(tokens, cache_salt="acme").tokens == 32
 
 
 def test_scheduler_side_lookup_uses_declared_formats():
     src, hints = kv_pool()
     fmt = ChunkFormat(2, 3, 16, "float16", 2)
     eng = CacheEngine(CacheEngineConfig(chunk_size=16), layout_hints=hints, chunk_formats=[fmt])
-    assert eng.lookup(list(range(32))) == 0  # works before any KV is registered
+    assert eng.lookup(list(range(32))).tokens == 0  # works before any KV is registered
     eng.store(list(range(32)), src, slots_for(32, 8, 32))
-    assert eng.lookup(list(range(32))) == 32
+    assert eng.lookup(list(range(32))).tokens == 32
     wrong = CacheEngine(
         CacheEngineConfig(chunk_size=16),
         layout_hints=hints,
@@ -138,9 +139,9 @@ def test_two_layer_groups_with_different_block_sizes():
     tokens = list(range(40))
     s0, s1 = slots_for(40, 8, 32, 5), slots_for(40, 4, 64, 6)
     t0, t1 = slots_for(40, 8, 32, 7), slots_for(40, 4, 64, 8)
-    assert eng.store(tokens, [g0, g1], [s0, s1]) == 40
+    assert eng.store(tokens, [g0, g1], [s0, s1]).tokens == 40
     assert "+" in eng.spec.tag
-    assert eng.retrieve(tokens, [d0, d1], [t0, t1]) == 40
+    assert eng.retrieve(tokens, [d0, d1], [t0, t1]).tokens == 40
     for layout, a, sa, b, sb in ((eng.spec.groups[0], g0, s0, d0, t0), (eng.spec.groups[1], g1, s1, d1, t1)):
         assert torch.equal(
             gather_all(layout, a, sa).view(torch.int16), gather_all(layout, b, sb).view(torch.int16)
@@ -171,8 +172,8 @@ def test_a_retrieved_chunk_becomes_most_recently_used_in_l1():
         name: list(range(base, base + 16)) for name, base in zip("abcd", (100, 200, 300, 400), strict=True)
     }
     for name in "abc":
-        assert eng.store(prompts[name], src, slots_for(16, 8, 32)) == 16
+        assert eng.store(prompts[name], src, slots_for(16, 8, 32)).tokens == 16
     dst, _ = kv_pool(fill=False)
-    assert eng.retrieve(prompts["a"], dst, slots_for(16, 8, 32, seed=3)) == 16  # a hit on the oldest
-    assert eng.store(prompts["d"], src, slots_for(16, 8, 32)) == 16  # L1 is full: one chunk goes
-    assert [eng.lookup(prompts[n]) for n in "abcd"] == [16, 0, 16, 16]
+    assert eng.retrieve(prompts["a"], dst, slots_for(16, 8, 32, seed=3)).tokens == 16  # a hit on the oldest
+    assert eng.store(prompts["d"], src, slots_for(16, 8, 32)).tokens == 16  # L1 is full: one chunk goes
+    assert [eng.lookup(prompts[n]).tokens for n in "abcd"] == [16, 0, 16, 16]

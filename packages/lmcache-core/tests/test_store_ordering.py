@@ -97,11 +97,11 @@ def test_store_queued_right_after_the_forward_reads_what_the_forward_wrote(
     eng, kv, slots, _ = _setup(plugin, monkeypatch)
     gate = threading.Event()
     _forward(plugin, kv, 7.0, gate)
-    assert eng.store(TOKENS, kv, slots) == 48  # returns without waiting for the forward
-    assert eng.stores_in_flight() == 3 and eng.lookup(TOKENS) == 0  # not committed yet
+    assert eng.store(TOKENS, kv, slots).tokens == 48  # returns without waiting for the forward
+    assert eng.stores_in_flight() == 3 and eng.lookup(TOKENS).tokens == 0  # not committed yet
     gate.set()
     eng.wait_stores()
-    assert eng.lookup(TOKENS) == 48
+    assert eng.lookup(TOKENS).tokens == 48
     assert _stored_values(eng, TOKENS) == {7.0}
     eng.close()
 
@@ -132,7 +132,7 @@ def test_load_waits_for_the_forward_still_using_the_pages_and_precedes_the_next(
     gate = threading.Event()
     _forward(plugin, kv, 9.0, gate)  # an earlier forward still writing these pages
     threading.Timer(0.05, gate.set).start()
-    assert eng.retrieve(TOKENS, kv, slots) == 48
+    assert eng.retrieve(TOKENS, kv, slots).tokens == 48
     assert gate.is_set()  # the load could not finish before the forward it had to follow
     seen: list[set[float]] = []
     plugin.streams[COMPUTE].enqueue(lambda: seen.append({float(v) for t in kv for v in t[:, :3].unique()}))
@@ -159,7 +159,7 @@ def test_request_reports_its_stores_in_flight_until_polled_complete(
         eng.poll_stores()
         time.sleep(0.001)
     assert eng.stores_in_flight("req-a") == 0 and eng.stores_in_flight("req-b") == 0
-    assert eng.l1_stats().entries == 3 and eng.lookup(TOKENS) == 48
+    assert eng.l1_stats().entries == 3 and eng.lookup(TOKENS).tokens == 48
     assert _stored_values(eng, TOKENS) == {3.0}
     eng.close()
 
@@ -217,7 +217,7 @@ def test_a_version_1_0_plugin_loads_and_is_ordered_by_host_waits(monkeypatch: py
         gate = threading.Event()
         _forward(plugin, kv, 6.0, gate)
         threading.Timer(0.05, gate.set).start()
-        assert eng.store(TOKENS, kv, slots) == 48
+        assert eng.store(TOKENS, kv, slots).tokens == 48
         assert gate.is_set()  # the host waited for the forward before queueing the copies
         eng.wait_stores()
         assert _stored_values(eng, TOKENS) == {6.0}

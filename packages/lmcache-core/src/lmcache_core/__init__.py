@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 # name -> (module, attribute); resolved lazily
 _LAZY = {
     "CacheEngine": ("lmcache_core.cache_engine", "CacheEngine"),
+    "CacheResult": ("lmcache_core.cache_engine", "CacheResult"),
     "CacheEngineConfig": ("lmcache_core.config", "CacheEngineConfig"),
     "KVLayout": ("lmcache_core.layout", "KVLayout"),
     "KVCacheSpec": ("lmcache_core.layout", "KVCacheSpec"),

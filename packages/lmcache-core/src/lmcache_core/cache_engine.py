@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,9 +35,7 @@ if TYPE_CHECKING:
     import torch
 
     from lmcache_core.backend import Backend
-    from lmcache_core.storage.adapter import L2Adapter
     from lmcache_core.storage.metrics import TierSnapshot
-    from lmcache_core.storage.object_format import ObjectMeta
     from lmcache_core.storage.tiers import ChunkRef, L2Tiers
 
 logger = logging.getLogger(__name__)
@@ -46,6 +45,44 @@ KVGroups = Sequence["torch.Tensor"] | Sequence[Sequence["torch.Tensor"]]
 #: Test-only switch: ``1`` makes copies skip the device-side wait for the engine's compute stream,
 #: which reintroduces the race the ordering tests must catch (``make device-check`` proves they do).
 SKIP_STREAM_WAIT_ENV = "LMCACHE_TEST_SKIP_STREAM_WAIT"
+
+
+@dataclass(frozen=True)
+class CacheResult:
+    """What one :meth:`CacheEngine.store`, :meth:`~CacheEngine.lookup` or
+    :meth:`~CacheEngine.retrieve` did: prompt tokens, chunk bytes (every layer group's rows),
+    chunks, the part of each that was L2's, and the call's wall time in seconds.
+
+    * store: tokens, bytes and chunks newly queued for copying into L1 (committed when the copy
+      completes); L2 receives them later, by write-behind, so the ``l2_*`` fields are 0.
+    * lookup: the cached prefix (chunk-granular) and its bytes; ``l2_*``: the chunks of it found
+      only in an L2 tier (being prefetched into L1 when ``l2_prefetch``).
+    * retrieve: tokens written into the engine's pages (from ``skip_leading_tokens`` to the end of
+      the loaded prefix) and the bytes of the chunks scattered; ``l2_*``: the chunks that were not
+      in L1 when the call began (loaded from an L2 tier, by a prefetch or by the call itself).
+
+    The ``l1_*`` properties are the rest.
+    """
+
+    tokens: int = 0
+    nbytes: int = 0
+    chunks: int = 0
+    l2_tokens: int = 0
+    l2_bytes: int = 0
+    l2_chunks: int = 0
+    seconds: float = 0.0
+
+    @property
+    def l1_tokens(self) -> int:
+        return self.tokens - self.l2_tokens
+
+    @property
+    def l1_bytes(self) -> int:
+        return self.nbytes - self.l2_bytes
+
+    @property
+    def l1_chunks(self) -> int:
+        return self.chunks - self.l2_chunks
 
 
 @dataclass
@@ -120,12 +157,18 @@ class CacheEngine:
         self._lock = threading.Lock()
         self.stats = EngineStats()
         self._formats: tuple[ChunkFormat, ...] | None = tuple(chunk_formats) if chunk_formats else None
-        self._adapters: list[L2Adapter] = []
         self._tiers: L2Tiers | None = None
-        if self.config.l2_urls:
-            from lmcache_core.storage.registry import open_adapters
+        if self.config.l2_urls:  # opened now: lookups need no KV; L1 is attached at registration
+            from lmcache_core.storage.tiers import L2Tiers
 
-            self._adapters = open_adapters(self.config.l2_urls)
+            c = self.config
+            self._tiers = L2Tiers(
+                c.l2_urls,
+                queue_bytes=c.l2_queue_bytes or max(1, c.l1_bytes // 4),
+                queue_items=c.l2_queue_items,
+                batch=c.l2_batch,
+                workers=c.l2_workers,
+            )
 
     # ---- set-up --------------------------------------------------------------------------------
 
@@ -178,18 +221,8 @@ class CacheEngine:
             backend = self._backend
             pinned = self.config.pinned
             self._l1 = L1Pool(self.config.l1_bytes, lambda n: backend.alloc_host(n, pinned))
-            if self._adapters:
-                from lmcache_core.storage.tiers import L2Tiers
-
-                c = self.config
-                self._tiers = L2Tiers(
-                    self._adapters,
-                    self._l1,
-                    queue_bytes=c.l2_queue_bytes or max(1, c.l1_bytes // 4),
-                    queue_items=c.l2_queue_items,
-                    batch=c.l2_batch,
-                    workers=c.l2_workers,
-                )
+            if self._tiers is not None:
+                self._tiers.attach_l1(self._l1)
         for g in spec.groups:
             logger.info("layout %s", g.describe())
         return spec
@@ -249,49 +282,15 @@ class CacheEngine:
             offset += n
         return views
 
-    def _meta(self, num_tokens: int) -> ObjectMeta:
-        """What the L2 header of a ``num_tokens`` chunk says: one group's ``[num_kv, num_layers,
-        num_tokens, hidden]`` in its dtype, or the bytes of several groups back to back."""
-        from lmcache_core.storage.object_format import ObjectMeta
-
-        formats = self._formats or ()
-        tag = self._spec_tag or ""
-        if len(formats) == 1:
-            f = formats[0]
-            return ObjectMeta(tag, f.dtype, f.shape(num_tokens), num_tokens)
-        return ObjectMeta(tag, "uint8", (sum(f.nbytes(num_tokens) for f in formats),), num_tokens)
-
     def _ref(self, key: CacheKey, num_tokens: int) -> ChunkRef:
-        from lmcache_core.storage.tiers import ChunkRef
+        """What the L2 tiers need to know of the chunk ``key`` of ``num_tokens`` tokens."""
+        from lmcache_core.storage.tiers import chunk_ref
 
-        nbytes = sum(f.nbytes(num_tokens) for f in self._formats or ())
-        return ChunkRef(key, str(key), nbytes, self._meta(num_tokens))
+        return chunk_ref(key, self._spec_tag or "", self._formats or (), num_tokens)
 
-    def _l2_run(self, chunks: list[tuple[int, int, CacheKey]], prefetch: bool) -> int:
-        """How many of ``chunks`` (the first is not in L1) are, in order, in L1 or an L2 tier;
-        starts prefetching the L2 ones into L1 when ``prefetch``."""
-        from lmcache_core.storage.tiers import locate
-
-        l1 = self._l1
-        in_l1 = [l1 is not None and key in l1 for _, _, key in chunks]
-        need = [i for i, hit in enumerate(in_l1) if not hit]
-        where = dict(zip(need, locate(self._adapters, [str(chunks[i][2]) for i in need]), strict=True))
-        run = 0
-        refs, tiers = [], []
-        for i, (start, end, key) in enumerate(chunks):
-            if in_l1[i]:
-                run += 1
-                continue
-            tier = where[i]
-            if tier is None:
-                break
-            run += 1
-            if prefetch and self._formats:
-                refs.append(self._ref(key, end - start))
-                tiers.append(tier)
-        if refs and self._tiers is not None:
-            self._tiers.prefetch(refs, tiers)
-        return run
+    def _chunk_nbytes(self, num_tokens: int) -> int:
+        """Bytes of a chunk of ``num_tokens`` tokens, every layer group (0: formats unknown)."""
+        return sum(f.nbytes(num_tokens) for f in self._formats or ())
 
     # ---- the three operations ----------------------------------------------------------------
 
@@ -303,7 +302,7 @@ class CacheEngine:
         *,
         cache_salt: str | None = None,
         owner: Any = None,
-    ) -> int:
+    ) -> CacheResult:
         """Queue copies of the KV of ``tokens`` out of the engine's pages into L1, chunk by chunk.
 
         The copies run on the engine's copy stream after everything already enqueued on the
@@ -313,13 +312,14 @@ class CacheEngine:
         :meth:`wait_stores` call runs; ``owner`` (a request id) names the chunks for
         :meth:`stores_in_flight`. Chunks already cached or in flight are only refreshed. Storing
         stops at the first chunk with a ``-1`` slot (its KV is not in the engine) or when L1 cannot
-        make room. Returns the number of tokens newly queued.
+        make room. Returns the tokens, bytes and chunks newly queued (:class:`CacheResult`).
         """
+        t0 = time.perf_counter()
         groups, slots = self._prepare(kv_caches, slot_mapping, len(as_token_array(tokens)))
         _, chunks = self._keys(tokens, cache_salt)
         assert self._l1 is not None
         self.poll_stores()
-        stored = 0
+        stored = stored_bytes = stored_chunks = 0
         ordered = False
         for start, end, key in chunks:
             if self._l1.touch(key) or key in self._pending:
@@ -354,12 +354,14 @@ class CacheEngine:
             self._pending.add(PendingChunk(key, buffer, end - start, event, owner))
             self.poll_stores()  # what completed is evictable again (a chunk in flight never is)
             stored += end - start
+            stored_bytes += nbytes
+            stored_chunks += 1
             with self._lock:
                 self.stats.stored_chunks += 1
                 self.stats.stored_bytes += nbytes
         with self._lock:
             self.stats.stored_tokens += stored
-        return stored
+        return CacheResult(stored, stored_bytes, stored_chunks, seconds=time.perf_counter() - t0)
 
     def poll_stores(self) -> int:
         """Commit to L1 (and queue for L2) every stored chunk whose copy has completed; never
@@ -399,33 +401,38 @@ class CacheEngine:
         except Exception:  # the device failed too; the caller's exception is the one to report
             logger.exception("waiting for queued copies after an error failed")
 
-    def lookup(self, tokens: Any, *, cache_salt: str | None = None) -> int:
-        """Length in tokens of the longest cached prefix of ``tokens`` (chunk-granular)."""
+    def lookup(self, tokens: Any, *, cache_salt: str | None = None) -> CacheResult:
+        """The longest cached prefix of ``tokens`` (chunk-granular): its tokens, bytes and chunks,
+        and the part found only in L2 (prefetched into L1 when ``config.l2_prefetch``)."""
+        t0 = time.perf_counter()
         if self._backend is not None:
             self.poll_stores()
-        hit = 0
         chunks: list[tuple[int, int, CacheKey]] = []
         if self._spec_tag is None:  # nothing registered or declared: nothing can be cached yet
             num_tokens = len(as_token_array(tokens))
         else:
             num_tokens, chunks = self._keys(tokens, cache_salt)
         first_miss = len(chunks)
-        for i, (_start, end, key) in enumerate(chunks):
+        for i, (_start, _end, key) in enumerate(chunks):
             if self._l1 is None or key not in self._l1:
                 first_miss = i
                 break
-            hit = end
-        l1_hit = hit
-        if first_miss < len(chunks) and self._adapters:
-            run = self._l2_run(chunks[first_miss:], prefetch=self.config.l2_prefetch)
-            if run:
-                hit = chunks[first_miss + run - 1][1]
+        run = first_miss
+        if first_miss < len(chunks) and self._tiers is not None:
+            refs = [self._ref(key, end - start) for start, end, key in chunks[first_miss:]]
+            run += self._tiers.found_run(refs, prefetch=self.config.l2_prefetch)
+        hit = chunks[run - 1][1] if run else 0
+        l1_hit = chunks[first_miss - 1][1] if first_miss else 0
+        nbytes = sum(self._chunk_nbytes(e - s) for s, e, _ in chunks[:run])
+        l2_bytes = sum(self._chunk_nbytes(e - s) for s, e, _ in chunks[first_miss:run])
         with self._lock:
             self.stats.lookups += 1
             self.stats.lookup_tokens += num_tokens
             self.stats.lookup_hit_tokens += hit
             self.stats.lookup_l2_hit_tokens += hit - l1_hit
-        return hit
+        return CacheResult(
+            hit, nbytes, run, hit - l1_hit, l2_bytes, run - first_miss, seconds=time.perf_counter() - t0
+        )
 
     def retrieve(
         self,
@@ -435,13 +442,15 @@ class CacheEngine:
         skip_leading_tokens: int = 0,
         *,
         cache_salt: str | None = None,
-    ) -> int:
+    ) -> CacheResult:
         """Scatter the cached prefix of ``tokens`` into the engine's pages.
 
         Tokens before ``skip_leading_tokens`` are already in the engine and are not written.
-        Loading stops at the first chunk not in the cache. Returns the number of tokens written
-        (from ``skip_leading_tokens`` to the end of the loaded prefix).
+        Loading stops at the first chunk not in the cache (nor loadable from L2). Returns the
+        tokens written (from ``skip_leading_tokens`` to the end of the loaded prefix), the bytes
+        of the chunks scattered, and the part that came from L2 (:class:`CacheResult`).
         """
+        t0 = time.perf_counter()
         if (
             isinstance(skip_leading_tokens, bool)
             or not isinstance(skip_leading_tokens, int)
@@ -454,14 +463,16 @@ class CacheEngine:
         _, chunks = self._keys(tokens, cache_salt)
         assert self._l1 is not None
         chunks = [c for c in chunks if c[1] > skip_leading_tokens]
+        not_in_l1: set[CacheKey] = set()  # at the start: these come from L2 if they come at all
         if self._tiers is not None:
             tiers = self._tiers
+            not_in_l1 = {key for _, _, key in chunks if key not in self._l1}
             missing = next(
                 (i for i, c in enumerate(chunks) if c[2] not in self._l1 and not tiers.pending(c[2])), None
             )
             if missing is not None:  # load what L1 lacks while the chunks before it are scattered
-                self._l2_run(chunks[missing:], prefetch=True)
-        loaded = 0
+                tiers.found_run([self._ref(k, e - s) for s, e, k in chunks[missing:]], prefetch=True)
+        loaded = loaded_bytes = loaded_chunks = l2_tokens = l2_bytes = l2_chunks = 0
         ordered = self._skip_stream_wait
         for start, end, key in chunks:
             entry = self._l1.pin(key)
@@ -487,12 +498,20 @@ class CacheEngine:
             finally:
                 self._l1.unpin(entry)
             loaded += end - start - skip
+            loaded_bytes += entry.nbytes
+            loaded_chunks += 1
+            if key in not_in_l1:
+                l2_tokens += end - start - skip
+                l2_bytes += entry.nbytes
+                l2_chunks += 1
             with self._lock:
                 self.stats.retrieved_chunks += 1
                 self.stats.retrieved_bytes += entry.nbytes
         with self._lock:
             self.stats.retrieved_tokens += loaded
-        return loaded
+        return CacheResult(
+            loaded, loaded_bytes, loaded_chunks, l2_tokens, l2_bytes, l2_chunks, time.perf_counter() - t0
+        )
 
     def _fetch(self, key: CacheKey, num_tokens: int) -> L1Entry | None:
         assert self._tiers is not None
@@ -506,7 +525,7 @@ class CacheEngine:
 
     def l2_stats(self) -> list[TierSnapshot]:
         """Counters, gauges and latency histograms of each L2 tier (empty without L2)."""
-        return [a.metrics.snapshot() for a in self._adapters]
+        return self._tiers.snapshots() if self._tiers is not None else []
 
     def register_prometheus(self, registry: Any = None) -> Any:
         """Export :meth:`l2_stats` through prometheus-client (needs ``lmcache-core[metrics]``)."""
@@ -528,10 +547,6 @@ class CacheEngine:
         if self._tiers is not None:
             self._tiers.close(self.config.l2_flush_seconds)
             self._tiers = None
-        else:
-            for a in self._adapters:
-                a.close()
-        self._adapters = []
 
     def __enter__(self) -> CacheEngine:
         return self

@@ -51,3 +51,14 @@ def test_bad_settings_name_the_key() -> None:
         load_settings({}, {"LMCACHE_LOAD_FAILURE_POLICY": "fail"})
     with pytest.raises(ValueError, match="l1_gbps: expected a positive number"):
         load_settings({"l1_gbps": -1}, {})
+
+
+def test_chunk_size_must_hold_whole_blocks() -> None:
+    """Issue 11.4: checked once, in the settings (the connector calls it before either side exists)."""
+    settings = load_settings({"chunk_size": 48}, environ={})
+    with pytest.raises(
+        ValueError, match=r"^chunk_size: expected a multiple of vLLM's block_size \(32\).*given 48$"
+    ):
+        settings.check_block_size(32)
+    settings.check_block_size(16)
+    load_settings({"chunk_size": 64}, environ={}).check_block_size(32)

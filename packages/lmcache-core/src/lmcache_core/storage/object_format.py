@@ -43,7 +43,12 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from lmcache_core.layout import ChunkFormat
 
 MAGIC = b"LMKV"
 VERSION = 1
@@ -127,6 +132,19 @@ class ObjectMeta:
     dtype: str
     shape: tuple[int, ...]
     num_tokens: int = 0
+
+
+def chunk_meta(spec_tag: str, formats: Sequence[ChunkFormat], num_tokens: int) -> ObjectMeta:
+    """The header meta of a stored chunk of ``num_tokens`` tokens of a model's layer groups.
+
+    One group: its ``[num_kv, num_layers, num_tokens, hidden]`` in its dtype. Several groups:
+    ``uint8 [total bytes]``, every group's chunk back to back in ``formats`` order.
+    ``spec_tag`` is the :attr:`lmcache_core.layout.KVCacheSpec.tag` of ``formats``.
+    """
+    if len(formats) == 1:
+        f = formats[0]
+        return ObjectMeta(spec_tag, f.dtype, f.shape(num_tokens), num_tokens)
+    return ObjectMeta(spec_tag, "uint8", (sum(f.nbytes(num_tokens) for f in formats),), num_tokens)
 
 
 @dataclass(frozen=True)

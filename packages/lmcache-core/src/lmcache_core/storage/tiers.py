@@ -14,6 +14,12 @@ on an L1 miss: it waits for that chunk's prefetch, or loads it now, and returns 
 
 Several tiers stack in order (first = nearest): every tier receives every stored chunk; a
 lookup takes each chunk from the first tier that has it.
+
+Life cycle: :class:`L2Tiers` opens its adapters when it is made, so lookups work before any KV
+is registered (a scheduler process that never sees the KV); :meth:`L2Tiers.attach_l1` (at the
+engine's first registration) gives it the L1 pool and starts the write-behind threads, after
+which writes, prefetches and fetches run. :func:`chunk_ref` builds what the tiers need to know of
+a chunk, its header meta included (:func:`~lmcache_core.storage.object_format.chunk_meta`).
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 from lmcache_core.storage.adapter import L2Adapter, LoadRequest, OpResult, Status, StoreItem
 from lmcache_core.storage.metrics import TierSnapshot
-from lmcache_core.storage.object_format import ObjectHeader, ObjectMeta
+from lmcache_core.storage.object_format import ObjectHeader, ObjectMeta, chunk_meta
 
 if TYPE_CHECKING:
+    from lmcache_core.layout import ChunkFormat
     from lmcache_core.memory.l1_pool import L1Entry, L1Pool
 
 logger = logging.getLogger(__name__)
@@ -45,6 +52,13 @@ class ChunkRef:
     name: str
     nbytes: int
     meta: ObjectMeta
+
+
+def chunk_ref(key: Hashable, spec_tag: str, formats: Sequence[ChunkFormat], num_tokens: int) -> ChunkRef:
+    """The :class:`ChunkRef` of a chunk of ``num_tokens`` tokens: L2 name ``str(key)``, size in
+    bytes (every group's chunk back to back) and header meta."""
+    nbytes = sum(f.nbytes(num_tokens) for f in formats)
+    return ChunkRef(key, str(key), nbytes, chunk_meta(spec_tag, formats, num_tokens))
 
 
 @dataclass
@@ -191,14 +205,17 @@ def locate(adapters: Sequence[L2Adapter], names: Sequence[str]) -> list[int | No
 class L2Tiers:
     """The stacked L2 tiers of one engine, with their write-behind queues and prefetches.
 
-    ``queue_bytes`` / ``queue_items`` bound each tier's write-behind queue; ``batch`` is the
-    chunks per adapter call; ``workers`` the write-behind threads per tier.
+    ``urls``: the tiers, nearest first (``fs:///mnt/kv?budget=200G``, ``redis://host:6379/0``,
+    ...), opened here through :func:`lmcache_core.storage.registry.open_adapters`.
+    ``queue_bytes`` / ``queue_items`` bound each tier's write-behind queue (bytes, chunks);
+    ``batch`` is the chunks per adapter call; ``workers`` the write-behind threads per tier.
+    Lookups (:meth:`locate`, :meth:`found_run`) work at once; writes, prefetches and fetches
+    need :meth:`attach_l1` first.
     """
 
     def __init__(
         self,
-        adapters: Sequence[L2Adapter],
-        l1: L1Pool,
+        urls: Sequence[str],
         *,
         queue_bytes: int,
         queue_items: int = 1024,
@@ -209,15 +226,42 @@ class L2Tiers:
                         ("workers", workers)):  # fmt: skip
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name}: expected a positive int, given {v!r}")
-        self.adapters = list(adapters)
-        self.l1 = l1
+        from lmcache_core.storage.registry import open_adapters
+
+        self.adapters: list[L2Adapter] = open_adapters(urls)
+        self.l1: L1Pool | None = None
         self.batch = batch
-        self._queues = [_WriteQueue(a, l1, queue_items, queue_bytes, batch, workers) for a in self.adapters]
+        self._queue_bytes = queue_bytes
+        self._queue_items = queue_items
+        self._workers = workers
+        self._queues: list[_WriteQueue] = []
         self._lock = threading.Lock()
         self._tickets: dict[Hashable, _Ticket] = {}
         for a in self.adapters:
             a.metrics.gauge("prefetch_in_flight", lambda: float(len(self._tickets)))
         self._closed = False
+
+    def attach_l1(self, l1: L1Pool) -> None:
+        """Use ``l1`` for write-behind, prefetch and fetch, and start the write-behind threads.
+        Once: a second call with the same pool does nothing, with another one raises."""
+        if self.l1 is l1:
+            return
+        if self.l1 is not None:
+            raise RuntimeError("attach_l1: these tiers already serve another L1 pool")
+        if self._closed:
+            raise RuntimeError("attach_l1: the tiers are closed")
+        self.l1 = l1
+        self._queues = [
+            _WriteQueue(a, l1, self._queue_items, self._queue_bytes, self.batch, self._workers)
+            for a in self.adapters
+        ]
+
+    def _attached(self, what: str) -> L1Pool:
+        if self.l1 is None:
+            raise RuntimeError(
+                f"{what}: no L1 pool attached yet (attach_l1 comes with the first KV registration)"
+            )
+        return self.l1
 
     # ---- write-behind --------------------------------------------------------------------------
 
@@ -229,12 +273,13 @@ class L2Tiers:
     def write_behind(self, ref: ChunkRef, entry: L1Entry) -> int:
         """Queue ``entry`` (pinned :attr:`pins_per_store` times) for every tier; returns how many
         tiers dropped it because their queue was full (their pins are released here)."""
+        l1 = self._attached("write_behind")
         dropped = 0
         for q in self._queues:
             if q.offer(_WriteJob(ref, entry)):
                 q.adapter.metrics.inc("write_queued")
             else:
-                self.l1.unpin(entry)
+                l1.unpin(entry)
                 q.adapter.metrics.inc("write_dropped")
                 q.adapter.log.warning("dropped", f"write-behind queue full; {ref.name} kept in L1 only")
                 dropped += 1
@@ -255,6 +300,29 @@ class L2Tiers:
         """For each name, the index of the first tier holding it (None: no tier does)."""
         return locate(self.adapters, names)
 
+    def found_run(self, refs: Sequence[ChunkRef], prefetch: bool) -> int:
+        """How many of ``refs``, in order from the first, are in L1 or in a tier (one batched
+        lookup per tier, for the ones L1 lacks); when ``prefetch`` and an L1 is attached, starts
+        loading the tier ones of that run into L1."""
+        l1 = self.l1
+        in_l1 = [l1 is not None and ref.key in l1 for ref in refs]
+        need = [i for i, hit in enumerate(in_l1) if not hit]
+        where = dict(zip(need, self.locate([refs[i].name for i in need]), strict=True))
+        run = 0
+        to_fetch: list[ChunkRef] = []
+        tiers: list[int] = []
+        for i, ref in enumerate(refs):
+            tier = None if in_l1[i] else where[i]
+            if not in_l1[i] and tier is None:
+                break
+            run += 1
+            if tier is not None and prefetch:
+                to_fetch.append(ref)
+                tiers.append(tier)
+        if to_fetch and l1 is not None:
+            self.prefetch(to_fetch, tiers)
+        return run
+
     def pending(self, key: Hashable) -> bool:
         """Whether a prefetch of ``key`` is under way."""
         with self._lock:
@@ -264,16 +332,19 @@ class L2Tiers:
         """Start loading ``refs[i]`` from tier ``tiers[i]`` into L1; returns how many started.
 
         Chunks already in L1 or already being fetched are skipped, and so is every chunk after
-        the first one L1 cannot make room for.
+        the first one L1 cannot make room for. Without an attached L1 nothing starts.
         """
+        l1 = self.l1
+        if l1 is None:
+            return 0
         by_tier: dict[int, list[tuple[ChunkRef, _Ticket, Any]]] = {}
         for ref, tier in zip(refs, tiers, strict=True):
-            if ref.key in self.l1:
+            if ref.key in l1:
                 continue
             with self._lock:
                 if self._closed or ref.key in self._tickets:
                     continue
-                buffer = self.l1.reserve(ref.nbytes)
+                buffer = l1.reserve(ref.nbytes)
                 if buffer is None:
                     break
                 ticket = _Ticket()
@@ -300,7 +371,8 @@ class L2Tiers:
 
     def _release_later(self, buffer: Any) -> Callable[[Any], None]:
         """``abandon`` of a load into ``buffer``: back to L1 once a stalled load lets go of it."""
-        return lambda _view: self.l1.release(buffer)
+        l1 = self._attached("prefetch")
+        return lambda _view: l1.release(buffer)
 
     @staticmethod
     def _alloc(ref: ChunkRef, buffer: Any) -> Callable[[ObjectHeader], Any]:
@@ -327,12 +399,13 @@ class L2Tiers:
         return done
 
     def _finish(self, part: list[tuple[ChunkRef, _Ticket, Any]], results: list[OpResult]) -> None:
+        l1 = self._attached("prefetch")
         for (ref, ticket, buffer), r in zip(part, results, strict=True):
             if r.status is Status.HIT:
-                self.l1.commit(ref.key, buffer, ref.meta.num_tokens)
+                l1.commit(ref.key, buffer, ref.meta.num_tokens)
                 ticket.hit = True
             elif not _held(r):  # a held buffer goes back through the request's abandon
-                self.l1.release(buffer)
+                l1.release(buffer)
             with self._lock:
                 self._tickets.pop(ref.key, None)
             ticket.event.set()
@@ -346,28 +419,29 @@ class L2Tiers:
         """The chunk pinned in L1: waits for its prefetch (at most ``timeout`` seconds, default
         :meth:`wait_limit`), or loads it now from the first tier holding it (``tier`` when
         known), under that tier's deadline. None when no tier has a valid copy in time."""
+        l1 = self._attached("fetch")
         with self._lock:
             ticket = self._tickets.get(ref.key)
         if ticket is not None:
             ticket.event.wait(self.wait_limit() if timeout is None else timeout)
-            entry = self.l1.pin(ref.key)
+            entry = l1.pin(ref.key)
             if entry is not None or not ticket.hit:
                 return entry
         else:
-            entry = self.l1.pin(ref.key)
+            entry = l1.pin(ref.key)
             if entry is not None:
                 return entry
         order = [tier] if tier is not None else list(range(len(self.adapters)))
         for t in order:
-            buffer = self.l1.reserve(ref.nbytes)
+            buffer = l1.reserve(ref.nbytes)
             if buffer is None:
                 return None
             req = LoadRequest(ref.name, self._alloc(ref, buffer), self._release_later(buffer))
             result = self.adapters[t].load([req])[0]
             if result.status is Status.HIT:
-                return self.l1.commit(ref.key, buffer, ref.meta.num_tokens, pins=1)
+                return l1.commit(ref.key, buffer, ref.meta.num_tokens, pins=1)
             if not _held(result):
-                self.l1.release(buffer)
+                l1.release(buffer)
         return None
 
     # ---- the rest ----------------------------------------------------------------------------

@@ -151,11 +151,7 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
             )
         self._group = groups[0]
         self._block_size = vllm_config.cache_config.block_size
-        if self.settings.chunk_size % self._block_size:
-            raise ValueError(
-                f"chunk_size: expected a multiple of vLLM's block_size ({self._block_size}), "
-                f"given {self.settings.chunk_size}"
-            )
+        self.settings.check_block_size(self._block_size)
         par = vllm_config.parallel_config
         self._tp = par.tensor_parallel_size
         self._world = par.tensor_parallel_size * par.pipeline_parallel_size

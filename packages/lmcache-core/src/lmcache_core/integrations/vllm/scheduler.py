@@ -73,11 +73,6 @@ class SchedulerSide:
         load: bool = True,
         store: bool = True,
     ) -> None:
-        if chunk_size % block_size:
-            raise ValueError(
-                f"chunk_size: expected a multiple of vLLM's block_size ({block_size}) so that chunks "
-                f"hold whole blocks, given {chunk_size}"
-            )
         self._client = client
         self.chunk_size = chunk_size
         self.block_size = block_size

@@ -37,7 +37,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from lmcache_core.cache_engine import CacheEngine
+from lmcache_core.cache_engine import CacheEngine, CacheResult
 from lmcache_core.config import CacheEngineConfig
 from lmcache_core.integrations.vllm import lookup as lookup_mod
 from lmcache_core.integrations.vllm.plan import LoadSpec, StepPlan, StoreSpec, slot_mapping
@@ -72,10 +72,6 @@ class WorkerSide:
         address: str | None = None,
         key: bytes | None = None,
     ) -> None:
-        if config.chunk_size % block_size:
-            raise ValueError(
-                f"chunk_size: expected a multiple of vLLM's block_size ({block_size}), given {config.chunk_size}"
-            )
         self.config = config
         self.block_size = block_size
         self.cost = cost
@@ -136,12 +132,10 @@ class WorkerSide:
         """``{"hit", "l1", "bytes_per_token", "estimates"}``: cached prefix (tokens, chunk-granular),
         the part of it in L1, this rank's bytes per token, and the cost model's estimates."""
         with self._lock:
-            before = self.engine.stats.lookup_l2_hit_tokens
-            hit = self.engine.lookup(tokens, cache_salt=cache_salt)
-            l2 = self.engine.stats.lookup_l2_hit_tokens - before
+            found = self.engine.lookup(tokens, cache_salt=cache_salt)
         return {
-            "hit": hit,
-            "l1": hit - l2,
+            "hit": found.tokens,
+            "l1": found.l1_tokens,
             "bytes_per_token": self._bytes_per_token,
             "estimates": self.cost.estimates().to_dict(),
         }
@@ -188,13 +182,10 @@ class WorkerSide:
     def _load_one(self, spec: LoadSpec) -> None:
         n = len(spec.token_ids)
         expected = n - spec.skip
-        st = self.engine.stats
         with self._lock:
-            bytes0, l2_0 = st.retrieved_bytes, st.retrieved_l2_chunks
-            chunks0 = st.retrieved_chunks
             t0 = time.perf_counter()
             try:
-                loaded = self.engine.retrieve(
+                result = self.engine.retrieve(
                     spec.token_ids,
                     self._kv,
                     self._slots(spec.block_ids, n),
@@ -205,12 +196,10 @@ class WorkerSide:
                 logger.exception(
                     "lmcache-core: load of request %s failed; vLLM will recompute it", spec.req_id
                 )
-                loaded = 0
-            dt = time.perf_counter() - t0
-            nbytes = st.retrieved_bytes - bytes0
-            l2_bytes = min(nbytes, (st.retrieved_l2_chunks - l2_0) * self._chunk_nbytes)
-            chunks = st.retrieved_chunks - chunks0
-        self.cost.observe_load(nbytes - l2_bytes, l2_bytes, chunks, dt)
+                # what a failed call moved is unknown: its time counts, as a load of nothing
+                result = CacheResult(seconds=time.perf_counter() - t0)
+        loaded, nbytes, dt = result.tokens, result.nbytes, result.seconds
+        self.cost.observe_load(result.l1_bytes, result.l2_bytes, result.chunks, dt)
         good_end = spec.skip + loaded
         self.stats.inc(loads=1, loaded_tokens=loaded, loaded_bytes=nbytes, load_seconds=dt)
         self.stats.load_duration(dt)
@@ -251,8 +240,6 @@ class WorkerSide:
     def _store_one(self, spec: StoreSpec) -> None:
         n = len(spec.token_ids)
         with self._lock:
-            b0 = self.engine.stats.stored_bytes
-            t0 = time.perf_counter()
             try:
                 stored = self.engine.store(
                     spec.token_ids,
@@ -264,9 +251,9 @@ class WorkerSide:
             except Exception:
                 logger.exception("lmcache-core: store of request %s failed; it stays uncached", spec.req_id)
                 return
-            dt = time.perf_counter() - t0
-            nbytes = self.engine.stats.stored_bytes - b0
-        self.stats.inc(stores=1, stored_tokens=stored, stored_bytes=nbytes, store_seconds=dt)
+        self.stats.inc(
+            stores=1, stored_tokens=stored.tokens, stored_bytes=stored.nbytes, store_seconds=stored.seconds
+        )
 
     def get_finished(self, finished_req_ids: set[str]) -> set[str]:
         """Requests of ``finished_req_ids`` (finished in the scheduler, blocks held for us) and of
