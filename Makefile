@@ -44,8 +44,9 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 	MYPYPATH=packages/lmcache-arm/src $(VENV)/bin/mypy -p lmcache_arm --no-site-packages
-	MYPYPATH=packages/lmcache-cuda/src $(VENV)/bin/mypy -p lmcache_cuda --no-site-packages
-	MYPYPATH=packages/lmcache-rocm/src $(VENV)/bin/mypy -p lmcache_rocm --no-site-packages
+	MYPYPATH=packages/lmcache-gpu/src $(VENV)/bin/mypy -p lmcache_gpu --no-site-packages
+	MYPYPATH=packages/lmcache-cuda/src:packages/lmcache-gpu/src $(VENV)/bin/mypy -p lmcache_cuda --no-site-packages
+	MYPYPATH=packages/lmcache-rocm/src:packages/lmcache-gpu/src $(VENV)/bin/mypy -p lmcache_rocm --no-site-packages
 
 test: venv $(VENV)/.test-plugins $(VENV)/.vllm lint typecheck
 	$(PY) tools/test_matrix.py

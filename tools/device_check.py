@@ -2,10 +2,13 @@
 
 Steps, each under its own time limit (all together under 8 minutes on an H200):
 
-1. build      ``make -C packages/lmcache-cuda install`` (nvcc, the venv's CUDA torch)
-2. kernels    the GPU kernel tests and the conformance suite (``LMCACHE_REQUIRE_BACKEND=cuda``:
+1. build      ``make -C packages/lmcache-cuda install``: lmcache-gpu (the shared CUDA/HIP source and
+              Python) editable, then its source compiled by nvcc against the venv's CUDA torch
+2. kernels    the GPU kernel tests (``lmcache_gpu.testing.KernelTests`` as lmcache-cuda's
+              ``test_cuda_kernels.py``) and the conformance suite (``LMCACHE_REQUIRE_BACKEND=cuda``:
               a "no device" skip fails)
-3. ordering   the ordering tests (store after an enqueued forward, loads, negative control)
+3. ordering   the ordering tests (``lmcache_gpu.testing.OrderingTests``: store after an enqueued
+              forward, loads, negative control)
 4. no-wait    the store ordering test again with ``LMCACHE_TEST_SKIP_STREAM_WAIT=1``: it must
               FAIL; if it passes, the test cannot see the race and the check fails
 5. memcheck   compute-sanitizer memcheck over a subset of the kernel and ordering tests

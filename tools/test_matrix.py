@@ -42,16 +42,21 @@ PACKAGES = (
         ("packages/lmcache-arm/tests",),
         build=("make", "-C", "packages/lmcache-arm", "install"),
     ),
-    # rocm first: it installs hipcc, which the cuda package's compat-header test also uses
+    # rocm first: it installs hipcc, which lmcache-gpu's compat-header tests also use
     Package(
-        "lmcache-rocm (lmcache-cuda's source as HIP, gfx90a)",
+        "lmcache-rocm (lmcache-gpu's source as HIP, gfx90a)",
         ("packages/lmcache-rocm/tests",),
         build=("make", "-C", "packages/lmcache-rocm", "install"),
     ),
     Package(
-        "lmcache-cuda (sm_80, sm_90 + PTX)",
+        "lmcache-cuda (lmcache-gpu's source as CUDA: sm_80, sm_90 + PTX)",
         ("packages/lmcache-cuda/tests",),
         build=("make", "-C", "packages/lmcache-cuda", "install"),
+    ),
+    Package(
+        "lmcache-gpu (the shared CUDA/HIP source: both compilers, kernel emulated on the CPU)",
+        ("packages/lmcache-gpu/tests",),
+        build=("make", "-C", "packages/lmcache-gpu", "install"),
     ),
     Package(
         "lmcache-arm-aarch64 (cross-built, run under qemu)",

@@ -41,6 +41,17 @@ def test_the_plan_fits_the_budget_and_covers_every_required_check() -> None:
     assert by["memcheck"].cmd[:3] == ["compute-sanitizer", "--tool", "memcheck"]
     assert by["bench"].cmd[1:] == ["bench", "kernels", "--backend", "cuda", "--device", "cuda"]
     assert "test_cuda_ordering.py" in " ".join(by["ordering"].cmd)
+    for step in steps:  # every test path the plan names exists (they moved once with lmcache-gpu)
+        for arg in step.cmd:
+            if arg.startswith("packages/"):
+                assert (ROOT / arg.split("::")[0]).exists(), f"{step.name}: {arg} missing"
+
+
+def test_the_build_step_installs_the_shared_gpu_package_first() -> None:
+    """``make -C packages/lmcache-cuda install`` needs lmcache-gpu: its install target installs it."""
+    makefile = (ROOT / "packages" / "lmcache-cuda" / "Makefile").read_text()
+    assert "\ninstall: deps gpu\n" in makefile
+    assert "$(MAKE) -C $(ROOT)/packages/lmcache-gpu install" in makefile
 
 
 def test_dry_run_writes_the_plan_and_runs_nothing(tmp_path: Path) -> None:

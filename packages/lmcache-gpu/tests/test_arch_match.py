@@ -1,12 +1,13 @@
-"""Loading the GPU backend checks device architectures against the build without a GPU context
-(``gpu_plugin.arch_runs``); the runtime's kernel-image query runs only at registration, on the KV's
+"""Loading a GPU backend checks device architectures against the build without a GPU context
+(``lmcache_gpu.plugin.arch_runs``), and names every GPU without code in one message
+(``missing_images``); the runtime's kernel-image query runs only at registration, on the KV's
 device."""
 
 from __future__ import annotations
 
 import pytest
 
-from lmcache_cuda.gpu_plugin import arch_runs
+from lmcache_gpu.plugin import arch_runs, missing_images
 
 BUILD = ("sm_80", "sm_90", "compute_90")  # the default lmcache-cuda build
 
@@ -32,3 +33,15 @@ BUILD = ("sm_80", "sm_90", "compute_90")  # the default lmcache-cuda build
 )
 def test_arch_runs(device: str, archs: tuple[str, ...], runs: bool) -> None:
     assert arch_runs(device, archs) is runs
+
+
+def test_every_gpu_without_code_is_named_in_one_message() -> None:
+    devices = [
+        {"name": "NVIDIA H100 80GB HBM3", "arch": "sm_90"},
+        {"name": "Tesla T4", "arch": "sm_75"},
+        {"name": "NVIDIA A100-SXM4-80GB", "arch": "sm_80"},
+        {"name": "Tesla T4", "arch": "sm_75"},
+    ]
+    assert missing_images(devices, BUILD) == "GPU 1 (Tesla T4, sm_75), GPU 3 (Tesla T4, sm_75)"
+    assert missing_images(devices[::2], BUILD) == ""
+    assert missing_images([{"name": "MI300X", "arch": "gfx942"}], ("gfx90a",)) == "GPU 0 (MI300X, gfx942)"

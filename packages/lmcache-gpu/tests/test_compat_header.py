@@ -1,9 +1,10 @@
-"""gpu_compat.h and the one GPU source compile both ways: nvcc (CUDA) and hipcc (HIP, gfx90a).
+"""gpu_compat.h, kv_index.h and the one GPU source compile both ways: nvcc (CUDA) and hipcc (HIP, gfx90a).
 
 Needs nvcc and hipcc (Debian's ROCm 5.2, installed by ``make -C packages/lmcache-rocm deps``), not a
 GPU; each missing compiler skips its half with that reason. ``compat_probe.cu`` uses every runtime
-macro of the header; ``launcher.cu`` is the very file both packages build. Compile only (``-c``),
-one device target each, so a run takes seconds.
+macro of the header; ``launcher.cu`` and ``runtime.cu`` are the very files both vendor packages
+build; ``index_first.cu`` includes kv_index.h before any runtime header and calls its functions
+from a kernel. Compile only (``-c``), one device target each, so a run takes seconds.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from lmcache_core.include_path import get_include
+from lmcache_gpu import get_source
 
 HERE = Path(__file__).resolve().parent
-CSRC = HERE.parent / "csrc"
+CSRC = Path(get_source())
 COMPAT = CSRC / "gpu_compat.h"
 HIPCC_FLAGS = (
     "--offload-arch=gfx90a",
@@ -34,7 +36,10 @@ def _nvcc() -> str | None:
     )
 
 
-def _compile(kind: str, source: Path, out: Path, *defines: str) -> subprocess.CompletedProcess[str]:
+def _compile(
+    kind: str, source: Path, out: Path, *defines: str, no_runtime_headers: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Compile ``source`` to an object; ``no_runtime_headers``: hipcc without HIP's headers (``-nogpuinc``)."""
     includes = ["-I", str(CSRC), "-I", get_include()]
     env = dict(os.environ)
     if kind == "cuda":
@@ -52,6 +57,7 @@ def _compile(kind: str, source: Path, out: Path, *defines: str) -> subprocess.Co
             "-c",
             "-std=c++17",
             *HIPCC_FLAGS,
+            *(["-nogpuinc"] if no_runtime_headers else []),
             *includes,
             *defines,
             "-x",
@@ -81,14 +87,30 @@ def test_the_wrong_expectation_fails(kind: str, tmp_path: Path) -> None:
     assert result.returncode != 0 and "picked the wrong runtime" in result.stderr
 
 
+@pytest.mark.parametrize("source", ["launcher.cu", "runtime.cu"])
 @pytest.mark.parametrize("kind", ["cuda", "hip"])
-def test_the_launcher_compiles_as_both(kind: str, tmp_path: Path) -> None:
-    result = _compile(kind, CSRC / "launcher.cu", tmp_path / "launcher.o")
+def test_the_device_sources_compile_as_both(kind: str, source: str, tmp_path: Path) -> None:
+    result = _compile(kind, CSRC / source, tmp_path / "out.o")
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.mark.parametrize("kind", ["cuda", "hip"])
+def test_kv_index_marks_its_functions_for_the_device_without_a_runtime_header(
+    kind: str, tmp_path: Path
+) -> None:
+    """kv_index.h included first (HIP: with no runtime header at all): its functions run in a kernel.
+
+    Calling a host-only function from a kernel is a compile error, so this fails when kv_index.h
+    does not detect the device compile by itself.
+    """
+    bare = kind == "hip"
+    defines = ("-DLMC_TEST_NO_RUNTIME_HEADERS",) if bare else ()
+    result = _compile(kind, HERE / "index_first.cu", tmp_path / "index.o", *defines, no_runtime_headers=bare)
     assert result.returncode == 0, result.stderr[-4000:]
 
 
 def test_runtime_names_appear_only_in_the_compat_header() -> None:
-    """Every cudaXxx / hipXxx spelling lives in gpu_compat.h; the rest of csrc/ uses LMC_ macros."""
+    """Every cudaXxx / hipXxx spelling lives in gpu_compat.h; the rest of the source uses LMC_ macros."""
     offenders = []
     for path in sorted(CSRC.iterdir()):
         if path == COMPAT or path.suffix not in (".h", ".cuh", ".cu", ".cpp"):

@@ -1,11 +1,11 @@
 """The GPU kernel's body on the CPU: kv_transfer.cuh built by g++ (LMC_HOST_EMULATION), grid walked serially.
 
 Needs g++, not a GPU. ``emulate_kernel.cpp`` runs the very kernel template, checks, pointer table,
-vector-width plan and launch geometry that ``launcher.cu`` uses, on host tensors; each result is
+vector-width plan and launch geometry that ``launcher.cu`` uses (from ``lmcache_gpu.get_source()``), on host tensors; each result is
 compared bit for bit with the reference backend over the conformance cases (every layout variant,
 every dtype, odd head sizes, -1 holes, skip_prefix), with aligned and deliberately misaligned
 chunks (narrow accesses), and several chunks per launch. It proves the index math and the
-batching, not GPU memory behaviour (the ``test_cuda_kernels.py`` tests on a GPU do that).
+batching, not GPU memory behaviour (the vendors' ``KernelTests`` on a GPU do that).
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from lmcache_core.backend import reference_backend
 from lmcache_core.include_path import get_include
 from lmcache_core.layout import KVLayout
 from lmcache_core.testing.cases import Case, bits, make_cases, poison_
+from lmcache_gpu import get_source
 
 HERE = Path(__file__).resolve().parent
-CSRC = HERE.parent / "csrc"
+CSRC = Path(get_source())
 CASES = make_cases(seed=11, count=6)
 
 _P = ctypes.POINTER

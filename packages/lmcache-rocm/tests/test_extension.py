@@ -21,4 +21,6 @@ class TestRocmExtension(ExtensionTests):
         """A code object for every gfx target of the build (the offload bundle names each)."""
         data = self.so_path().read_bytes()
         for arch in self.module("_build_info").ARCHS:
-            assert f"amdgcn-amd-amdhsa--{arch}".encode() in data, f"no {arch} code object in {self.so_path().name}"
+            assert f"amdgcn-amd-amdhsa--{arch}".encode() in data, (
+                f"no {arch} code object in {self.so_path().name}"
+            )

@@ -33,7 +33,9 @@ def test_the_sdist_builds_a_wheel_in_an_empty_directory(tmp_path: Path) -> None:
         members = tar.getmembers()
     names = [m.name.split("/", 1)[1] for m in members if "/" in m.name]
     assert "CMakeLists.txt" in names and "src/lmcache_rocm/probe.py" in names
-    assert not [n for n in names if n.endswith((".cu", ".cuh", ".cpp", ".h"))], "GPU source copied into the sdist"
+    assert not [n for n in names if n.endswith((".cu", ".cuh", ".cpp", ".h"))], (
+        "GPU source copied into the sdist"
+    )
     assert not [m.name for m in members if m.issym() or m.islnk()]
     assert not [n for n in names if n.startswith("build/")]
     (wheel,) = (tmp_path / "wheel").glob("lmcache_rocm-*.whl")

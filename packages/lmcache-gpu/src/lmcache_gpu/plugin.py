@@ -28,7 +28,6 @@ from lmcache_core.hookspecs import hookimpl
 from lmcache_core.layout import KVLayout
 from lmcache_core.layout_registry import LAYOUT_KINDS
 from lmcache_core.plugin_api import Capabilities
-
 from lmcache_gpu import build_info
 from lmcache_gpu.kernels import GpuKernels
 from lmcache_gpu.probing import GpuScan

@@ -15,7 +15,6 @@ import torch
 from lmcache_core.layout import KVLayout
 from lmcache_core.layout_registry import allocate_example, detect_layout
 from lmcache_core.testing.cases import random_bits_
-
 from lmcache_gpu.kernels import GpuKernels
 
 
@@ -66,4 +65,3 @@ def gpu_skip_reason(package: str, backend: str) -> str | None:
     if not torch.cuda.is_available():
         return "torch.cuda.is_available() is False"
     return None
-

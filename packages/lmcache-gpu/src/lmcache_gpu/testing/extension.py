@@ -30,11 +30,11 @@ from lmcache_core.layout import KVLayout
 from lmcache_core.layout_registry import LAYOUT_KINDS, allocate_example, detect_layout
 from lmcache_core.testing.cases import bits, poison_, poison_value
 from lmcache_core.testing.require import REQUIRE_BACKEND_ENV
-
 from lmcache_gpu.kernels import GpuKernels
 from lmcache_gpu.plugin import GpuPlugin
 from lmcache_gpu.probing import GpuScan
 from lmcache_gpu.testing._package import PackageUnderTest, gpu_skip_reason, layout_dtype, nhd_case
+
 
 class ExtensionTests(PackageUnderTest):
     """What can be checked without a GPU: the build, native checks, pointer table, plan, wrapper."""
@@ -371,6 +371,30 @@ class ExtensionTests(PackageUnderTest):
         ):
             Backend(self.backend, plugin)
 
+    def test_plugin_names_every_gpu_without_code_in_one_message(self) -> None:
+        """Loading refuses once, naming each GPU the build has no code for (devices as the runtime would list them)."""
+        archs = self.module("_build_info").ARCHS
+        foreign = "gfx1100" if archs[0].startswith("sm_") or archs[0].startswith("compute_") else "sm_75"
+        devices = [
+            {"name": "served", "arch": archs[0]},
+            {"name": "first stranger", "arch": foreign},
+            {"name": "second stranger", "arch": foreign},
+        ]
+
+        class ThreeGpus(GpuKernels):
+            def device_count(self) -> tuple[int, str]:
+                return len(devices), ""
+
+            def device_info(self, device: int = 0) -> dict[str, Any]:
+                return devices[device]
+
+        plugin = GpuPlugin(ThreeGpus(self.ext(), self.backend), driver_scan=lambda: GpuScan(()))
+        with pytest.raises(ImportError) as raised:
+            plugin.status()
+        message = str(raised.value)
+        assert f"GPU 1 (first stranger, {foreign}), GPU 2 (second stranger, {foreign})" in message, message
+        assert "GPU 0" not in message and f"CMAKE_{self.runtime}_ARCHITECTURES=native" in message
+
     def test_bench_cli_refuses_cleanly_without_a_gpu(self) -> None:
         if self.module("probe").probe().available:
             pytest.skip("the backend is available here")
@@ -403,7 +427,13 @@ class ExtensionTests(PackageUnderTest):
     def _native_args(dtype: torch.dtype) -> tuple[list[torch.Tensor], dict[str, Any]]:
         """vLLM NHD KV (2 layers, 4 blocks of 4, 2 heads of 8) and the native call's keyword arguments."""
         kv, hints = allocate_example(
-            "vllm_flash_nhd", num_layers=2, num_blocks=4, block_size=4, num_kv_heads=2, head_size=8, dtype=dtype
+            "vllm_flash_nhd",
+            num_layers=2,
+            num_blocks=4,
+            block_size=4,
+            num_kv_heads=2,
+            head_size=8,
+            dtype=dtype,
         )
         layout = detect_layout(kv, hints)
         return kv, {
@@ -422,7 +452,11 @@ class ExtensionTests(PackageUnderTest):
         planes = len(p["plane_offset"])
         _, token, head, channel = p["strides"]
         if variant == "wrapped-end":  # every plane 64 elements before its tensor once offset * size wraps
-            return {**p, "plane_offset": [2**63 - 64] * planes, "strides": ((2**62 + 2**10) // 3 + 1, token, head, channel)}
+            return {
+                **p,
+                "plane_offset": [2**63 - 64] * planes,
+                "strides": ((2**62 + 2**10) // 3 + 1, token, head, channel),
+            }
         if variant == "offset-plus-extent-wraps":
             return {**p, "plane_offset": [*p["plane_offset"][:-1], 2**63 - 2]}
         return {**p, "strides": (2**62, token, head, channel)}  # the extent itself overflows
@@ -446,7 +480,9 @@ class ExtensionTests(PackageUnderTest):
         chunk = torch.zeros(2, 2, 2, 16, dtype=dtype)
         job = (0, slots.data_ptr(), 2, 0, chunk.data_ptr(), chunk.numel() * chunk.element_size(), False)
         bad = self._hostile(p, "wrapped-end")
-        with pytest.raises(ValueError, match=r"^plane_offset\[0\]: plane spans elements \[9223372036854775744, "):
+        with pytest.raises(
+            ValueError, match=r"^plane_offset\[0\]: plane spans elements \[9223372036854775744, "
+        ):
             self.ext().transfer(True, 0, jobs=[job], host_path=0, stream=0, **bad)
         for t, b in zip(kv, before, strict=True):
             assert torch.equal(bits(t), bits(b))
@@ -472,4 +508,3 @@ class ExtensionTests(PackageUnderTest):
         assert required.returncode == 1 and "2 errors" in summary and "skipped" not in summary, out
         assert f"backend {self.backend!r} cannot run on this host: " in out, out
         assert f"{REQUIRE_BACKEND_ENV}={self.backend} requires backend {self.backend!r}" in out, out
-

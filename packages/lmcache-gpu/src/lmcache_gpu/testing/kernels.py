@@ -19,7 +19,6 @@ from lmcache_core.layout import KVLayout
 from lmcache_core.layout_registry import allocate_example, detect_layout
 from lmcache_core.testing.cases import Case, bits, make_cases, poison_, random_bits_
 from lmcache_core.testing.require import backend_cannot_run
-
 from lmcache_gpu.kernels import HOST_PATHS, ChunkJob, GpuKernels
 from lmcache_gpu.testing._package import PackageUnderTest, gpu_skip_reason, nhd_case
 

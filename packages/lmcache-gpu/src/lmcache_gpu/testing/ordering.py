@@ -27,7 +27,6 @@ import torch
 from lmcache_core import CacheEngine, CacheEngineConfig
 from lmcache_core.cache_engine import SKIP_STREAM_WAIT_ENV
 from lmcache_core.layout_registry import LayoutHints, allocate_example
-
 from lmcache_gpu.testing._package import gpu_skip_reason
 
 #: Spin cycles of the fake forward: 0.25 s at 2 GHz, long enough that a copy not ordered after it
@@ -78,7 +77,7 @@ class OrderingTests:
 
     def _stored_values(self, eng: CacheEngine) -> set[float]:
         dst, _ = self._kv(-1.0)
-        assert eng.retrieve(TOKENS, dst, self._slots()) == len(TOKENS)
+        assert eng.retrieve(TOKENS, dst, self._slots()).tokens == len(TOKENS)
         torch.cuda.synchronize()
         return {float(v) for t in dst for v in t[:, :4].float().unique().cpu()}
 
@@ -90,7 +89,7 @@ class OrderingTests:
         eng.register_kv_caches(kv)
         assert eng.backend.name == self.backend
         self._forward(kv, 7.0)
-        assert eng.store(TOKENS, kv, self._slots()) == len(TOKENS)
+        assert eng.store(TOKENS, kv, self._slots()).tokens == len(TOKENS)
         assert not torch.cuda.current_stream().query(), (
             "test set-up: the forward finished before the store was queued; raise SLEEP_CYCLES"
         )
@@ -119,11 +118,11 @@ class OrderingTests:
         eng.register_kv_caches(kv)
         self._forward(kv, 3.0)
         eng.store(TOKENS, kv, self._slots(), owner="req")
-        assert eng.stores_in_flight("req") == 4 and eng.lookup(TOKENS) == 0
+        assert eng.stores_in_flight("req") == 4 and eng.lookup(TOKENS).tokens == 0
         torch.cuda.synchronize()  # the forward and (after it) the copies are done
         eng.backend.synchronize(eng.backend.record_event(eng._stream))
         assert eng.poll_stores() == 4 and eng.stores_in_flight("req") == 0
-        assert eng.lookup(TOKENS) == len(TOKENS)
+        assert eng.lookup(TOKENS).tokens == len(TOKENS)
         eng.close()
 
     # ---- loads ----
@@ -135,7 +134,7 @@ class OrderingTests:
         eng.store(TOKENS, kv, self._slots())
         eng.wait_stores()
         self._forward(kv, 9.0)  # an earlier forward still writing these pages
-        assert eng.retrieve(TOKENS, kv, self._slots()) == len(TOKENS)
+        assert eng.retrieve(TOKENS, kv, self._slots()).tokens == len(TOKENS)
         after = [t[:, :4].clone() for t in kv]  # the next forward's read, enqueued at once
         torch.cuda.synchronize()
         assert {float(v) for a in after for v in a.float().unique().cpu()} == {5.0}

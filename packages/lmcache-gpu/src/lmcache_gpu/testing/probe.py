@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from lmcache_core.plugin_api import BackendProbe, Priority
-
 from lmcache_gpu import build_info, probing
 from lmcache_gpu.probing import GpuScan, TorchBuild
 from lmcache_gpu.testing._package import PackageUnderTest
