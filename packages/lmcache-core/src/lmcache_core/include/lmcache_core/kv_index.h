@@ -30,14 +30,15 @@
 
 #include <stdint.h>
 
-/* Detected from the compiler alone, so no runtime header need come first: clang in HIP mode
-   defines __HIP__ and takes the attributes directly (the __host__/__device__ macros come from
-   HIP's headers, which may not be included yet); nvcc and clang in CUDA mode define __CUDACC__
-   and always pre-include those macros. */
-#if defined(__HIP__)
-#define LMC_HOST_DEVICE __attribute__((host)) __attribute__((device))
-#elif defined(__CUDACC__) || defined(__HIPCC__)
+/* A device compile is detected from the compiler's own macros, so no runtime header need come
+   first. Clang compiling HIP without HIP's headers has no __host__ / __device__ macros yet: it
+   takes clang's attributes directly. */
+#if defined(__CUDACC__) || defined(__HIPCC__) || defined(__HIP__)
+#if defined(__host__)
 #define LMC_HOST_DEVICE __host__ __device__
+#else
+#define LMC_HOST_DEVICE __attribute__((host)) __attribute__((device))
+#endif
 #else
 #define LMC_HOST_DEVICE
 #endif
