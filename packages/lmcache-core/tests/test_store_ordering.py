@@ -8,7 +8,7 @@ kernels doing the copies. The "forward" is work queued on the compute stream
 that writes new KV only after a gate opens, so the test, not a timer, decides when it runs.
 
 The GPU versions (same checks, real kernels and ``torch.cuda._sleep``) live in
-``lmcache_cuda.gpu_ordering`` and run in ``make device-check``.
+``lmcache_gpu.testing.ordering`` and run in ``make device-check``.
 """
 
 from __future__ import annotations

@@ -64,9 +64,10 @@ MAX_HEADER = 4096
 #: Headers are padded to a multiple of this, so payloads start 64-byte aligned in files.
 HEADER_ALIGN = 64
 
-_xxhash: Any
-try:  # optional: the fast checksum
-    import xxhash as _xxhash
+try:  # a core dependency; a host that lacks it still reads nothing it cannot verify
+    import xxhash
+
+    _xxhash: Any = xxhash
 except ImportError:  # pragma: no cover - depends on the environment
     _xxhash = None
 
