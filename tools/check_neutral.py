@@ -19,9 +19,10 @@ names and headers (``cudaMemcpy``, ``__CUDACC__``, ``hipMalloc``, ``__HIP_PLATFO
 Device-type strings such as ``"cuda"`` or ``"npu"`` are fine: the core compares device types.
 
 Allow-list: :data:`ALLOWED`, each entry a file (relative to the core package), a pattern name, the
-exact text allowed, and the reason it must stay. One entry today: the ``#if defined(__CUDACC__) ||
+exact text allowed, and the reason it must stay. Two entries today: the ``#if defined(__CUDACC__) ||
 defined(__HIPCC__)`` test of the ``LMC_HOST_DEVICE`` compat macro in ``include/lmcache_core/kv_index.h``
-(a compiler check, no vendor API call). No Python file needs an entry: the reference backend uses
+(a compiler check, no vendor API call), and the one line of ``arrays.py`` that names the JAX module
+so the array adapter can recognise a JAX array without importing JAX. The reference backend uses
 ``torch.accelerator``.
 
 Usage: ``python tools/check_neutral.py [ROOT ...]`` (default: the core package). Prints
@@ -84,9 +85,9 @@ class Allowed:
 
 
 #: The allow-list. Each entry needs a reason that no neutral API (torch.accelerator, a plugin
-#: hook) could serve. The only one: the compiler test of the one-place compat macro that lets
-#: CUDA/HIP device builds share the host's index math (LMC_HOST_DEVICE is empty on a host
-#: compiler); it calls no vendor API.
+#: hook) could serve: the compiler test of the one-place compat macro that lets CUDA/HIP device
+#: builds share the host's index math (LMC_HOST_DEVICE is empty on a host compiler; it calls no
+#: vendor API), and the array adapter's family names (it looks JAX up, never imports it).
 ALLOWED: tuple[Allowed, ...] = tuple(
     Allowed(
         "include/lmcache_core/kv_index.h",
@@ -95,6 +96,14 @@ ALLOWED: tuple[Allowed, ...] = tuple(
         "LMC_HOST_DEVICE compat macro: marks shared index math __host__ __device__ under nvcc/hipcc",
     )
     for pattern in ("cuda runtime", "hip runtime")
+) + (
+    Allowed(
+        "arrays.py",
+        "vendor module name in a string",
+        'TORCH, NUMPY, JAX = "torch", "numpy", "jax"',
+        "the array adapter recognises a JAX array by the module already in sys.modules (it never "
+        "imports it); every other use goes through the constant",
+    ),
 )
 
 
