@@ -281,7 +281,7 @@ def test_chunk_not_a_tensor(op: tuple[str, Call]) -> None:
         lambda: call(layout, kv, SLOTS, chunk().numpy()),
         f"{name}:",
         "expected torch.Tensor",
-        "given ndarray",
+        "given numpy.ndarray",
     )
 
 
@@ -382,7 +382,7 @@ def test_kv_entry_not_a_tensor(op: tuple[str, Call]) -> None:
         lambda: call(layout, [kv[0], kv[1].numpy()], SLOTS, chunk()),
         "kv_caches[1]",
         "expected torch.Tensor",
-        "given ndarray",
+        "given numpy.ndarray",
     )
 
 
@@ -632,6 +632,6 @@ def test_numpy_slot_mapping_is_a_type_error(op: tuple[str, Call]) -> None:
         lambda: call(layout, kv, SLOTS.numpy(), c),
         "slot_mapping",
         "expected torch.Tensor",
-        "given ndarray",
+        "given numpy.ndarray",
     )
     assert bool((c == 7.0).all())

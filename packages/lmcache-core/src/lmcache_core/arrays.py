@@ -156,8 +156,10 @@ def _numpy_info(a: Any, name: str) -> ArrayInfo:
     if base.size == 0:
         end = base_address
     else:
-        end = base_address + base.dtype.itemsize + sum(
-            (n - 1) * s for n, s in zip(base.shape, base.strides, strict=True) if s > 0
+        end = (
+            base_address
+            + base.dtype.itemsize
+            + sum((n - 1) * s for n, s in zip(base.shape, base.strides, strict=True) if s > 0)
         )
     return ArrayInfo(
         family=NUMPY,

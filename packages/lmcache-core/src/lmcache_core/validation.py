@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from lmcache_core.layout import KVLayout, dtype_name
-
-if TYPE_CHECKING:
-    import torch
+from lmcache_core.arrays import NUMPY, TORCH, ArrayInfo, array_family, array_info, type_text
+from lmcache_core.layout import KVLayout
 
 
 # layout -> weak references to the tensors last checked against it. Engines pass the same KV
@@ -56,7 +54,7 @@ def plane_extent(layout: KVLayout) -> int:
     return 1 + sum((n - 1) * s for n, s in zip(counts, layout.strides, strict=True))
 
 
-def check_planes_fit(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> None:
+def check_planes_fit(layout: KVLayout, kv_caches: Sequence[Any]) -> None:
     """Every field of ``layout`` a kernel indexes with, against the tensors it will index.
 
     ``element_size`` must be the tensors' element size; counts >= 1; strides in [0, 2**63);
@@ -64,7 +62,8 @@ def check_planes_fit(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> Non
     ``[plane_offset[p], plane_offset[p] + extent)`` that lie inside the storage of
     ``kv_caches[plane_tensor[p]]`` from its first element on. A misfit is a ValueError naming the field.
     """
-    element_size = kv_caches[0].element_size()
+    infos = [array_info(t, f"kv_caches[{i}]") for i, t in enumerate(kv_caches)]
+    element_size = infos[0].element_size
     _check_int("element_size", layout.element_size, 1)
     if layout.element_size != element_size:
         raise ValueError(
@@ -76,7 +75,7 @@ def check_planes_fit(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> Non
     for name in ("block_stride", "token_stride", "head_stride", "channel_stride"):
         _check_int(name, getattr(layout, name), 0)
     extent = plane_extent(layout)
-    reach = [t.untyped_storage().nbytes() - t.storage_offset() * element_size for t in kv_caches]
+    reach = [info.reach_bytes for info in infos]
     if extent * element_size > max(reach):
         raise ValueError(
             "block_stride, token_stride, head_stride, channel_stride: a plane spans "
@@ -95,14 +94,13 @@ def check_planes_fit(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> Non
             )
 
 
-def check_kv_caches(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> None:
-    """``kv_caches`` must be the tensors ``layout`` was detected from (count, shape, strides), and
-    every plane of ``layout`` must lie inside its tensor (:func:`check_planes_fit`). Cached per
-    (layout, tensors) pair."""
-    import torch
-
+def check_kv_caches(layout: KVLayout, kv_caches: Sequence[Any]) -> str:
+    """``kv_caches`` must be the arrays ``layout`` was detected from (count, family, dtype, shape,
+    strides, one device), and every plane of ``layout`` must lie inside its array
+    (:func:`check_planes_fit`). Returns the arrays' family (``"torch"``, ``"numpy"``, ``"jax"``:
+    :mod:`lmcache_core.arrays`). Cached per (layout, arrays) pair."""
     if isinstance(kv_caches, (list, tuple)) and _seen_before(layout, kv_caches):
-        return
+        return array_family(kv_caches[0]) or ""
 
     if not isinstance(kv_caches, (list, tuple)):
         raise TypeError(f"kv_caches: expected a list or tuple of tensors, given {type(kv_caches).__name__}")
@@ -111,76 +109,108 @@ def check_kv_caches(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> None
             f"kv_caches: expected {layout.num_tensors} tensors for layout {layout.kind} "
             f"({layout.num_layers} layers), given {len(kv_caches)}"
         )
-    device = None
+    first: ArrayInfo | None = None
     for i, t in enumerate(kv_caches):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"kv_caches[{i}]: expected torch.Tensor, given {type(t).__name__}")
-        if dtype_name(t.dtype) != layout.dtype:
-            raise TypeError(f"kv_caches[{i}]: expected dtype {layout.dtype}, given {dtype_name(t.dtype)}")
-        if tuple(t.shape) != layout.tensor_shape:
-            raise ValueError(f"kv_caches[{i}]: expected shape {layout.tensor_shape}, given {tuple(t.shape)}")
-        if tuple(t.stride()) != layout.tensor_stride:
-            raise ValueError(
-                f"kv_caches[{i}]: expected strides {layout.tensor_stride}, given {tuple(t.stride())}"
+        if first is not None and array_family(t) != first.family:
+            raise TypeError(
+                f"kv_caches[{i}]: expected {type_text(kv_caches[0])} like kv_caches[0], given {type_text(t)}"
             )
-        if device is None:
-            device = t.device
-        elif t.device != device:
-            raise ValueError(f"kv_caches[{i}]: expected device {device}, given {t.device}")
+        info = array_info(t, f"kv_caches[{i}]")
+        if info.dtype != layout.dtype:
+            raise TypeError(f"kv_caches[{i}]: expected dtype {layout.dtype}, given {info.dtype}")
+        if info.shape != layout.tensor_shape:
+            raise ValueError(f"kv_caches[{i}]: expected shape {layout.tensor_shape}, given {info.shape}")
+        if info.strides != layout.tensor_stride:
+            raise ValueError(f"kv_caches[{i}]: expected strides {layout.tensor_stride}, given {info.strides}")
+        if first is None:
+            first = info
+        elif info.device != first.device:
+            raise ValueError(f"kv_caches[{i}]: expected device {first.device}, given {info.device}")
+    assert first is not None  # num_tensors >= 1 (KVLayout requires planes)
+    if first.device_type == "meta":
+        raise ValueError("kv_caches: expected tensors with storage, given tensors on device meta")
     check_planes_fit(layout, kv_caches)
     if len(_checked) > 64:  # bounded: a process registers a handful of layouts
         _checked.clear()
     _checked[layout] = tuple(weakref.ref(t) for t in kv_caches)
+    return first.family
 
 
-def check_chunk(name: str, layout: KVLayout, chunk: torch.Tensor) -> int:
-    """Check a host chunk ``[num_kv, num_layers, num_tokens, hidden]``; return ``num_tokens``."""
-    import torch
+def _host_chunk_types(family: str) -> str:
+    return "torch.Tensor" if family == TORCH else "numpy.ndarray or host torch.Tensor"
 
-    if not isinstance(chunk, torch.Tensor):
-        raise TypeError(f"{name}: expected torch.Tensor, given {type(chunk).__name__}")
-    if dtype_name(chunk.dtype) != layout.dtype:
-        raise TypeError(f"{name}: expected dtype {layout.dtype}, given {dtype_name(chunk.dtype)}")
-    if chunk.dim() != 4 or (
-        chunk.shape[0] != layout.num_kv
-        or chunk.shape[1] != layout.num_layers
-        or chunk.shape[3] != layout.hidden
+
+def check_chunk(name: str, layout: KVLayout, chunk: Any, family: str = TORCH) -> int:
+    """Check a host chunk ``[num_kv, num_layers, num_tokens, hidden]``; return ``num_tokens``.
+
+    For torch KV (``family``) the chunk is a torch tensor (host or the KV's device); for numpy
+    and JAX KV it is a numpy array or a torch tensor in host memory (the core's L1 buffers).
+    """
+    chunk_family = array_family(chunk)
+    if chunk_family not in ((TORCH,) if family == TORCH else (NUMPY, TORCH)):
+        raise TypeError(f"{name}: expected {_host_chunk_types(family)}, given {type_text(chunk)}")
+    info = array_info(chunk, name)
+    if family != TORCH and info.device_type != "cpu":
+        raise ValueError(f"{name}: expected a chunk in host memory ({family} KV), given device {info.device}")
+    if info.dtype != layout.dtype:
+        raise TypeError(f"{name}: expected dtype {layout.dtype}, given {info.dtype}")
+    if info.ndim != 4 or (
+        info.shape[0] != layout.num_kv or info.shape[1] != layout.num_layers or info.shape[3] != layout.hidden
     ):
         raise ValueError(
             f"{name}: expected shape [{layout.num_kv}, {layout.num_layers}, num_tokens, "
-            f"{layout.hidden}] ([num_kv, num_layers, num_tokens, hidden]), given {tuple(chunk.shape)}"
+            f"{layout.hidden}] ([num_kv, num_layers, num_tokens, hidden]), given {info.shape}"
         )
-    if not chunk.is_contiguous():
-        raise ValueError(f"{name}: expected a contiguous tensor, given strides {chunk.stride()}")
-    return int(chunk.shape[2])
+    if not info.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor, given strides {info.strides}")
+    if not info.writable:
+        raise ValueError(f"{name}: expected a writable array, given a read-only one")
+    return info.shape[2]
+
+
+def _slot_types(family: str) -> str:
+    return "torch.Tensor" if family == TORCH else "numpy.ndarray"
 
 
 def check_slot_mapping(
-    layout: KVLayout, slot_mapping: torch.Tensor, num_tokens: int, skip_prefix: int
+    layout: KVLayout, slot_mapping: Any, num_tokens: int, skip_prefix: int, family: str = TORCH
 ) -> None:
-    """int64 ``[num_tokens]`` with every slot after ``skip_prefix`` in ``[-1, num_slots)``."""
-    import torch
+    """int64 ``[num_tokens]`` with every slot after ``skip_prefix`` in ``[-1, num_slots)``.
 
-    if not isinstance(slot_mapping, torch.Tensor):
-        raise TypeError(f"slot_mapping: expected torch.Tensor, given {type(slot_mapping).__name__}")
-    if slot_mapping.dtype != torch.int64:
-        raise TypeError(f"slot_mapping: expected dtype int64, given {dtype_name(slot_mapping.dtype)}")
-    if slot_mapping.dim() != 1 or slot_mapping.shape[0] != num_tokens:
+    The slot mapping's type follows the KV (``family``): a torch tensor (host or the KV's device)
+    for torch KV; a host numpy array for numpy and JAX KV (engines on those arrays compute slot
+    mappings on the host). Anything else is a TypeError naming ``slot_mapping``.
+    """
+    expected = TORCH if family == TORCH else NUMPY
+    if array_family(slot_mapping) != expected:  # numpy arrays have .device too: test the type
+        raise TypeError(
+            f"slot_mapping: expected {_slot_types(family)} (the KV are {family} arrays), "
+            f"given {type_text(slot_mapping)}"
+        )
+    info = array_info(slot_mapping, "slot_mapping")
+    if info.dtype != "int64":
+        raise TypeError(f"slot_mapping: expected dtype int64, given {info.dtype}")
+    if info.ndim != 1 or info.shape[0] != num_tokens:
         raise ValueError(
-            f"slot_mapping: expected shape [{num_tokens}] (one slot per chunk token), "
-            f"given {tuple(slot_mapping.shape)}"
+            f"slot_mapping: expected shape [{num_tokens}] (one slot per chunk token), given {info.shape}"
         )
     if isinstance(skip_prefix, bool) or not isinstance(skip_prefix, int):
         raise TypeError(f"skip_prefix: expected int, given {type(skip_prefix).__name__}")
     if not 0 <= skip_prefix <= num_tokens:
         raise ValueError(f"skip_prefix: expected 0 <= skip_prefix <= {num_tokens}, given {skip_prefix}")
     live = slot_mapping[skip_prefix:]
-    if live.numel() == 0:
+    if int(live.shape[0]) == 0:
         return
-    lowest, highest = torch.aminmax(live)  # one pass; locate the culprit only on failure
-    if int(lowest) < -1 or int(highest) >= layout.num_slots:
-        bad = (live < -1) | (live >= layout.num_slots)
-        i = int(torch.nonzero(bad)[0, 0]) + skip_prefix
+    if family == TORCH:
+        import torch
+
+        low, high = torch.aminmax(live)  # one pass; locate the culprit only on failure
+        lowest, highest = int(low), int(high)
+    else:
+        lowest, highest = int(live.min()), int(live.max())
+    if lowest < -1 or highest >= layout.num_slots:
+        bad = ((live < -1) | (live >= layout.num_slots)).tolist()
+        i = bad.index(True) + skip_prefix
         raise ValueError(
             f"slot_mapping[{i}]: expected slots in [-1, {layout.num_slots}) "
             f"(num_blocks {layout.num_blocks} * block_size {layout.block_size}), "
@@ -188,10 +218,9 @@ def check_slot_mapping(
         )
 
 
-def check_devices(
-    kv_caches: Sequence[torch.Tensor], slot_mapping: torch.Tensor, chunk_name: str, chunk: torch.Tensor
-) -> None:
-    """``slot_mapping`` and the chunk live on the host or on the KV's device; never on ``meta``."""
+def check_devices(kv_caches: Sequence[Any], slot_mapping: Any, chunk_name: str, chunk: Any) -> None:
+    """Torch KV: ``slot_mapping`` and the chunk live on the host or on the KV's device; never on
+    ``meta`` (numpy and JAX KV take host slot mappings and chunks: checked by their types)."""
     kv_device = kv_caches[0].device
     if kv_device.type == "meta":
         raise ValueError("kv_caches: expected tensors with storage, given tensors on device meta")
@@ -202,18 +231,21 @@ def check_devices(
 
 def check_transfer(
     layout: KVLayout,
-    kv_caches: Sequence[torch.Tensor],
-    slot_mapping: torch.Tensor,
+    kv_caches: Sequence[Any],
+    slot_mapping: Any,
     chunk_name: str,
-    chunk: torch.Tensor,
+    chunk: Any,
     skip_prefix: int,
-) -> None:
-    """All checks for one gather (``chunk_name="out"``) or scatter (``"src"``)."""
-    import torch
-
-    check_kv_caches(layout, kv_caches)
-    num_tokens = check_chunk(chunk_name, layout, chunk)
-    if not isinstance(slot_mapping, torch.Tensor):  # numpy arrays have .device too: test the type
-        raise TypeError(f"slot_mapping: expected torch.Tensor, given {type(slot_mapping).__name__}")
-    check_devices(kv_caches, slot_mapping, chunk_name, chunk)
-    check_slot_mapping(layout, slot_mapping, num_tokens, skip_prefix)
+) -> str:
+    """All checks for one gather (``chunk_name="out"``) or scatter (``"src"``); returns the KV's
+    array family (:mod:`lmcache_core.arrays`): the chunk and slot mapping types follow it."""
+    family = check_kv_caches(layout, kv_caches)
+    num_tokens = check_chunk(chunk_name, layout, chunk, family)
+    if family == TORCH:
+        if array_family(slot_mapping) != TORCH:  # numpy arrays have .device too: test the type
+            raise TypeError(
+                f"slot_mapping: expected torch.Tensor (the KV are torch tensors), given {type_text(slot_mapping)}"
+            )
+        check_devices(kv_caches, slot_mapping, chunk_name, chunk)
+    check_slot_mapping(layout, slot_mapping, num_tokens, skip_prefix, family)
+    return family
