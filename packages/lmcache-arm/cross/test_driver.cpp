@@ -8,8 +8,11 @@
  *
  * Every layout of the core registry is described twice: (1) as the engine's row-major tensors
  * (the scalar reference indexes those, token by token and element by element) and (2) as the
- * plane table and (block, token, head, channel) strides the core's layout detector derives
- * (what the kernels get). For each layout, element size (1, 2, 4, 8 bytes), slot pattern (runs,
+ * plane table and per-kind geometry (block and head strides, split token and channel axes) the
+ * core's layout detector derives (what the kernels get). Beyond today's registry: vLLM CPU's
+ * transposed K (vec ISA) and pair-packed K and V (amx), Ascend MLA's separate nope/rope tensors of
+ * unequal widths, a DSA indexer as a third kind of another element size, and TPU's padded,
+ * head-interleaved K/V. For each layout, element size (1, 2, 4, 8 bytes), slot pattern (runs,
  * distinct, holes with -1, all -1, repeats), skip_prefix (none, some with out-of-range slots
  * behind it), thread count and copy policy, gather and scatter must equal the reference byte for
  * byte, and a bad slot must fail with nothing written. Prints "N passed, M failed"; exit status 1
@@ -29,16 +32,30 @@
 namespace {
 
 using lmcache_core::KVGeometry;
+using lmcache_core::KVKindGeometry;
+using lmcache_core::kv_axis;
 
-enum Kind { kNHD, kHND, kNHDOverHND, kFlashInfer, kVllmCpu, kMLA, kSGLang, kTrtllm, kNHDChannelStrided, kNumKinds };
+enum Kind {
+  kNHD, kHND, kNHDOverHND, kFlashInfer, kVllmCpu, kMLA, kSGLang, kTrtllm, kNHDChannelStrided,
+  kVllmCpuVec, kVllmCpuAmx, kAscendMla, kAscendDsa, kTpu, kNumKinds
+};
 const char* kKindName[] = {"vllm_flash_nhd", "vllm_flash_hnd", "vllm_flash_nhd+hnd_memory", "flashinfer",
-                           "vllm_cpu", "mla", "sglang", "trtllm", "vllm_flash_nhd+channel_strided"};
+                           "vllm_cpu", "mla", "sglang", "trtllm", "vllm_flash_nhd+channel_strided",
+                           "vllm_cpu_vec(K transposed)", "vllm_cpu_amx(K,V pair-packed)",
+                           "vllm_ascend_mla(nope,rope)", "vllm_ascend_mla+indexer(3 kinds)", "tpu_inference(padded)"};
+
+constexpr int64_t kAmxPack = 2;   /* amx: channel (K) / token (V) pairs */
+constexpr int64_t kAmxTile = 16;  /* amx: tokens (K) / channels (V) per tile */
+constexpr int64_t kTpuPack = 2;   /* tpu: heads packed per row */
+constexpr int64_t kTpuPad = 8;    /* tpu: head_dim padded to a multiple of this (128 on a TPU) */
 
 /* One layer group's engine tensors (raw bytes) and both descriptions of them. */
 struct Model {
   Kind kind;
   int64_t L, NB, BS, H, D, es;  /* layers, blocks, block size, heads, head size, element bytes */
-  int64_t num_kv;
+  int64_t num_kinds;
+  int64_t W[4], heads[4], kes[4]; /* per kind: width, heads, element bytes */
+  int64_t Dp, R;                  /* tpu: padded head size, packed head rows */
   std::vector<std::vector<uint8_t>> tensors;
   std::vector<int64_t> plane_tensor, plane_offset;
   KVGeometry g;
@@ -64,6 +81,22 @@ struct Model {
         *t = 0; *off = ((((b * L + l) * 2 + kv) * H + h) * BS + k) * D + c; return;
       case kNHDChannelStrided:  /* per layer memory [2, NB, BS, D, H] viewed as [2, NB, BS, H, D] */
         *t = l; *off = (((kv * NB + b) * BS + k) * D + c) * H + h; return;
+      case kVllmCpuVec:  /* per layer [NB, H, 2, BS*D]: K [D, BS] (transposed), V [BS, D] */
+        *t = l; *off = (b * H + h) * 2 * BS * D + (kv == 0 ? c * BS + k : BS * D + k * D + c); return;
+      case kVllmCpuAmx: {  /* K: tiles of 16 tokens x channel pairs; V: tiles of 16 channels x token pairs */
+        const int64_t p = kAmxPack, T = kAmxTile, head = (b * H + h) * 2 * BS * D;
+        if (kv == 0) {
+          *off = head + (k / T) * T * D + (c / p) * T * p + (k % T) * p + c % p;
+        } else {
+          *off = head + BS * D + (c / T) * T * BS + (k / p) * T * p + (c % T) * p + k % p;
+        }
+        *t = l; return;
+      }
+      case kAscendMla:  /* per layer (nope [NB, BS, 1, W0], rope [NB, BS, 1, W1]) */
+      case kAscendDsa:  /* + indexer [NB, BS, 1, W2] of its own element size */
+        *t = l * num_kinds + kv; *off = (b * BS + k) * W[kv] + c; return;
+      case kTpu:  /* per layer [NB, BS, R / p, p, Dp], head row j = 2h + kv (k0, v0, k1, v1, ...) */
+        *t = l; *off = ((b * BS + k) * R + 2 * h + kv) * Dp + c; return;
       default: *t = 0; *off = 0; return;
     }
   }
@@ -72,46 +105,91 @@ struct Model {
 Model make_model(Kind kind, int64_t L, int64_t NB, int64_t BS, int64_t H, int64_t D, int64_t es) {
   Model m{};
   m.kind = kind; m.L = L; m.NB = NB; m.BS = BS; m.H = H; m.D = D; m.es = es;
-  m.num_kv = kind == kMLA ? 1 : 2;
+  m.num_kinds = kind == kMLA ? 1 : (kind == kAscendDsa ? 3 : 2);
+  for (int k = 0; k < 4; ++k) { m.W[k] = D; m.heads[k] = H; m.kes[k] = es; }
+  if (kind == kAscendMla || kind == kAscendDsa) {
+    m.W[0] = D; m.W[1] = 1 + D / 4; m.W[2] = 16; m.heads[0] = m.heads[1] = m.heads[2] = 1;
+    m.kes[2] = es == 1 ? 4 : 1;  /* the indexer's own dtype (C8 int8, or a wider one) */
+  }
+  m.Dp = (D + kTpuPad - 1) / kTpuPad * kTpuPad;
+  m.R = (2 * H + kTpuPack - 1) / kTpuPack * kTpuPack;
   int64_t tensor_elems = 0, num_tensors = L;
   KVGeometry& g = m.g;
-  g = KVGeometry{m.num_kv, L, NB, BS, H, D, 0, 0, 0, 1};
-  for (int64_t kv = 0; kv < m.num_kv; ++kv) {
+  g = KVGeometry{};
+  g.num_kinds = m.num_kinds; g.num_layers = L; g.num_blocks = NB; g.block_size = BS;
+  for (int64_t kv = 0; kv < m.num_kinds; ++kv) {
     for (int64_t l = 0; l < L; ++l) {
       int64_t t = l, off = 0;
       switch (kind) {
         case kNHD: case kHND: case kNHDOverHND: case kNHDChannelStrided: off = kv * NB * BS * H * D; break;
         case kFlashInfer: off = kv * BS * H * D; break;
-        case kVllmCpu: off = kv * BS * D; break;
+        case kVllmCpu: case kVllmCpuVec: case kVllmCpuAmx: off = kv * BS * D; break;
         case kMLA: off = 0; break;
         case kSGLang: t = kv * L + l; break;
         case kTrtllm: t = 0; off = kv * H * BS * D + l * 2 * H * BS * D; break;
+        case kAscendMla: case kAscendDsa: t = l * m.num_kinds + kv; break;
+        case kTpu: off = kv * m.Dp; break;
         default: break;
       }
       m.plane_tensor.push_back(t);
       m.plane_offset.push_back(off);
     }
   }
+  /* One-level geometry for every kind first: (block, token, head, channel) strides. */
+  int64_t bs_ = 0, ts = 0, hs = 0, cs = 1;
   switch (kind) {
-    case kNHD: g.block_stride = BS * H * D; g.token_stride = H * D; g.head_stride = D; break;
-    case kHND: case kNHDOverHND: g.block_stride = H * BS * D; g.token_stride = D; g.head_stride = BS * D; break;
-    case kFlashInfer: g.block_stride = 2 * BS * H * D; g.token_stride = H * D; g.head_stride = D; break;
-    case kVllmCpu: g.block_stride = H * BS * 2 * D; g.token_stride = D; g.head_stride = BS * 2 * D; break;
-    case kMLA: g.block_stride = BS * D; g.token_stride = D; g.head_stride = D; break;
-    case kSGLang: g.block_stride = H * D; g.token_stride = 0; g.head_stride = D; num_tensors = 2 * L; break;
-    case kTrtllm: g.block_stride = L * 2 * H * BS * D; g.token_stride = D; g.head_stride = BS * D; num_tensors = 1; break;
-    case kNHDChannelStrided:
-      g.block_stride = BS * D * H; g.token_stride = D * H; g.head_stride = 1; g.channel_stride = H; break;
+    case kNHD: bs_ = BS * H * D; ts = H * D; hs = D; break;
+    case kHND: case kNHDOverHND: bs_ = H * BS * D; ts = D; hs = BS * D; break;
+    case kFlashInfer: bs_ = 2 * BS * H * D; ts = H * D; hs = D; break;
+    case kVllmCpu: case kVllmCpuVec: case kVllmCpuAmx: bs_ = H * BS * 2 * D; ts = D; hs = BS * 2 * D; break;
+    case kMLA: bs_ = BS * D; ts = D; hs = D; break;
+    case kSGLang: bs_ = H * D; ts = 0; hs = D; num_tensors = 2 * L; break;
+    case kTrtllm: bs_ = L * 2 * H * BS * D; ts = D; hs = BS * D; num_tensors = 1; break;
+    case kNHDChannelStrided: bs_ = BS * D * H; ts = D * H; hs = 1; cs = H; break;
+    case kTpu: bs_ = BS * m.R * m.Dp; ts = m.R * m.Dp; hs = 2 * m.Dp; break;
     default: break;
+  }
+  for (int64_t k = 0; k < m.num_kinds; ++k) {
+    KVKindGeometry& kg = g.kind[k];
+    kg.heads = m.heads[k]; kg.width = m.W[k]; kg.element_size = m.kes[k];
+    kg.block_stride = bs_; kg.head_stride = hs;
+    kg.token = kv_axis(BS, ts); kg.channel = kv_axis(m.W[k], cs);
+    if (kind == kAscendMla || kind == kAscendDsa) {
+      kg.block_stride = BS * m.W[k]; kg.head_stride = 0; kg.token = kv_axis(BS, m.W[k]);
+    }
+  }
+  if (kind == kVllmCpuVec) {  /* K transposed: token stride 1, channel stride BS */
+    g.kind[0].token = kv_axis(BS, 1); g.kind[0].channel = kv_axis(D, BS);
+  }
+  if (kind == kVllmCpuAmx) {
+    const int64_t p = kAmxPack, T = kAmxTile;
+    g.kind[0].token = lmcache_core::KVSplitAxis{2, {T, BS / T, 1}, {p, T * D, 0}};
+    g.kind[0].channel = lmcache_core::KVSplitAxis{2, {p, D / p, 1}, {1, T * p, 0}};
+    g.kind[1].token = lmcache_core::KVSplitAxis{2, {p, BS / p, 1}, {1, T * p, 0}};
+    g.kind[1].channel = lmcache_core::KVSplitAxis{2, {T, D / T, 1}, {p, T * BS, 0}};
   }
   switch (kind) {
     case kSGLang: tensor_elems = NB * H * D; break;
     case kTrtllm: tensor_elems = NB * L * 2 * H * BS * D; break;
     case kMLA: tensor_elems = NB * BS * D; break;
+    case kTpu: tensor_elems = NB * BS * m.R * m.Dp; break;
     default: tensor_elems = 2 * NB * BS * H * D; break;
+  }
+  if (kind == kAscendMla || kind == kAscendDsa) {
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t k = 0; k < m.num_kinds; ++k)
+        m.tensors.push_back(std::vector<uint8_t>(static_cast<size_t>(NB * BS * m.W[k] * m.kes[k])));
+    return m;
   }
   m.tensors.assign(static_cast<size_t>(num_tensors), std::vector<uint8_t>(static_cast<size_t>(tensor_elems * es)));
   return m;
+}
+
+/* Bytes of a chunk of n tokens: per kind [L, n, heads * W] of its element size. */
+size_t chunk_size(const Model& m, int64_t n) {
+  int64_t bytes = 0;
+  for (int64_t k = 0; k < m.num_kinds; ++k) bytes += m.L * n * m.heads[k] * m.W[k] * m.kes[k];
+  return static_cast<size_t>(bytes);
 }
 
 struct Case {
@@ -177,7 +255,6 @@ lmcache_arm::TransferArgs make_args(const Model& m, std::vector<uintptr_t>& addr
   a.plane_offset = m.plane_offset.data();
   a.plane_table_len = static_cast<int64_t>(m.plane_tensor.size());
   a.geometry = m.g;
-  a.element_size = m.es;
   a.slot_mapping = c.slots.data();
   a.num_tokens = static_cast<int64_t>(c.slots.size());
   a.chunk_address = reinterpret_cast<uintptr_t>(chunk.data());
@@ -189,20 +266,24 @@ lmcache_arm::TransferArgs make_args(const Model& m, std::vector<uintptr_t>& addr
 
 /* Scalar reference, element by element through the engine tensor shapes. */
 void reference(Model& m, const Case& c, std::vector<uint8_t>& chunk, bool gather) {
-  const int64_t n = static_cast<int64_t>(c.slots.size()), hidden = m.H * m.D;
+  const int64_t n = static_cast<int64_t>(c.slots.size());
   for (int64_t tok = c.skip; tok < n; ++tok) {
     const int64_t slot = c.slots[tok];
     if (slot < 0) continue;
-    for (int64_t kv = 0; kv < m.num_kv; ++kv)
+    int64_t section = 0;
+    for (int64_t kv = 0; kv < m.num_kinds; ++kv) {
+      const int64_t es = m.kes[kv], hidden = m.heads[kv] * m.W[kv];
       for (int64_t l = 0; l < m.L; ++l)
-        for (int64_t h = 0; h < m.H; ++h)
-          for (int64_t ch = 0; ch < m.D; ++ch) {
+        for (int64_t h = 0; h < m.heads[kv]; ++h)
+          for (int64_t ch = 0; ch < m.W[kv]; ++ch) {
             int64_t t = 0, off = 0;
             m.locate(kv, l, slot, h, ch, &t, &off);
-            uint8_t* k = m.tensors[t].data() + off * m.es;
-            uint8_t* x = chunk.data() + (((kv * m.L + l) * n + tok) * hidden + h * m.D + ch) * m.es;
-            if (gather) memcpy(x, k, m.es); else memcpy(k, x, m.es);
+            uint8_t* k = m.tensors[t].data() + off * es;
+            uint8_t* x = chunk.data() + section + ((l * n + tok) * hidden + h * m.W[kv] + ch) * es;
+            if (gather) memcpy(x, k, es); else memcpy(k, x, es);
           }
+      section += m.L * n * hidden * es;
+    }
   }
 }
 
@@ -231,7 +312,7 @@ void run_case(Tally& tally, std::mt19937_64& rng, Model& m, const Case& c0, int 
   std::vector<uintptr_t> addr;
   std::vector<int64_t> nbytes;
   const int64_t n = static_cast<int64_t>(c0.slots.size());
-  const size_t chunk_bytes = static_cast<size_t>(m.num_kv * m.L * n * m.H * m.D * m.es);
+  const size_t chunk_bytes = chunk_size(m, n);
 
   /* gather: chunk poisoned on both sides */
   for (auto& t : m.tensors) fill_random(rng, t);
@@ -257,7 +338,7 @@ void run_bad_slot(Tally& tally, Model& m, const std::string& label) {
   std::vector<int64_t> nbytes;
   const int64_t num_slots = m.NB * m.BS;
   Case c{{0, 1 % num_slots, -1, num_slots}, 0, "bad"};
-  const size_t chunk_bytes = static_cast<size_t>(m.num_kv * m.L * 4 * m.H * m.D * m.es);
+  const size_t chunk_bytes = chunk_size(m, 4);
   std::vector<uint8_t> chunk(chunk_bytes, 0x5A);
   for (auto& t : m.tensors) std::fill(t.begin(), t.end(), 0xA5);
   const std::vector<std::vector<uint8_t>> before = m.tensors;
@@ -278,21 +359,30 @@ void run_overflowing_planes(Tally& tally, Model m, const std::string& label) {
   std::vector<int64_t> nbytes;
   const int64_t num_slots = m.NB * m.BS;
   Case c{{0, num_slots - 1}, 0, "overflow"};
-  const size_t chunk_bytes = static_cast<size_t>(m.num_kv * m.L * 2 * m.H * m.D * m.es);
-  const int64_t extent = lmcache_core::kv_plane_extent(m.g);
+  const size_t chunk_bytes = chunk_size(m, 2);
   const int64_t last = static_cast<int64_t>(m.plane_offset.size()) - 1;
+  const int64_t last_kind = m.num_kinds - 1;
+  const int64_t extent = lmcache_core::kv_plane_extent(m.g, last_kind);
+  const int64_t es = m.kes[last_kind], block_stride = m.g.kind[last_kind].block_stride;
   struct Variant { const char* name; int64_t plane_offset; int64_t block_stride; const char* error; };
   const Variant variants[] = {
-      {"offset+extent wraps", INT64_MAX - extent + 2, m.g.block_stride, "plane_offset["},
-      {"offset*element_size wraps", INT64_MAX / m.es - extent + 2, m.g.block_stride, "plane_offset["},
+      {"offset+extent wraps", INT64_MAX - extent + 2, block_stride, "plane_offset["},
+      {"offset*element_size wraps", INT64_MAX / es - extent + 2, block_stride, "plane_offset["},
       {"offset near 2^63, large block_stride", int64_t(7) << 60, (int64_t(1) << 62) / m.NB, "plane_offset["},
       {"block_stride overflows the extent", 0, INT64_MAX / 2, "geometry: plane extent"},
-      {"negative offset", -1, m.g.block_stride, "plane_offset["},
+      {"negative offset", -1, block_stride, "plane_offset["},
+      {"split level stride overflows the extent", 0, -2, "geometry: plane extent"},
   };
   for (const Variant& v : variants) {
     Model bad = m;
     bad.plane_offset[last] = v.plane_offset;
-    bad.g.block_stride = v.block_stride;
+    if (v.block_stride == -2) {  /* the first token level's stride instead */
+      lmcache_core::KVSplitAxis& tok = bad.g.kind[last_kind].token;
+      if (tok.size[0] < 3) continue;  /* (size - 1) * INT64_MAX / 2 must overflow */
+      tok.stride[0] = INT64_MAX / 2;
+    } else {
+      bad.g.kind[last_kind].block_stride = v.block_stride;
+    }
     std::vector<uint8_t> chunk(chunk_bytes, 0x5A);
     for (auto& t : bad.tensors) std::fill(t.begin(), t.end(), 0xA5);
     const std::vector<std::vector<uint8_t>> before = bad.tensors;
@@ -332,9 +422,11 @@ int main() {
     const Kind kind = static_cast<Kind>(k);
     for (int e = 0; e < 4; ++e) {
       const int64_t es = element_sizes[e];
-      const int64_t D = kind == kMLA ? (e == 0 ? 576 : head_sizes[e]) : head_sizes[(e + k) % 4];
+      const bool amx = kind == kVllmCpuAmx;
+      int64_t D = kind == kMLA ? (e == 0 ? 576 : head_sizes[e]) : head_sizes[(e + k) % 4];
+      if (amx) D = e % 2 ? 32 : 16;  /* multiples of the 16-channel V tile */
       const int64_t H = kind == kMLA ? 1 : 1 + (e + k) % 3;
-      const int64_t BS = kind == kSGLang ? 1 : (e % 2 ? 16 : 4);
+      const int64_t BS = kind == kSGLang ? 1 : (amx ? (e % 2 ? 32 : 16) : (e % 2 ? 16 : 4));
       const int64_t NB = kind == kSGLang ? 40 : 6;
       Model m = make_model(kind, 2, NB, BS, H, D, es);
       for (const Policy& p : policies) {

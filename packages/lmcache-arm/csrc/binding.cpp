@@ -19,13 +19,13 @@ namespace py = pybind11;
 
 namespace {
 
-using Dims = std::array<int64_t, 6>;     /* num_kv, num_layers, num_blocks, block_size, num_kv_heads, head_size */
-using Strides = std::array<int64_t, 4>;  /* block, token, head, channel; elements */
+using Dims = std::array<int64_t, 4>;  /* num_kinds, num_layers, num_blocks, block_size */
+using Kind = std::array<int64_t, LMC_KV_KIND_FIELDS>;  /* one plane kind, flat (kv_index.h kv_kind_unpack) */
 
 template <lmcache_arm::Status (*Launch)(const lmcache_arm::TransferArgs&)>
 void transfer(const std::vector<uintptr_t>& tensor_address, const std::vector<int64_t>& tensor_nbytes,
               const std::vector<int64_t>& plane_tensor, const std::vector<int64_t>& plane_offset,
-              const Dims& dims, const Strides& strides, int64_t element_size, uintptr_t slot_mapping,
+              const Dims& dims, const std::vector<Kind>& kinds, uintptr_t slot_mapping,
               int64_t num_tokens, uintptr_t chunk, int64_t chunk_nbytes, int64_t skip_prefix, int num_threads,
               int64_t stream) {
   (void)stream;  // host copies are synchronous: a stream handle is accepted and ignored
@@ -37,6 +37,10 @@ void transfer(const std::vector<uintptr_t>& tensor_address, const std::vector<in
     throw py::value_error("plane_offset: expected " + std::to_string(plane_tensor.size()) +
                           " entries (one per plane_tensor entry), given " + std::to_string(plane_offset.size()));
   }
+  if (kinds.size() != static_cast<size_t>(dims[0]) || kinds.empty() || kinds.size() > LMC_KV_MAX_KINDS) {
+    throw py::value_error("kinds: expected num_kinds (dims[0] = " + std::to_string(dims[0]) + ", 1 to " +
+                          std::to_string(LMC_KV_MAX_KINDS) + ") entries, given " + std::to_string(kinds.size()));
+  }
   lmcache_arm::TransferArgs a;
   a.tensor_address = tensor_address.data();
   a.tensor_nbytes = tensor_nbytes.data();
@@ -44,9 +48,12 @@ void transfer(const std::vector<uintptr_t>& tensor_address, const std::vector<in
   a.plane_tensor = plane_tensor.data();
   a.plane_offset = plane_offset.data();
   a.plane_table_len = static_cast<int64_t>(plane_tensor.size());
-  a.geometry = lmcache_core::KVGeometry{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5],
-                                        strides[0], strides[1], strides[2], strides[3]};
-  a.element_size = element_size;
+  a.geometry = lmcache_core::KVGeometry{};
+  a.geometry.num_kinds = dims[0];
+  a.geometry.num_layers = dims[1];
+  a.geometry.num_blocks = dims[2];
+  a.geometry.block_size = dims[3];
+  for (size_t k = 0; k < kinds.size(); ++k) a.geometry.kind[k] = lmcache_core::kv_kind_unpack(kinds[k].data());
   a.slot_mapping = reinterpret_cast<const int64_t*>(slot_mapping);
   a.num_tokens = num_tokens;
   a.chunk_address = chunk;
@@ -64,12 +71,12 @@ void transfer(const std::vector<uintptr_t>& tensor_address, const std::vector<in
 constexpr const char* kTransferDoc = R"(
     tensor_address: data_ptr() of each engine tensor [num_tensors]
     tensor_nbytes:  bytes reachable from each tensor_address [num_tensors]
-    plane_tensor, plane_offset: [num_kv * num_layers] tensor index and element offset of each plane
-    dims:    (num_kv, num_layers, num_blocks, block_size, num_kv_heads, head_size)
-    strides: (block, token, head, channel) strides inside a plane, elements
-    element_size: bytes per element (1, 2, 4 or 8)
+    plane_tensor, plane_offset: [num_kinds * num_layers] tensor index and element offset of each plane
+    dims:    (num_kinds, num_layers, num_blocks, block_size)
+    kinds:   [num_kinds] 19 ints each: heads, width, element_size, block_stride, head_stride,
+             token levels, sizes[3], strides[3], channel levels, sizes[3], strides[3] (elements)
     slot_mapping: address of int64 [num_tokens], -1 = skip
-    chunk, chunk_nbytes: address and exact size of contiguous [num_kv, num_layers, num_tokens, hidden]
+    chunk, chunk_nbytes: address and exact size of the contiguous chunk, per kind [num_layers, num_tokens, hidden_k]
     skip_prefix: tokens [0, skip_prefix) are not moved
     num_threads: OpenMP threads (0 = OpenMP default); stream: accepted and ignored on host
 Raises ValueError, before writing anything, when any argument or slot is out of range.)";
@@ -78,8 +85,7 @@ template <typename Fn>
 void def_transfer(py::module_& m, const char* name, Fn fn, const char* summary) {
   const std::string doc = std::string(summary) + "\n" + kTransferDoc;
   m.def(name, fn, doc.c_str(), py::arg("tensor_address"), py::arg("tensor_nbytes"), py::arg("plane_tensor"),
-        py::arg("plane_offset"), py::arg("dims"), py::arg("strides"), py::arg("element_size"),
-        py::arg("slot_mapping"), py::arg("num_tokens"), py::arg("chunk"), py::arg("chunk_nbytes"),
+        py::arg("plane_offset"), py::arg("dims"), py::arg("kinds"), py::arg("slot_mapping"), py::arg("num_tokens"), py::arg("chunk"), py::arg("chunk_nbytes"),
         py::arg("skip_prefix"), py::arg("num_threads"), py::arg("stream") = 0);
 }
 

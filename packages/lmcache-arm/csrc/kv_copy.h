@@ -6,15 +6,17 @@
  * validates every pointer, extent and slot before it calls copy_span. Index math comes from the
  * core's portable header lmcache_core/kv_index.h; the bytes move through row_copy.h (NEON).
  *
- * Named axes: a plane is one (kv, layer) pair of the engine's KV, addressed by
- * (block, token, head, channel) strides; the chunk is [num_kv, num_layers, num_tokens, hidden]
- * with hidden = num_kv_heads * head_size, so one plane's chunk rows are [num_tokens, hidden].
+ * Named axes: a plane is one (kind, layer) pair of the engine's KV (kinds: K and V, an MLA latent,
+ * nope + rope + indexer ...), addressed by the kind's block and head strides and its split token and
+ * channel axes; the chunk holds one section [num_layers, num_tokens, hidden_k] per kind with
+ * hidden_k = heads_k * width_k, so one plane's chunk rows are [num_tokens, hidden_k].
  */
 #ifndef LMCACHE_ARM_KV_COPY_H_
 #define LMCACHE_ARM_KV_COPY_H_
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "lmcache_core/kv_index.h"
 #include "row_copy.h"
@@ -22,26 +24,57 @@
 namespace lmcache_arm {
 
 using lmcache_core::KVGeometry;
+using lmcache_core::KVKindGeometry;
 
 /*
  * A span: `count` consecutive chunk tokens starting at chunk token `token` whose rows are equally
- * spaced in every plane: the row of chunk token (token + i) starts at plane element
- * row + i * step (head 0, channel 0). Consecutive slots inside a block always form a span
- * (step = token_stride); so do consecutive blocks laid out back to back (NHD, SGLang pools).
+ * spaced in every plane of one kind: the row of chunk token (token + i) starts at plane element
+ * row + i * step (head 0, channel 0). Consecutive slots inside a block form a span whenever the
+ * token axis has one level (step = its stride); so do consecutive blocks laid out back to back
+ * (NHD, SGLang pools). Each level of a split token axis ends a span where its digit carries.
  */
 struct Span {
   int64_t token;  /* first chunk token */
   int64_t count;  /* tokens, >= 1 */
-  int64_t row;    /* plane element offset of the first token's row: kv_plane_row(g, slot) */
+  int64_t row;    /* plane element offset of the first token's row: kv_plane_row(g, kind, slot) */
   int64_t step;   /* elements between consecutive tokens' rows in a plane */
+};
+
+/*
+ * One contiguous piece of a token's row of a kind whose channels are not one contiguous run: `len`
+ * elements at element `kv` of the token's KV row (head 0, channel 0 = 0) and at element `chunk` of
+ * its chunk row. The launcher lists a kind's pieces in chunk order and merges neighbours.
+ */
+struct Piece {
+  int64_t kv;     /* element offset in the KV row: head * head_stride + split(channel) */
+  int64_t chunk;  /* element offset in the chunk row: head * width + channel */
+  int64_t len;    /* elements, >= 1 */
+};
+
+/* How a kind's rows are walked, from kv_contiguous_run. */
+enum class RowMode {
+  kWholeRow,  /* heads adjacent, channels contiguous: one run per token (or per span) */
+  kPerHead,   /* channels contiguous, heads apart: one run per head */
+  kPieces     /* split or strided channels: the kind's Piece list */
+};
+
+/* Constants of one kind for one transfer. */
+struct KindPlan {
+  int64_t element_size;  /* bytes per element: 1, 2, 4 or 8 */
+  int64_t heads;         /* heads of the kind */
+  int64_t width;         /* channels per head in the chunk */
+  int64_t head_stride;   /* elements between heads in KV */
+  int64_t hidden;        /* heads * width: chunk row length, elements */
+  int64_t run;           /* kv_contiguous_run(g, kind), elements */
+  RowMode mode;
+  const Piece* pieces;   /* kPieces: [num_pieces] */
+  int64_t num_pieces;
+  bool unit_pieces;      /* kPieces: every piece is one element */
 };
 
 /* Constants of one transfer. */
 struct WalkPlan {
-  KVGeometry g;
-  int64_t element_size;     /* bytes per element: 1, 2, 4 or 8 */
-  int64_t num_tokens;       /* chunk tokens (the chunk's third axis) */
-  int64_t run;              /* kv_contiguous_run(g), elements: hidden, head_size or 1 */
+  int64_t num_tokens;       /* chunk tokens (each section's second axis) */
   size_t memcpy_min_bytes;  /* copies of at least this many bytes use memcpy, shorter ones NEON */
   bool coalesce;            /* copy a span whose rows are adjacent on both sides as one run */
   int64_t prefetch_bytes;   /* software-prefetch this much of the next span's KV side; 0 = off */
@@ -64,45 +97,79 @@ LMC_ALWAYS_INLINE void move_bytes(uint8_t* kv, uint8_t* chunk, size_t n, size_t 
 /*
  * Software-prefetch the KV side of span s of one plane (read for gather, write for scatter): up to
  * w.prefetch_bytes from the start of each contiguous run group - the whole span when its rows are
- * adjacent, else each head's rows, else each row's start. Prefetches never fault.
+ * adjacent, else each head's rows. Kinds walked piece by piece are not prefetched. Prefetches
+ * never fault.
  */
 template <Direction D>
-inline void prefetch_span(const WalkPlan& w, const uint8_t* plane, const Span& s) {
-  const KVGeometry& g = w.g;
-  const int64_t es = w.element_size;
-  const int64_t hidden = lmcache_core::kv_hidden(g);
+inline void prefetch_span(const WalkPlan& w, const KindPlan& kp, const uint8_t* plane, const Span& s) {
+  const int64_t es = kp.element_size;
   const uint8_t* const kv = plane + s.row * es;
   const int rw = D == Direction::kGather ? 0 : 1;
-  const int64_t groups = w.run == hidden ? 1 : (w.run == g.head_size ? g.num_kv_heads : 0);
-  const bool adjacent = s.count == 1 || s.step == w.run;
-  const int64_t group_bytes = adjacent ? s.count * w.run * es : w.run * es;
+  const int64_t groups = kp.mode == RowMode::kWholeRow ? 1 : (kp.mode == RowMode::kPerHead ? kp.heads : 0);
+  const bool adjacent = s.count == 1 || s.step == kp.run;
+  const int64_t group_bytes = adjacent ? s.count * kp.run * es : kp.run * es;
   const int64_t bytes = group_bytes < w.prefetch_bytes ? group_bytes : w.prefetch_bytes;
   for (int64_t h = 0; h < groups; ++h) {
-    const uint8_t* const start = kv + lmcache_core::kv_plane_element(g, 0, 0, h, 0) * es;
+    const uint8_t* const start = kv + h * kp.head_stride * es;
     for (int64_t b = 0; b < bytes; b += 64) LMC_PREFETCH(start + b, rw);
   }
 }
 
+/* Pieces of span s, elements of T (its size is the element size): one-element pieces as one load
+   and one store each (memcpy of a constant size), longer ones through move_bytes. */
+template <Direction D, typename T>
+inline void copy_pieces(const WalkPlan& w, const KindPlan& kp, uint8_t* kv, uint8_t* chunk, const Span& s) {
+  const int64_t row_bytes = kp.hidden * static_cast<int64_t>(sizeof(T));
+  const int64_t step_bytes = s.step * static_cast<int64_t>(sizeof(T));
+  const Piece* const pieces = kp.pieces;
+  const int64_t n = kp.num_pieces;
+  if (kp.unit_pieces) {
+    for (int64_t i = 0; i < s.count; ++i) {
+      uint8_t* const k = kv + i * step_bytes;
+      uint8_t* const x = chunk + i * row_bytes;
+      for (int64_t p = 0; p < n; ++p) {
+        T* const kv_el = reinterpret_cast<T*>(k + pieces[p].kv * static_cast<int64_t>(sizeof(T)));
+        T* const x_el = reinterpret_cast<T*>(x + pieces[p].chunk * static_cast<int64_t>(sizeof(T)));
+        if (D == Direction::kGather) {
+          memcpy(x_el, kv_el, sizeof(T));
+        } else {
+          memcpy(kv_el, x_el, sizeof(T));
+        }
+      }
+    }
+    return;
+  }
+  for (int64_t i = 0; i < s.count; ++i) {
+    uint8_t* const k = kv + i * step_bytes;
+    uint8_t* const x = chunk + i * row_bytes;
+    for (int64_t p = 0; p < n; ++p) {
+      move_bytes<D>(k + pieces[p].kv * static_cast<int64_t>(sizeof(T)),
+                    x + pieces[p].chunk * static_cast<int64_t>(sizeof(T)),
+                    static_cast<size_t>(pieces[p].len) * sizeof(T), w.memcpy_min_bytes);
+    }
+  }
+}
+
 /*
- * Copy span s of one plane.
+ * Copy span s of one plane of a kind.
  *   plane:      byte address of the plane's element (block 0, token 0, head 0, channel 0)
  *   chunk_rows: byte address of this plane's chunk rows [num_tokens, hidden]
  * The loop follows the longest contiguous run: whole rows when heads are adjacent (one copy for the
  * whole span when its rows are adjacent too), one copy per head when each head is its own run
  * (tokens outer by default, so the chunk side is written in address order; heads outer walks each
- * head's KV rows in address order instead), element by element when the channel axis is strided.
+ * head's KV rows in address order instead), the kind's pieces when its channel axis is split or
+ * strided (one element at a time for transposed K).
  */
 template <Direction D>
-inline void copy_span(const WalkPlan& w, uint8_t* plane, uint8_t* chunk_rows, const Span& s) {
-  const KVGeometry& g = w.g;
-  const int64_t es = w.element_size;
-  const int64_t hidden = lmcache_core::kv_hidden(g);
+inline void copy_span(const WalkPlan& w, const KindPlan& kp, uint8_t* plane, uint8_t* chunk_rows, const Span& s) {
+  const int64_t es = kp.element_size;
+  const int64_t hidden = kp.hidden;
   const int64_t row_bytes = hidden * es;
   uint8_t* const chunk = chunk_rows + s.token * row_bytes;
   uint8_t* const kv = plane + s.row * es;
   const size_t mm = w.memcpy_min_bytes;
 
-  if (w.run == hidden) {
+  if (kp.mode == RowMode::kWholeRow) {
     if (w.coalesce && (s.count == 1 || s.step == hidden)) {
       move_bytes<D>(kv, chunk, static_cast<size_t>(s.count * row_bytes), mm);
       return;
@@ -112,41 +179,32 @@ inline void copy_span(const WalkPlan& w, uint8_t* plane, uint8_t* chunk_rows, co
     }
     return;
   }
-  if (w.run == g.head_size) {
-    const size_t run_bytes = static_cast<size_t>(g.head_size * es);
+  if (kp.mode == RowMode::kPerHead) {
+    const size_t run_bytes = static_cast<size_t>(kp.width * es);
     if (w.tokens_outer) {
       for (int64_t i = 0; i < s.count; ++i) {
         uint8_t* const kv_row = kv + i * s.step * es;
         uint8_t* const chunk_row = chunk + i * row_bytes;
-        for (int64_t h = 0; h < g.num_kv_heads; ++h) {
-          move_bytes<D>(kv_row + lmcache_core::kv_plane_element(g, 0, 0, h, 0) * es,
-                        chunk_row + h * g.head_size * es, run_bytes, mm);
+        for (int64_t h = 0; h < kp.heads; ++h) {
+          move_bytes<D>(kv_row + h * kp.head_stride * es, chunk_row + h * kp.width * es, run_bytes, mm);
         }
       }
       return;
     }
-    for (int64_t h = 0; h < g.num_kv_heads; ++h) {
-      uint8_t* const kv_head = kv + lmcache_core::kv_plane_element(g, 0, 0, h, 0) * es;
-      uint8_t* const chunk_head = chunk + h * g.head_size * es;
+    for (int64_t h = 0; h < kp.heads; ++h) {
+      uint8_t* const kv_head = kv + h * kp.head_stride * es;
+      uint8_t* const chunk_head = chunk + h * kp.width * es;
       for (int64_t i = 0; i < s.count; ++i) {
         move_bytes<D>(kv_head + i * s.step * es, chunk_head + i * row_bytes, run_bytes, mm);
       }
     }
     return;
   }
-  /* channel axis strided: element by element */
-  for (int64_t i = 0; i < s.count; ++i) {
-    for (int64_t h = 0; h < g.num_kv_heads; ++h) {
-      for (int64_t c = 0; c < g.head_size; ++c) {
-        uint8_t* const k = kv + (i * s.step + lmcache_core::kv_plane_element(g, 0, 0, h, c)) * es;
-        uint8_t* const x = chunk + i * row_bytes + (h * g.head_size + c) * es;
-        if (D == Direction::kGather) {
-          copy_element(x, k, es);
-        } else {
-          copy_element(k, x, es);
-        }
-      }
-    }
+  switch (es) {
+    case 1: copy_pieces<D, uint8_t>(w, kp, kv, chunk, s); break;
+    case 2: copy_pieces<D, uint16_t>(w, kp, kv, chunk, s); break;
+    case 4: copy_pieces<D, uint32_t>(w, kp, kv, chunk, s); break;
+    default: copy_pieces<D, uint64_t>(w, kp, kv, chunk, s); break;
   }
 }
 

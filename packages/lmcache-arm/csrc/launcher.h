@@ -28,12 +28,11 @@ struct TransferArgs {
   int64_t num_tensors = 0;
   const int64_t* plane_tensor = nullptr;      /* [plane_table_len] tensor index of each plane */
   const int64_t* plane_offset = nullptr;      /* [plane_table_len] element offset of each plane */
-  int64_t plane_table_len = 0;                /* must equal num_kv * num_layers */
-  lmcache_core::KVGeometry geometry{};
-  int64_t element_size = 0;                   /* bytes: 1, 2, 4 or 8 */
+  int64_t plane_table_len = 0;                /* must equal num_kinds * num_layers */
+  lmcache_core::KVGeometry geometry{};        /* per plane kind: element size, strides, split axes */
   const int64_t* slot_mapping = nullptr;      /* [num_tokens] slot per chunk token, -1 = skip */
   int64_t num_tokens = 0;
-  uintptr_t chunk_address = 0;                /* contiguous [num_kv, num_layers, num_tokens, hidden] */
+  uintptr_t chunk_address = 0;                /* contiguous: per kind [num_layers, num_tokens, hidden_k] */
   int64_t chunk_nbytes = 0;                   /* must equal the chunk's exact size */
   int64_t skip_prefix = 0;                    /* tokens [0, skip_prefix) are not moved */
   int num_threads = 0;                        /* OpenMP threads; 0 = the OpenMP default */
