@@ -13,6 +13,9 @@ Three engine processes share the work (engine starts are the cost):
   handed back to vLLM through ``get_block_ids_with_load_errors`` and recomputed: output correct.
 * engine C reads Redis: prompt 1 loads from Redis; then (d) Redis is killed while a batch of
   requests runs, and every request still completes with the reference output.
+* (f) the chunks engine A stored for prompt 1 are true token rows: K (after RoPE) and V equal
+  what transformers computes for the same model and prompt, and they load byte for byte into a
+  ``vllm_flash_nhd`` layout of the same model (the chunk does not depend on the paging layout).
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ SALTS = ["p1", "p2", "p3", "p4", "p5", "p6"]
 PROMPTS = prompts(5, LENGTHS)
 
 
-def whole(n: int) -> int:
-    return n // BLOCK * BLOCK
+def cached(n: int) -> int:
+    """Prompt tokens vLLM counts as cached when the whole prompt is: all but the last, which it
+    computes (chunks hold token rows, so a partial last block is stored too)."""
+    return n - 1
 
 
 def _connector(l2_urls: list[str]) -> dict[str, Any]:
@@ -111,7 +116,7 @@ def tampered(engine_a: dict[str, Any], workdir: Path) -> dict[str, int]:
             path.write_bytes(encode_object(header.key, header.meta, bytes(header.payload_len)))
             zeroed += 1
         elif salt == salt_tag("p3"):
-            idx = _chunk_index(header.key, PROMPTS[2][: whole(LENGTHS[2])], "p3")
+            idx = _chunk_index(header.key, PROMPTS[2], "p3")
             if idx is not None and idx >= 1:
                 data = bytearray(path.read_bytes())
                 data[header.header_len + 17] ^= 0xFF
@@ -159,13 +164,13 @@ def reference(engine_a: dict[str, Any], i: int) -> dict[str, Any]:
 def test_a_same_engine_loads_the_prefix_from_l1(engine_a: dict[str, Any]) -> None:
     first, again = reference(engine_a, 0), engine_a["results"]["again"][0]
     assert first["num_cached_tokens"] == 0
-    assert again["num_cached_tokens"] == whole(LENGTHS[0])  # every whole block of the prompt
+    assert again["num_cached_tokens"] == cached(LENGTHS[0])  # the whole prompt, partial block too
     assert_same_output(again, first, "prompt 1 served again from L1")
     m = engine_a["metrics"]["m"]
-    assert m["vllm:lmcache_core_l1_matched_tokens"] >= whole(LENGTHS[0])
+    assert m["vllm:lmcache_core_l1_matched_tokens"] >= cached(LENGTHS[0])
     assert m["vllm:lmcache_core_loaded_bytes"] > 0
     assert m["vllm:lmcache_core_load_time_seconds:count"] >= 1
-    assert m["vllm:external_prefix_cache_hits"] >= whole(LENGTHS[0])
+    assert m["vllm:external_prefix_cache_hits"] >= cached(LENGTHS[0])
     assert engine_a["results"]["flushed"] is True
 
 
@@ -173,9 +178,9 @@ def test_b_fresh_engine_loads_the_prefix_from_filesystem_l2(
     engine_a: dict[str, Any], engine_b: dict[str, Any]
 ) -> None:
     got = engine_b["results"]["p1"][0]
-    assert got["num_cached_tokens"] == whole(LENGTHS[0])
+    assert got["num_cached_tokens"] == cached(LENGTHS[0])
     assert_same_output(got, reference(engine_a, 0), "prompt 1 loaded from the filesystem L2 by a new engine")
-    assert engine_b["metrics"]["m"]["vllm:lmcache_core_l2_matched_tokens"] >= whole(LENGTHS[0])
+    assert engine_b["metrics"]["m"]["vllm:lmcache_core_l2_matched_tokens"] >= cached(LENGTHS[0])
 
 
 def test_c_corrupt_l2_object_is_recomputed(
@@ -194,9 +199,9 @@ def test_d_redis_stopped_mid_run_requests_complete(
 ) -> None:
     res = engine_c["results"]
     got = res["from_redis"][0]
-    assert got["num_cached_tokens"] == whole(LENGTHS[0])
+    assert got["num_cached_tokens"] == cached(LENGTHS[0])
     assert_same_output(got, reference(engine_a, 0), "prompt 1 loaded from Redis")
-    assert engine_c["metrics"]["before_stop"]["vllm:lmcache_core_l2_matched_tokens"] >= whole(LENGTHS[0])
+    assert engine_c["metrics"]["before_stop"]["vllm:lmcache_core_l2_matched_tokens"] >= cached(LENGTHS[0])
     assert res["redis_gone"] is True
     for got, i in zip(res["during_stop"], [3, 4, 1, 2], strict=True):
         assert len(got["tokens"]) == 48
@@ -205,7 +210,7 @@ def test_d_redis_stopped_mid_run_requests_complete(
     for got, i in zip(res["after_stop"], [5, 3, 5], strict=True):
         assert_same_output(got, reference(engine_a, i), f"prompt {i + 1} after Redis stopped")
     assert res["after_stop"][0]["num_cached_tokens"] == 0  # in Redis only, and Redis is gone
-    assert res["after_stop"][1]["num_cached_tokens"] == whole(LENGTHS[3])  # from L1
+    assert res["after_stop"][1]["num_cached_tokens"] == cached(LENGTHS[3])  # from L1
     assert "unavailable" in engine_c["log"]  # the Redis tier saw the outage
 
 
@@ -214,7 +219,7 @@ def test_e_zeroed_kv_changes_the_output(
 ) -> None:
     assert tampered["zeroed"] >= 4
     got, want = engine_b["results"]["p2"][0], reference(engine_a, 1)
-    assert got["num_cached_tokens"] == whole(LENGTHS[1])  # the zeros were loaded, not recomputed
+    assert got["num_cached_tokens"] == cached(LENGTHS[1])  # the zeros were loaded, not recomputed
     first_pos = {
         t: abs(got["logprobs"][0][t] - want["logprobs"][0][t])
         for t in set(got["logprobs"][0]) & set(want["logprobs"][0])
@@ -244,11 +249,87 @@ def test_tensor_parallel_ranks_store_and_load_their_own_chunks(
     }
     report = run_engine(spec, workdir, "engine_tp2")
     first, again = report["results"]["first"][0], report["results"]["again"][0]
-    assert again["num_cached_tokens"] == whole(LENGTHS[0])
+    assert again["num_cached_tokens"] == cached(LENGTHS[0])
     assert_same_output(again, first, "prompt 1 again with tensor parallel 2")
     assert_same_output(first, reference(engine_a, 0), "prompt 1 with tensor parallel 2 against one worker")
     m = report["metrics"]["m"]
-    assert m["vllm:lmcache_core_loaded_tokens"] == 2 * whole(LENGTHS[0])  # each rank loads its heads
+    assert m["vllm:lmcache_core_loaded_tokens"] == 2 * LENGTHS[0]  # each rank loads its heads
     ranks = sorted(decode_header(p.read_bytes()).key.split("|")[2] for p in l2.rglob("*.kv"))
     n = len(ranks) // 2
     assert n >= 4 and ranks == ["tp2.0"] * n + ["tp2.1"] * n
+
+
+def _stored_chunks(l2: Path, tokens: list[int], salt: str) -> list[Any]:
+    """The chunks of ``tokens`` stored under ``salt`` in the filesystem L2, in prompt order, each
+    ``[2 (K, V), num_layers, chunk tokens, hidden]`` float32 (the object's payload, as stored)."""
+    import numpy as np
+    import torch
+
+    from lmcache_core.keys import salt_tag
+    from lmcache_core.storage.object_format import split_object
+
+    found: dict[int, Any] = {}
+    for path in sorted(l2.rglob("*.kv")):
+        header, payload = split_object(path.read_bytes())
+        if header.key.split("|")[3] != salt_tag(salt):
+            continue
+        idx = _chunk_index(header.key, tokens, salt)
+        if idx is not None:
+            rows = np.frombuffer(payload, dtype=np.float32).copy()
+            found[idx] = torch.from_numpy(rows).view(header.meta.shape)
+    return [found[i] for i in sorted(found)]
+
+
+def test_f_cpu_chunks_are_the_token_rows_transformers_computes_and_load_into_flash(
+    tiny_model: Path, workdir: Path, engine_a: dict[str, Any]
+) -> None:
+    """Issue 12.2, the proof: vLLM CPU's chunks hold K after RoPE and V as token rows."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from lmcache_core.backend import reference_backend
+    from lmcache_core.cache_engine import CacheEngine
+    from lmcache_core.config import CacheEngineConfig
+    from lmcache_core.integrations.vllm.plan import slot_mapping
+    from lmcache_core.layout_registry import allocate_example
+
+    prompt, n = PROMPTS[0], LENGTHS[0]
+    chunks = _stored_chunks(workdir / "l2", prompt, SALTS[0])
+    assert [c.shape[2] for c in chunks] == [CHUNK] * (n // CHUNK) + [n % CHUNK]  # the partial chunk too
+    chunk = torch.cat(chunks, dim=2)  # [2, num_layers, n, hidden]
+
+    model = LlamaForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+    with torch.no_grad():
+        out = model(torch.tensor([prompt]), use_cache=True)
+    layers, heads, head_size = model.config.num_hidden_layers, model.config.num_key_value_heads, 64
+    assert chunk.shape == (2, layers, n, heads * head_size)
+    for layer in range(layers):
+        cache = out.past_key_values.layers[layer]  # keys after RoPE, values: [1, heads, n, head_size]
+        for kv, want in ((0, cache.keys), (1, cache.values)):
+            rows = want[0].permute(1, 0, 2).reshape(n, heads * head_size)
+            torch.testing.assert_close(chunk[kv, layer], rows, rtol=1e-3, atol=1e-3 * float(rows.abs().max()))
+
+    # The same chunks load into a flash NHD layout of the same model (same keys, same bytes).
+    config = CacheEngineConfig(
+        model_id=str(tiny_model), chunk_size=CHUNK, l1_bytes=64 * 2**20, pinned=False,
+        l2_urls=(f"fs://{workdir / 'l2'}",),
+    )  # fmt: skip
+    kv, hints = allocate_example(
+        "vllm_flash_nhd", num_layers=layers, num_blocks=12, block_size=BLOCK, num_kv_heads=heads,
+        head_size=head_size, dtype=torch.float32,
+    )  # fmt: skip
+    for t in kv:
+        t.fill_(float("nan"))
+    blocks = [7, 2, 9, 0, 5, 11, 3, 8, 1, 4]
+    slots = torch.from_numpy(slot_mapping(blocks, n, BLOCK))
+    engine = CacheEngine(config, backend=reference_backend(), layout_hints=hints)
+    try:
+        engine.register_kv_caches(kv)
+        assert engine.lookup(prompt, cache_salt=SALTS[0]).tokens == n
+        assert engine.retrieve(prompt, kv, slots, cache_salt=SALTS[0]).tokens == n
+    finally:
+        engine.close()
+    for layer, t in enumerate(kv):
+        for k in range(2):
+            got = t[k].reshape(-1, heads * head_size)[slots]  # [n, hidden] in token order
+            assert torch.equal(got.view(torch.int32), chunk[k, layer].view(torch.int32))

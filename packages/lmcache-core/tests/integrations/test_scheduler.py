@@ -109,32 +109,60 @@ def new_step(req: Any, block_ids: list[int], computed: int, scheduled: int) -> A
 
 
 def test_miss_store_then_hit_load(pair) -> None:
+    """Issue 12.2: the whole prompt is stored, its partial last block (tokens 192..199) included."""
     sched, worker = pair
     prompt = tokens(200)
     a = vllm_request("a", prompt)
     assert admit(sched, a, list(range(7))) == 0
     plan = sched.build_connector_meta(new_step(a, list(range(7)), 0, 200))
-    assert plan.loads == [] and [len(s.token_ids) for s in plan.stores] == [192]  # whole blocks
+    assert plan.loads == [] and [len(s.token_ids) for s in plan.stores] == [200]  # the partial block too
     assert plan.scheduled_tokens == 200
     step(worker, plan)
     sched.request_finished(a)
 
     b = vllm_request("b", list(prompt))
-    assert admit(sched, b, list(range(10, 17))) == 192
-    assert sched.hit_sources("b") == (192, 0)
-    plan = sched.build_connector_meta(new_step(b, list(range(10, 17)), 192, 8))
+    assert admit(sched, b, list(range(10, 17))) == 199  # all but the last token, which vLLM computes
+    assert sched.hit_sources("b") == (199, 0)
+    plan = sched.build_connector_meta(new_step(b, list(range(10, 17)), 199, 1))
     (load,) = plan.loads
     assert (len(load.token_ids), load.skip, load.matched_end, load.block_ids) == (
-        192,
+        200,
         0,
-        192,
+        199,
         list(range(10, 17)),
     )
     assert plan.stores == []  # everything computed is already cached
     step(worker, plan)
     assert worker.take_failed_blocks() == set()
     s = sched.stats.totals()
-    assert (s["lookups"], s["matched_tokens"], s["l1_matched_tokens"]) == (2, 192, 192)
+    assert (s["lookups"], s["matched_tokens"], s["l1_matched_tokens"]) == (2, 199, 199)
+
+
+def test_chunk_size_need_not_be_a_multiple_of_the_block_size() -> None:
+    """Chunks of 48 tokens over blocks of 32: chunk boundaries fall inside blocks."""
+    kv = make_kv()
+    worker = make_worker(kv, chunk=48)
+    addr = lookup.address(str(uuid.uuid4()), 0, 0)
+    lookup.register_local(addr, worker.lookup)
+    sched = SchedulerSide(
+        lookup.LookupClient([addr], b"k", 5), chunk_size=48, block_size=BS, load_policy="always",
+        default_salt=None, stats=StatsRecorder(),
+    )  # fmt: skip
+    try:
+        prompt = tokens(130, seed=7)
+        a = vllm_request("a", prompt)
+        admit(sched, a, [9, 3, 30, 12, 7])
+        plan = sched.build_connector_meta(new_step(a, [9, 3, 30, 12, 7], 0, 100))
+        assert [len(s.token_ids) for s in plan.stores] == [96]
+        step(worker, plan)
+        plan = sched.build_connector_meta(cached_step("a", None, 100, 30))
+        assert [len(s.token_ids) for s in plan.stores] == [130]
+        step(worker, plan)
+        assert worker.lookup(prompt, None)["hit"] == 130
+        assert admit(sched, vllm_request("b", prompt[:120] + [5] * 10), [1, 2, 4, 5, 6]) == 96
+    finally:
+        lookup.unregister_local(addr)
+        worker.close()
 
 
 def test_a_fully_cached_prompt_leaves_its_last_token_to_vllm(pair) -> None:
@@ -176,12 +204,12 @@ def test_chunked_prefill_stores_at_chunk_boundaries(pair) -> None:
     assert [len(s.token_ids) for s in plan.stores] == [192]
     assert plan.stores[0].block_ids == list(range(7))
     plan = sched.build_connector_meta(cached_step("r", [7, 8, 9], 200, 100))
-    assert [len(s.token_ids) for s in plan.stores] == [288]  # the prompt's last whole block
+    assert [len(s.token_ids) for s in plan.stores] == [300]  # the whole prompt, partial block too
     plan = sched.build_connector_meta(cached_step("r", None, 300, 1))
     assert plan.stores == []  # decode: nothing more to store
     sched.on_load_errors({5})  # block 5 holds tokens 160..191: chunk 2 (128..191) is stored again
     plan = sched.build_connector_meta(cached_step("r", None, 301, 1))
-    assert [len(s.token_ids) for s in plan.stores] == [288]
+    assert [len(s.token_ids) for s in plan.stores] == [300]
 
 
 def test_unreachable_worker_is_a_miss() -> None:

@@ -53,12 +53,7 @@ def test_bad_settings_name_the_key() -> None:
         load_settings({"l1_gbps": -1}, {})
 
 
-def test_chunk_size_must_hold_whole_blocks() -> None:
-    """Issue 11.4: checked once, in the settings (the connector calls it before either side exists)."""
-    settings = load_settings({"chunk_size": 48}, environ={})
-    with pytest.raises(
-        ValueError, match=r"^chunk_size: expected a multiple of vLLM's block_size \(32\).*given 48$"
-    ):
-        settings.check_block_size(32)
-    settings.check_block_size(16)
-    load_settings({"chunk_size": 64}, environ={}).check_block_size(32)
+def test_chunk_size_need_not_hold_whole_blocks() -> None:
+    """Issue 12.2: chunks hold token rows, so any positive chunk size is accepted."""
+    assert load_settings({"chunk_size": 48}, environ={}).chunk_size == 48
+    assert not hasattr(load_settings({}, environ={}), "check_block_size")

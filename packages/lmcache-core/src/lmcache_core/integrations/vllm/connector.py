@@ -34,7 +34,9 @@ from lmcache_core.integrations.vllm.policy import CostModel
 from lmcache_core.integrations.vllm.scheduler import SchedulerSide
 from lmcache_core.integrations.vllm.settings import ConnectorSettings, load_settings
 from lmcache_core.integrations.vllm.worker import WorkerSide
+from lmcache_core.layout import dtype_name
 from lmcache_core.layout_registry import LayoutHints
+from lmcache_core.vllm_cpu_order import ORDER_KINDS, order_for_isa
 
 if TYPE_CHECKING:
     import torch
@@ -122,14 +124,33 @@ class LMCacheCorePromMetrics(KVConnectorPromMetrics):
             self._load_time[engine_idx].observe(seconds)
 
 
-def _cpu_attention_tag(kv: torch.Tensor, block_size: int, head_size: int) -> str:
-    """Name of the order vLLM's CPU attention keeps K in inside a block (its kernel ISA)."""
-    try:
-        from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+def cpu_attention_isa(
+    vllm_config: VllmConfig, layer_names: list[str], kv: torch.Tensor, head_size: int
+) -> str:
+    """The kernel ("ISA") vLLM's CPU attention runs for these layers: ``vec``, ``vec16``, ``amx``,
+    ``neon``, ... It decides the order K and V sit in inside a block
+    (:mod:`lmcache_core.vllm_cpu_order`).
 
-        return f"cpu_attn-{_get_attn_isa(kv.dtype, block_size, head_size)}"
-    except Exception:  # a vLLM without this helper: still keep CPU chunks apart
-        return "cpu_attn"
+    Read from the layers (``layer.isa``, set by the CPU attention metadata builders before the
+    KV caches are registered); every layer must agree. Without it (another vLLM), recomputed with
+    vLLM's own ``_get_attn_isa`` from the model dtype, the kernel block size
+    (``kv.shape[2]``), ``head_size`` and the cache dtype.
+    """
+    context = getattr(vllm_config.compilation_config, "static_forward_context", None) or {}
+    found = {getattr(context.get(n), "isa", None) for n in layer_names}
+    if len(found) == 1 and None not in found:
+        return str(found.pop())
+    if len(found - {None}) > 1:
+        raise ValueError(
+            f"kv_caches: the attention layers run different CPU kernels {sorted(found - {None})}"
+        )
+    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+    return str(
+        _get_attn_isa(
+            vllm_config.model_config.dtype, int(kv.shape[2]), head_size, vllm_config.cache_config.cache_dtype
+        )
+    )
 
 
 class LMCacheCoreConnector(KVConnectorBase_V1):
@@ -151,7 +172,6 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
             )
         self._group = groups[0]
         self._block_size = vllm_config.cache_config.block_size
-        self.settings.check_block_size(self._block_size)
         par = vllm_config.parallel_config
         self._tp = par.tensor_parallel_size
         self._world = par.tensor_parallel_size * par.pipeline_parallel_size
@@ -206,18 +226,19 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
         num_kv_heads = getattr(spec, "num_kv_heads", None)
         head_size = getattr(spec, "head_size", None)
         first = tensors[0]
-        model_id = self._model_id
-        kind = None
+        kind = isa = None
         if first.device.type == "cpu" and first.dim() == 4 and head_size is not None:
-            kind = "vllm_cpu"
-            model_id = f"{model_id}+{_cpu_attention_tag(first, first.shape[2], int(head_size))}"
+            # vLLM CPU attention: its kernel decides the K/V order inside a block; the layout
+            # describes that order, so chunks hold token rows like every other engine's.
+            isa = cpu_attention_isa(self._vllm_config, names, first, int(head_size))
+            kind = ORDER_KINDS[order_for_isa(isa, dtype_name(first.dtype))]
         cost = CostModel(
             prefill_tokens_per_s=self.settings.prefill_tokens_per_s,
             l1_gbps=self.settings.l1_gbps,
             l2_gbps=self.settings.l2_gbps,
             chunk_overhead_s=self.settings.chunk_overhead_s,
         )
-        config = self.settings.engine_config(model_id=model_id, world_size=self._world, rank=self._rank)
+        config = self.settings.engine_config(model_id=self._model_id, world_size=self._world, rank=self._rank)
         self._worker = WorkerSide(
             config,
             block_size=self._block_size,
@@ -226,7 +247,7 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
             address=lookup.address(self._engine_id, self._dp_rank, self._rank),
             key=lookup.authkey(self._engine_id),
         )
-        hints = LayoutHints(kind=kind, num_kv_heads=num_kv_heads, head_size=head_size)
+        hints = LayoutHints(kind=kind, num_kv_heads=num_kv_heads, head_size=head_size, isa=isa)
         self._worker.register_kv_caches(tensors, hints)
 
     @property

@@ -35,8 +35,8 @@ class LoadSpec:
 
 @dataclass
 class StoreSpec:
-    """Store ``token_ids`` (a prefix of the prompt ending on a chunk, or on the last whole block
-    of the prompt); chunks already cached are only refreshed."""
+    """Store ``token_ids`` (a prefix of the prompt ending on a chunk boundary, or the whole
+    prompt); chunks already cached are only refreshed."""
 
     req_id: str
     token_ids: list[int]

@@ -11,13 +11,14 @@ Per request:
    plan its load; count the lookup in the stats.
 3. ``build_connector_meta``: a :class:`~.plan.StepPlan` with the loads admitted this step and a
    store for every request whose computed prompt tokens crossed a chunk boundary (or reached
-   the prompt's last whole block).
+   the end of the prompt).
 4. ``update_connector_output``: blocks that failed to load are recomputed by vLLM; the store
    marker of their request moves back so the recomputed chunks are stored.
 5. ``request_finished``: forget the request; blocks are freed at once (stores are synchronous).
 
-Only prompt tokens are stored and looked up (not generated ones), and only whole blocks of
-them. Works on duck-typed vLLM objects (``request.request_id``, ``.prompt_token_ids``,
+Only prompt tokens are stored and looked up (not generated ones). Chunks hold token rows, so
+a chunk may end inside a block: the prompt's last chunk (partial last block included) is stored
+too, and ``chunk_size`` need not be a multiple of the block size. Works on duck-typed vLLM objects (``request.request_id``, ``.prompt_token_ids``,
 ``.cache_salt``; ``SchedulerOutput``), so it imports no vLLM.
 """
 
@@ -116,12 +117,8 @@ class SchedulerSide:
         st = self._remember(request)
         if not st.cacheable or not self._load_enabled:
             return 0, False
-        # Only whole blocks are stored: a prompt's last stored chunk ends on its last whole block.
-        whole = len(st.prompt) // self.block_size * self.block_size
-        if whole == 0:
-            return 0, False
         try:
-            answers = self._client.lookup(st.prompt[:whole], st.salt)
+            answers = self._client.lookup(st.prompt, st.salt)
         except LookupUnavailable as e:
             self.stats.inc(lookup_errors=1)
             now = time.monotonic()
@@ -195,7 +192,7 @@ class SchedulerSide:
             return None
         n = len(st.prompt)
         if computed_after >= n:
-            target = n // self.block_size * self.block_size
+            target = n  # the whole prompt, its partial last block included
         else:
             target = computed_after // self.chunk_size * self.chunk_size
         if target <= st.stored_end:

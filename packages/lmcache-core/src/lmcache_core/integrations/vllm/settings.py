@@ -70,16 +70,6 @@ class ConnectorSettings:
     def chunk_size(self) -> int:
         return int(self.engine.get("chunk_size", _ENGINE_FIELDS["chunk_size"].default))
 
-    def check_block_size(self, block_size: int) -> None:
-        """ValueError unless ``chunk_size`` is a multiple of vLLM's ``block_size`` (tokens), so
-        that chunks hold whole blocks. The one place this is checked: the connector calls it
-        when it is made, before the scheduler and worker sides exist."""
-        if self.chunk_size % block_size:
-            raise ValueError(
-                f"chunk_size: expected a multiple of vLLM's block_size ({block_size}) so that chunks "
-                f"hold whole blocks, given {self.chunk_size}"
-            )
-
     def engine_config(self, **fixed: Any) -> CacheEngineConfig:
         """The :class:`CacheEngineConfig`, with ``fixed`` (model_id, world_size, rank) applied
         where the settings leave them unset (``model_id``) or always (``world_size``, ``rank``)."""

@@ -2,8 +2,9 @@
 worker (tensor/pipeline-parallel rank), loads before the forward, stores after it.
 
 * ``register_kv_caches``: the KV tensors of every attention layer, in layer order, are described
-  by :func:`~lmcache_core.layout_registry.detect_layout` (``vllm_cpu`` on CPU, the flash layouts
-  on GPU); the backend for their device is chosen; the lookup handler is served (:mod:`.lookup`).
+  by :func:`~lmcache_core.layout_registry.detect_layout` (``vllm_cpu*`` on CPU, by attention
+  kernel; the flash layouts on GPU); the backend for their device is chosen; the lookup
+  handler is served (:mod:`.lookup`).
 * ``load`` (vLLM's ``start_load_kv``): for each planned load, scatter the cached chunks into the
   request's blocks. A load that stops early (chunk evicted, L2 object corrupt or unreachable,
   backend error) reports the blocks it did not fill; vLLM recomputes them.
@@ -21,12 +22,12 @@ worker (tensor/pipeline-parallel rank), loads before the forward, stores after i
   device's time is measured, not the host's enqueue time. The lookup handler returns the
   estimates to the scheduler.
 
-vLLM 0.32's CPU attention keeps each (block, head)'s K in a kernel-specific order (transposed,
-``[head_size, block_size]``, for the fp32/fp16 ``vec`` kernels; VNNI pairs for bf16 ``amx``),
-not token rows. Copying whole blocks moves those bytes exactly, so chunks hold whole blocks
-(``chunk_size`` is a multiple of the block size and only whole blocks are stored), and the
-connector adds the kernel's tag to ``model_id`` so such chunks are never shared with an engine
-that orders K differently.
+vLLM 0.32's CPU attention keeps each (block, head)'s K and V in its kernel's own order (K
+transposed, ``[head_size, block_size]``, for the ``vec`` kernels; VNNI tiles for ``amx``; BFMMLA
+tiles for bf16 on Arm). The connector reads the kernel from the engine and the layout describes
+that order (:mod:`lmcache_core.vllm_cpu_order`), so chunks hold true token rows, the same bytes a
+GPU engine of the same model stores: any chunk size works and a prompt's partial last block is
+stored too.
 """
 
 from __future__ import annotations
