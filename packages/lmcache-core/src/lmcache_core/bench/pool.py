@@ -117,7 +117,7 @@ SHAPES: dict[str, ShapeSpec] = {
         ),
         ShapeSpec("mla", "mla", 32, 1, 576, "bfloat16", 16, 256, "DeepSeek-style MLA latent (512 + 64 rope)"),
         ShapeSpec(
-            "vllm_cpu",
+            "vllm_cpu_vec",
             "vllm_cpu",
             32,
             8,
@@ -125,7 +125,19 @@ SHAPES: dict[str, ShapeSpec] = {
             "bfloat16",
             128,
             256,
-            "vLLM CPU backend pages: per head, block_size rows of K then of V",
+            "vLLM CPU vec kernel pages, true token rows: per head K transposed [head_size, block_size], "
+            "then V rows",
+        ),
+        ShapeSpec(
+            "vllm_cpu_amx",
+            "vllm_cpu_amx",
+            32,
+            8,
+            128,
+            "bfloat16",
+            128,
+            256,
+            "vLLM CPU amx kernel pages, true token rows: per head K and V in 16-wide VNNI tiles",
         ),
     )
 }
