@@ -12,15 +12,16 @@ import dataclasses
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 
 from lmcache_arm import _C, kernels
 from lmcache_core.backend import reference_backend
-from lmcache_core.layout import KVLayout
+from lmcache_core.layout import KVLayout, PlaneKind
 from lmcache_core.layout_registry import LayoutHints, allocate_example, detect_layout
+from lmcache_core.native_args import KIND_FIELDS, native_layout
 from lmcache_core.selection import get_backend
 from lmcache_core.testing import Case, make_cases
 from lmcache_core.testing.cases import bits, poison_, random_bits_
@@ -255,7 +256,7 @@ def test_chunk_size_mismatch_raises() -> None:
     kv, layout = _nhd()
     slots = torch.tensor([0, 1, 2], dtype=torch.int64)
     out = poison_(torch.empty(2, 2, 2, 16, dtype=torch.float16))  # 2 tokens, slot mapping has 3
-    with pytest.raises(ValueError, match=r"chunk: expected 384 bytes .* given 256"):
+    with pytest.raises(ValueError, match=r"chunk: expected 384 bytes .*given 256"):
         kernels.gather(layout, kv, slots, out)
 
 
@@ -277,21 +278,14 @@ def test_kv_tensor_smaller_than_layout_raises() -> None:
 def _raw_args(
     kv: list[torch.Tensor], layout: KVLayout, chunk: torch.Tensor, slots: torch.Tensor
 ) -> dict[str, object]:
+    args = native_layout(layout, kv)
     return dict(
-        tensor_address=[t.data_ptr() for t in kv],
-        tensor_nbytes=[t.numel() * t.element_size() for t in kv],
-        plane_tensor=list(layout.plane_tensor),
-        plane_offset=list(layout.plane_offset),
-        dims=(
-            layout.num_kv,
-            layout.num_layers,
-            layout.num_blocks,
-            layout.block_size,
-            layout.num_kv_heads,
-            layout.head_size,
-        ),
-        strides=layout.strides,
-        element_size=layout.element_size,
+        tensor_address=list(args.tensor_address),
+        tensor_nbytes=list(args.tensor_nbytes),
+        plane_tensor=list(args.plane_tensor),
+        plane_offset=list(args.plane_offset),
+        dims=args.dims,
+        kinds=[list(k) for k in args.kinds],
         slot_mapping=slots.data_ptr(),
         num_tokens=slots.numel(),
         chunk=chunk.data_ptr(),
@@ -301,35 +295,79 @@ def _raw_args(
     )
 
 
+#: Names of the KIND_FIELDS integers of one kind, in order (kv_index.h kv_kind_unpack).
+_KIND_FIELD_NAMES = (
+    ("heads", "width", "element_size", "block_stride", "head_stride", "token_levels")
+    + tuple(f"token_size{i}" for i in range(3))
+    + tuple(f"token_stride{i}" for i in range(3))
+    + ("channel_levels",)
+    + tuple(f"channel_size{i}" for i in range(3))
+    + tuple(f"channel_stride{i}" for i in range(3))
+)
+
+
+def _kinds_with(kind: int, **fields: int) -> Callable[[dict[str, object]], None]:
+    """An edit of _raw_args: the named fields of ``kinds[kind]`` set."""
+    assert len(_KIND_FIELD_NAMES) == KIND_FIELDS
+
+    def edit(args: dict[str, object]) -> None:
+        kinds = args["kinds"]
+        assert isinstance(kinds, list)
+        for name, value in fields.items():
+            kinds[kind][_KIND_FIELD_NAMES.index(name)] = value
+
+    return edit
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         (
             {"plane_tensor": [0, 1, 0], "plane_offset": [0, 0, 0]},
-            r"plane_tensor/plane_offset: expected 4 entries \(num_kv \* num_layers\), given 3",
+            r"plane_tensor/plane_offset: expected 4 entries \(num_kinds \* num_layers\), given 3",
         ),
         ({"plane_offset": [0, 0, 0]}, r"plane_offset: expected 4 entries .*given 3"),
         ({"plane_tensor": [0, 1, 2, 1]}, r"plane_tensor\[2\]: expected a tensor index in \[0, 2\), given 2"),
         ({"plane_offset": [0, 0, 0, 257]}, r"plane_offset\[3\]: plane spans elements \[257, 257 \+ 256\)"),
-        ({"element_size": 3}, r"element_size: expected 1, 2, 4 or 8 bytes, given 3"),
-        ({"strides": (64, 16, 8, -1)}, r"channel_stride: expected >= 0 elements, given -1"),
-        ({"dims": (3, 2, 4, 4, 2, 8)}, r"num_kv: expected 1 \(MLA\) or 2"),
-        ({"dims": (2, 2, 0, 4, 2, 8)}, r"num_blocks: expected >= 1, given 0"),
-        ({"dims": (2, 2, 2**62, 4, 2, 8)}, r"overflows int64"),
+        (_kinds_with(1, element_size=3), r"kinds\[1\]\.element_size: expected 1, 2, 4 or 8 bytes, given 3"),
+        (
+            _kinds_with(0, channel_stride0=-1),
+            r"kinds\[0\]\.channel\.stride\[0\]: expected >= 0 elements, given -1",
+        ),
+        (_kinds_with(1, token_levels=4), r"kinds\[1\]\.token: expected 1 to 3 levels, given 4"),
+        (
+            _kinds_with(0, token_levels=2, token_size1=2),
+            r"kinds\[0\]\.token: expected sizes that multiply to block_size 4, given a product of 8",
+        ),
+        (_kinds_with(1, channel_size0=4), r"kinds\[1\]\.channel: expected sizes that multiply to width 8"),
+        (_kinds_with(0, token_size0=0), r"kinds\[0\]\.token\.size\[0\]: expected >= 1, given 0"),
+        (_kinds_with(1, heads=0), r"kinds\[1\]\.heads: expected >= 1, given 0"),
+        (_kinds_with(0, token_stride0=2**62), r"geometry: plane extent of kinds\[0\].* overflows int64"),
+        ({"dims": (5, 2, 4, 4)}, r"kinds: expected num_kinds \(dims\[0\] = 5, 1 to 4\) entries, given 2"),
+        ({"dims": (2, 2, 0, 4)}, r"num_blocks: expected >= 1, given 0"),
+        ({"dims": (2, 2, 2**62, 4)}, r"overflows int64"),
         ({"skip_prefix": 5}, r"skip_prefix: expected 0 <= skip_prefix <= 3, given 5"),
         ({"num_threads": -1}, r"num_threads: expected >= 0"),
         ({"tensor_nbytes": [8]}, r"tensor_nbytes: expected 2 entries"),
         ({"tensor_address": [0, 0]}, r"kv_caches\[0\]: expected a non-null data pointer"),
-        ({"chunk_nbytes": 10**6}, r"chunk: expected 384 bytes .*given 1000000"),
+        (
+            {"chunk_nbytes": 10**6},
+            r"chunk: expected 384 bytes \(\[2, 3, 16\] x 2 \+ \[2, 3, 16\] x 2 bytes.*given 1000000",
+        ),
     ],
 )
-def test_native_argument_checks(change: dict[str, object], message: str) -> None:
+def test_native_argument_checks(
+    change: dict[str, object] | Callable[[dict[str, object]], None], message: str
+) -> None:
     kv, layout = _nhd()
     before = [t.clone() for t in kv]
     slots = torch.tensor([0, 5, 9], dtype=torch.int64)
     chunk = torch.zeros(2, 2, 3, 16, dtype=torch.float16)
     args = _raw_args(kv, layout, chunk, slots)
-    args.update(change)
+    if callable(change):
+        change(args)
+    else:
+        args.update(change)
     with pytest.raises(ValueError, match=message):
         _C.scatter(**args)
     for a, b in zip(kv, before, strict=True):
@@ -347,12 +385,13 @@ def test_wrapper_rejects_non_host_and_misshapen_inputs() -> None:
         kernels.gather(layout, kv, slots, torch.empty(2, 2, 16, 2, dtype=torch.float16).transpose(2, 3))
     with pytest.raises(TypeError, match=r"slot_mapping: expected a 1-D int64 tensor"):
         kernels.gather(layout, kv, slots.int(), out)
-    with pytest.raises(ValueError, match=r"chunk: expected 256 bytes .* given 512"):
+    with pytest.raises(ValueError, match=r"chunk: expected 256 bytes .*given 512"):
         kernels.gather(layout, kv, slots, out.float())  # native size check
     with pytest.raises(ValueError, match=r"num_threads: expected a positive int"):
         kernels.gather(layout, kv, slots, out, num_threads=0)
     with pytest.raises(
-        TypeError, match=r"kv_caches\[0\]: expected 2-byte elements \(float16\), given torch.float32"
+        TypeError,
+        match=r"kv_caches\[0\]: expected 2-byte elements \(float16, plane kind k, plane 0\), given torch.float32",
     ):
         kernels.gather(layout, [t.float() for t in kv], slots, out)  # native_layout's element size
     with pytest.raises(ValueError, match=r"kv_caches: expected 2 tensors for layout vllm_flash_nhd, given 1"):
@@ -408,16 +447,20 @@ def _hostile_layouts(layout: KVLayout, num_blocks: int) -> dict[str, KVLayout]:
     a negative end that "fit" the old native check (fp16: wrote before the tensor; fp8: SIGSEGV).
     """
     planes = len(layout.plane_offset)
+
+    def block_stride(stride: int) -> tuple[PlaneKind, ...]:
+        return tuple(dataclasses.replace(k, block_stride=stride) for k in layout.kinds)
+
     return {
         "wrapped-end": dataclasses.replace(
             layout,
             plane_offset=(2**63 - 64,) * planes,
-            block_stride=(2**62 + 2**10) // (num_blocks - 1) + 1,
+            kinds=block_stride((2**62 + 2**10) // (num_blocks - 1) + 1),
         ),
         "offset-plus-extent-wraps": dataclasses.replace(
             layout, plane_offset=(*layout.plane_offset[:-1], 2**63 - 2)
         ),
-        "extent-overflows": dataclasses.replace(layout, block_stride=2**62),
+        "extent-overflows": dataclasses.replace(layout, kinds=block_stride(2**62)),
     }
 
 
@@ -457,9 +500,7 @@ def test_overflowing_plane_layout_is_refused(dtype: torch.dtype, variant: str, p
     else:
         arm = get_backend("cpu", "arm")
         calls = [lambda: arm.scatter(bad, kv, slots, chunk), lambda: arm.gather(bad, kv, slots, out)]
-        pattern = (
-            r"^(plane_offset\[\d+\]: plane \d+ \(kv|block_stride, token_stride, head_stride, channel_stride)"
-        )
+        pattern = r"^plane_offset\[\d+\]: plane \d+ \(kind [kv], layer \d\) spans elements"
     for call in calls:
         with pytest.raises(ValueError, match=pattern):
             call()

@@ -8,14 +8,16 @@ Shapes use named axes. For a layer group described by ``layout``
   layout of :data:`lmcache_core.layout_registry.LAYOUT_KINDS`, permuted views included);
 * ``slot_mapping``: int64 ``[num_tokens]`` on the CPU, chunk token -> slot
   (``block * block_size + token``), ``-1`` = skip the token;
-* ``out`` / ``src``: contiguous ``[num_kv, num_layers, num_tokens, hidden]`` chunk of the KV
-  dtype, ``hidden = num_kv_heads * head_size``; rows in bytes: ``hidden * element_size``.
+* ``out`` / ``src``: the contiguous chunk, any dtype, ``layout.chunk_format.nbytes(num_tokens)``
+  bytes: one section ``[num_layers, num_tokens, hidden_k]`` per plane kind ``k`` of
+  ``layout.kinds`` (``hidden_k = heads_k * width_k``, real channels only), back to back; for
+  layouts whose kinds agree that is ``[num_kv, num_layers, num_tokens, hidden]``.
 
 The extension never links libtorch: this module passes the core's
 :func:`lmcache_core.native_args.native_layout` (``data_ptr()`` addresses, the bytes each tensor's
-storage holds from that address so native code can bound every write, the plane table,
-``(block, token, head, channel)`` strides in elements and the element size; cached per layout
-and tensor set), the slot mapping's and the chunk's addresses. The copy runs with the
+storage holds from that address so native code can bound every write, the plane table and
+each plane kind's geometry: heads, width, element size, block and head strides, split token and
+channel axes; cached per layout and tensor set), the slot mapping's and the chunk's addresses. The copy runs with the
 GIL released on ``num_threads`` OpenMP threads (default ``torch.get_num_threads()``).
 
 May assume: torch is importable. Must not at import time: load anything but torch, the core's
@@ -79,8 +81,7 @@ def _transfer(
         plane_tensor=args.plane_tensor,
         plane_offset=args.plane_offset,
         dims=args.dims,
-        strides=args.strides,
-        element_size=args.element_size,
+        kinds=args.kinds,
         slot_mapping=slots.data_ptr(),
         num_tokens=slots.numel(),
         chunk=chunk.data_ptr(),
@@ -103,7 +104,7 @@ def gather(
 ) -> None:
     """Copy chunk tokens' KV rows from paged ``kv_caches`` into ``out`` (synchronously).
 
-    ``out``: contiguous ``[num_kv, num_layers, num_tokens, hidden]``; rows of tokens
+    ``out``: the contiguous chunk (see the module docstring); rows of tokens
     ``< skip_prefix`` and of ``-1`` slots stay as they were. Checks what memory safety needs
     (native code: every extent and live slot, ValueError before anything is written), not the
     user-facing dtype and shape checks: a caller who wants those goes through
@@ -125,7 +126,7 @@ def scatter(
 ) -> None:
     """Copy chunk rows of ``src`` into paged ``kv_caches``: the inverse of :func:`gather`.
 
-    ``src``: contiguous ``[num_kv, num_layers, num_tokens, hidden]``. Slots of tokens
+    ``src``: the contiguous chunk (see the module docstring). Slots of tokens
     ``< skip_prefix`` and ``-1`` slots are never written. Checks as :func:`gather`.
     """
     _transfer(_C.scatter, "src", layout, kv_caches, slot_mapping, src, skip_prefix, num_threads, stream)

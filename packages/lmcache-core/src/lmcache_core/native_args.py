@@ -2,7 +2,9 @@
 
 :func:`native_layout` turns a :class:`~lmcache_core.layout.KVLayout` and the engine tensors it
 describes into plain integers: each tensor's byte address and the bytes its storage holds from
-there, the plane table, the geometry and the element size. The native launchers check these with
+there, the plane table and the geometry: per plane kind its heads, width, element size, block and
+head strides and its split token and channel axes (``kv_index.h`` ``KVKindGeometry``, flattened
+to :data:`KIND_FIELDS` integers). The native launchers check these with
 ``lmcache_core/kv_checks.h`` before a byte moves. The result is cached per layout and tensor set
 (same layout object, same tensor objects at the same addresses), so engines, which pass the same
 tensors on every call, pay for it once.
@@ -22,13 +24,43 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lmcache_core.layout import KVLayout
+from lmcache_core.layout import MAX_LEVELS, Axis, KVLayout, PlaneKind
 
 if TYPE_CHECKING:
     import torch
 
 #: Most (layout, tensor set) pairs kept; a process registers a handful.
 CACHE_MAX = 64
+
+#: Integers per plane kind in :attr:`NativeLayout.kinds`, in order (``LMC_KV_KIND_FIELDS`` and
+#: ``kv_kind_unpack`` in ``kv_index.h``): heads, width, element_size, block_stride, head_stride,
+#: token levels, token sizes[MAX_LEVELS], token strides[MAX_LEVELS], channel levels, channel
+#: sizes[MAX_LEVELS], channel strides[MAX_LEVELS]; unused levels are size 1, stride 0.
+KIND_FIELDS = 5 + 2 * (1 + 2 * MAX_LEVELS)
+
+
+def _flat_axis(axes: tuple[Axis, ...]) -> tuple[int, ...]:
+    pad = MAX_LEVELS - len(axes)
+    return (
+        len(axes),
+        *(a.size for a in axes),
+        *(1,) * pad,
+        *(a.stride for a in axes),
+        *(0,) * pad,
+    )
+
+
+def kind_fields(kind: PlaneKind) -> tuple[int, ...]:
+    """``kind`` as the :data:`KIND_FIELDS` integers a binding takes (elements, bytes for element_size)."""
+    return (
+        kind.heads,
+        kind.width,
+        kind.element_size,
+        kind.block_stride,
+        kind.head_stride,
+        *_flat_axis(kind.token),
+        *_flat_axis(kind.channel),
+    )
 
 
 @dataclass(frozen=True)
@@ -37,19 +69,19 @@ class NativeLayout:
 
     ``tensor_address``: ``[num_tensors]`` byte address of each tensor's first element
     (``data_ptr()``); ``tensor_nbytes``: ``[num_tensors]`` bytes its storage holds from there;
-    ``plane_tensor`` / ``plane_offset``: ``[num_kv * num_layers]`` tensor index and element offset
-    of each plane; ``dims``: ``(num_kv, num_layers, num_blocks, block_size, num_kv_heads,
-    head_size)``; ``strides``: ``(block, token, head, channel)`` in elements; ``element_size``:
-    bytes per element. ``device``: the tensors' device, None when they are not all on one.
+    ``plane_tensor`` / ``plane_offset``: ``[num_kinds * num_layers]`` tensor index and element
+    offset (in the plane kind's elements) of each plane ``p = kind * num_layers + layer``;
+    ``dims``: ``(num_kinds, num_layers, num_blocks, block_size)``; ``kinds``: ``[num_kinds]`` tuples
+    of :data:`KIND_FIELDS` integers (:func:`kind_fields`). ``device``: the tensors' device, None
+    when they are not all on one.
     """
 
     tensor_address: tuple[int, ...]
     tensor_nbytes: tuple[int, ...]
     plane_tensor: tuple[int, ...]
     plane_offset: tuple[int, ...]
-    dims: tuple[int, int, int, int, int, int]
-    strides: tuple[int, int, int, int]
-    element_size: int
+    dims: tuple[int, int, int, int]
+    kinds: tuple[tuple[int, ...], ...]
     device: torch.device | None
     devices: tuple[torch.device, ...]
 
@@ -64,7 +96,7 @@ def native_layout(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> Native
     """The binding arguments of ``layout`` over ``kv_caches`` (cached; see the module docstring).
 
     TypeError when ``kv_caches`` is not a non-empty list or tuple of tensors, or a tensor's
-    element size is not ``layout.element_size``; ValueError when there are not
+    element size is not that of a plane kind it holds; ValueError when there are not
     ``layout.num_tensors`` of them.
     """
     import torch
@@ -88,10 +120,16 @@ def native_layout(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> Native
         raise ValueError(
             f"kv_caches: expected {layout.num_tensors} tensors for layout {layout.kind}, given {len(kv_caches)}"
         )
-    for i, t in enumerate(kv_caches):
-        if t.element_size() != layout.element_size:
+    kinds = layout.kinds
+    plane_kinds = (k for k in kinds for _ in range(layout.num_layers))
+    for p, (i, kind) in enumerate(zip(layout.plane_tensor, plane_kinds, strict=False)):
+        if not 0 <= i < len(kv_caches):
+            continue  # a plane table entry out of range: the native check names it
+        t = kv_caches[i]
+        if t.element_size() != kind.element_size:
             raise TypeError(
-                f"kv_caches[{i}]: expected {layout.element_size}-byte elements ({layout.dtype}), given {t.dtype}"
+                f"kv_caches[{i}]: expected {kind.element_size}-byte elements ({kind.dtype}, plane kind "
+                f"{kind.name}, plane {p}), given {t.dtype}"
             )
     devices = tuple(t.device for t in kv_caches)
     args = NativeLayout(
@@ -101,16 +139,8 @@ def native_layout(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> Native
         ),
         plane_tensor=layout.plane_tensor,
         plane_offset=layout.plane_offset,
-        dims=(
-            layout.num_kv,
-            layout.num_layers,
-            layout.num_blocks,
-            layout.block_size,
-            layout.num_kv_heads,
-            layout.head_size,
-        ),
-        strides=layout.strides,
-        element_size=layout.element_size,
+        dims=(len(kinds), layout.num_layers, layout.num_blocks, layout.block_size),
+        kinds=tuple(kind_fields(k) for k in kinds),
         device=devices[0] if all(d == devices[0] for d in devices) else None,
         devices=devices,
     )
