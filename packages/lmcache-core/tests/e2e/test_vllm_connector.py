@@ -307,7 +307,7 @@ def test_f_cpu_chunks_are_the_token_rows_transformers_computes_and_load_into_fla
         cache = out.past_key_values.layers[layer]  # keys after RoPE, values: [1, heads, n, head_size]
         for kv, want in ((0, cache.keys), (1, cache.values)):
             rows = want[0].permute(1, 0, 2).reshape(n, heads * head_size)
-            torch.testing.assert_close(chunk[kv, layer], rows, rtol=1e-3, atol=1e-3 * float(rows.abs().max()))
+            torch.testing.assert_close(chunk[kv, layer], rows, rtol=1e-3, atol=1e-4 * float(rows.abs().max()))
 
     # The same chunks load into a flash NHD layout of the same model (same keys, same bytes).
     config = CacheEngineConfig(
