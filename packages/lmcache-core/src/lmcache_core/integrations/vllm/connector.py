@@ -140,17 +140,15 @@ def cpu_attention_isa(
     found = {getattr(context.get(n), "isa", None) for n in layer_names}
     if len(found) == 1 and None not in found:
         return str(found.pop())
-    if len(found - {None}) > 1:
-        raise ValueError(
-            f"kv_caches: the attention layers run different CPU kernels {sorted(found - {None})}"
-        )
+    named = sorted(str(isa) for isa in found if isa is not None)
+    if len(named) > 1:
+        raise ValueError(f"kv_caches: the attention layers run different CPU kernels {named}")
+    import torch
     from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
 
-    return str(
-        _get_attn_isa(
-            vllm_config.model_config.dtype, int(kv.shape[2]), head_size, vllm_config.cache_config.cache_dtype
-        )
-    )
+    dtype = vllm_config.model_config.dtype  # a torch.dtype once vLLM resolved the config
+    model_dtype = dtype if isinstance(dtype, torch.dtype) else kv.dtype
+    return str(_get_attn_isa(model_dtype, int(kv.shape[2]), head_size, vllm_config.cache_config.cache_dtype))
 
 
 class LMCacheCoreConnector(KVConnectorBase_V1):
