@@ -116,7 +116,7 @@ def test_tenants_and_ranks_are_isolated():
 
 def test_scheduler_side_lookup_uses_declared_formats():
     src, hints = kv_pool()
-    fmt = ChunkFormat(2, 3, 16, "float16", 2)
+    fmt = ChunkFormat.uniform(2, 3, 16, "float16", 2)
     eng = CacheEngine(CacheEngineConfig(chunk_size=16), layout_hints=hints, chunk_formats=[fmt])
     assert eng.lookup(list(range(32))).tokens == 0  # works before any KV is registered
     eng.store(list(range(32)), src, slots_for(32, 8, 32))
@@ -124,7 +124,7 @@ def test_scheduler_side_lookup_uses_declared_formats():
     wrong = CacheEngine(
         CacheEngineConfig(chunk_size=16),
         layout_hints=hints,
-        chunk_formats=[ChunkFormat(2, 3, 16, "bfloat16", 2)],
+        chunk_formats=[ChunkFormat.uniform(2, 3, 16, "bfloat16", 2)],
     )
     with pytest.raises(ValueError, match="chunk format"):
         wrong.store(list(range(32)), src, slots_for(32, 8, 32))

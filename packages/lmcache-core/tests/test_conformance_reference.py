@@ -9,6 +9,8 @@ KVLayout strides).
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -31,51 +33,111 @@ class TestReferenceConformance(ConformanceSuite):
 # ---- the naive oracle ------------------------------------------------------------------------
 
 
-def token_row(case: Case, kv: list[torch.Tensor], kv_i: int, layer: int, slot: int) -> torch.Tensor:
-    """The ``[num_kv_heads, head_size]`` (``[latent]`` for mla) view of one token of one plane.
+Row = tuple[torch.Tensor, tuple[Any, ...]]
 
-    Written from the layout table of :mod:`lmcache_core.layout_registry`, by tensor indexing.
+
+def _packed(region: torch.Tensor, offsets: list[int]) -> Row:
+    """Token row of a tiled (block, head) region ``[heads, region elements]``: channel c at
+    ``offsets[c]`` (read with ``view[idx]``, written with ``view[idx] = row``)."""
+    return region, (slice(None), torch.tensor(offsets))
+
+
+def token_row(case: Case, kv: list[torch.Tensor], kind: int, layer: int, slot: int) -> Row:
+    """``(view, idx)``: ``view[idx]`` is the ``[heads, width]`` (``[width]`` for one-head kinds)
+    row of one token of one plane, as the engine's own tensors index it.
+
+    Written from the layout table of :mod:`lmcache_core.layout_registry` and the engines' kernel
+    sources (vLLM CPU tiles, TPU packing), by tensor indexing: never the KVLayout strides.
     """
     block, tok = divmod(slot, case.block_size)
-    L = case.num_layers
+    L, nb, h, bs, d = case.num_layers, case.num_blocks, case.num_kv_heads, case.block_size, case.head_size
+    whole = (...,)
     if case.kind == "vllm_flash_nhd":  # [2, num_blocks, block_size, heads, head_size] per layer
-        return kv[layer][kv_i, block, tok]
+        return kv[layer][kind, block, tok], whole
     if case.kind == "vllm_flash_hnd":  # [2, num_blocks, heads, block_size, head_size] per layer
-        return kv[layer][kv_i, block, :, tok]
+        return kv[layer][kind, block, :, tok], whole
     if case.kind == "flashinfer":  # [num_blocks, 2, block_size, heads, head_size] per layer
-        return kv[layer][block, kv_i, tok]
-    if case.kind == "vllm_cpu":  # [num_blocks, heads, block_size, 2*head_size]: per head K rows, V rows
-        nb, h, bs, d = case.num_blocks, case.num_kv_heads, case.block_size, case.head_size
-        return kv[layer].view(nb, h, 2, bs, d)[block, :, kv_i, tok]
-    if case.kind == "mla":  # [num_blocks, block_size, latent] per layer, one plane
-        assert kv_i == 0
-        return kv[layer][block, tok]
+        return kv[layer][block, kind, tok], whole
+    if case.kind == "vllm_cpu":  # per (block, head): K [head_size, block_size] (transposed), V rows
+        if kind == 0:
+            return kv[layer].view(nb, h, 2, d, bs)[block, :, 0, :, tok], whole
+        return kv[layer].view(nb, h, 2, bs, d)[block, :, 1, tok], whole
+    if (
+        case.kind == "vllm_cpu_amx"
+    ):  # 16-token tiles of channel words (K), 16-channel tiles of token words (V)
+        p = 4 // case.dtype.itemsize if case.dtype.itemsize in (2, 4) else 2
+        region = kv[layer].view(nb, h, 2, bs * d)[block, :, kind]
+        if kind == 0:
+            return _packed(
+                region, [(tok // 16) * 16 * d + (c // p) * 16 * p + (tok % 16) * p + c % p for c in range(d)]
+            )
+        return _packed(
+            region, [(c // 16) * 16 * bs + (tok // p) * 16 * p + (c % 16) * p + tok % p for c in range(d)]
+        )
+    if case.kind == "vllm_cpu_bfmmla":  # cpu_attn_neon_bfmmla.hpp reshape_and_cache
+        region = kv[layer].view(nb, h, 2, bs * d)[block, :, kind]
+        t = tok
+        if kind == 0:
+            return _packed(
+                region,
+                [
+                    (t // 8) * 8 * d + (c // 4) * 32 + ((t % 8) // 2) * 8 + (t % 2) * 4 + c % 4
+                    for c in range(d)
+                ],
+            )
+        return _packed(region, [(c // 2) * 2 * bs + (t // 4) * 8 + (c % 2) * 4 + t % 4 for c in range(d)])
+    if case.kind in ("mla", "tpu_inference_mla"):  # [num_blocks, block_size, latent] per layer, one plane
+        assert kind == 0
+        if case.kind == "mla":
+            return kv[layer][block, tok], whole
+        if case.variant == "transposed":  # [num_blocks, kv_dim, block_size]
+            return kv[layer][block, :, tok], whole
+        lanes = kv[layer].shape[-1]  # [num_blocks, ceil(bs / p), p, align(kv_dim, 128)]
+        return kv[layer][block].reshape(-1, lanes)[tok, :d], whole
     if case.kind == "sglang":  # 2L tensors [num_slots, heads, head_size]: K of each layer, then V
-        return kv[kv_i * L + layer][slot]
+        return kv[kind * L + layer][slot], whole
     if case.kind == "trtllm":  # one tensor [num_blocks, layers, 2, heads, block_size, head_size]
-        return kv[0][block, layer, kv_i, :, tok]
+        return kv[0][block, layer, kind, :, tok], whole
+    if case.kind in ("vllm_ascend", "vllm_ascend_mla"):  # per layer a tuple (K, V[, indexer]) [nb, bs, h, w]
+        n = len(kv) // L
+        return kv[layer * n + kind][block, tok], whole
+    if case.kind == "sglang_npu":  # [K, V(, indexer)], each [layers, num_blocks, block_size, heads, w]
+        return kv[kind][layer, block, tok], whole
+    if case.kind == "tpu_inference":  # [nb, bs, ceil(2h / p), p, align(d, 128)] per layer
+        row = kv[layer][block, tok]
+        if d == 64:  # head j's 128 lanes are [K | V]
+            return row.reshape(-1, 128)[:h, 64 * kind : 64 * kind + 64], whole
+        return row.reshape(-1, row.shape[-1])[kind : 2 * h : 2, :d], whole  # combined head 2j + kind
     raise AssertionError(f"oracle has no rule for {case.kind}")
+
+
+def _sections(case: Case, chunk: torch.Tensor) -> list[torch.Tensor]:
+    """``[num_layers, num_tokens, hidden_k]`` bit views of each section of ``chunk``."""
+    if chunk.dim() == 4:
+        return [bits(chunk)[k] for k in range(chunk.shape[0])]
+    return [bits(v) for v in case.chunk_format().views(chunk, case.num_tokens)]
 
 
 def oracle_gather(case: Case, kv: list[torch.Tensor], out: torch.Tensor) -> None:
     bkv = [bits(t) for t in kv]
-    bout = bits(out)
+    sections = _sections(case, out)
     for t in case.live_tokens():
-        for kv_i in range(out.shape[0]):
+        for kind, section in enumerate(sections):
             for layer in range(case.num_layers):
-                bout[kv_i, layer, t] = token_row(case, bkv, kv_i, layer, case.slot_mapping[t]).reshape(-1)
+                view, idx = token_row(case, bkv, kind, layer, case.slot_mapping[t])
+                section[layer, t] = view[idx].reshape(-1)
 
 
 def oracle_scatter(case: Case, kv: list[torch.Tensor], src: torch.Tensor, slots: list[int]) -> None:
     bkv = [bits(t) for t in kv]
-    bsrc = bits(src)
+    sections = _sections(case, src)
     for t in case.live_tokens():
         if slots[t] == -1:
             continue
-        for kv_i in range(src.shape[0]):
+        for kind, section in enumerate(sections):
             for layer in range(case.num_layers):
-                row = token_row(case, bkv, kv_i, layer, slots[t])
-                row.copy_(bsrc[kv_i, layer, t].reshape(row.shape))
+                view, idx = token_row(case, bkv, kind, layer, slots[t])
+                view[idx] = section[layer, t].reshape(view[idx].shape)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -93,7 +155,13 @@ def test_every_seed_covers_every_feature(seed: int) -> None:
     assert {(c.kind, c.physical_hnd) for c in cases} == {(v.kind, v.physical_hnd) for v in LAYOUT_VARIANTS}
     assert {v.kind for v in LAYOUT_VARIANTS} == set(LAYOUT_KINDS)
     for variant in LAYOUT_VARIANTS:
-        mine = [c for c in cases if (c.kind, c.physical_hnd) == (variant.kind, variant.physical_hnd)]
+        mine = [c for c in cases if c.label.startswith(variant.name + "-")]
+        assert len(mine) == 6, variant
+        assert {c.variant for c in mine} == {variant.variant}, variant
+        assert all((c.head_size_v is not None) == variant.unequal_v for c in mine), variant
+        if variant.kind in ("vllm_cpu_amx", "vllm_cpu_bfmmla"):  # tiles: sizes and dtypes of their own
+            assert all(c.block_size % 8 == 0 and c.head_size % 4 == 0 for c in mine), variant
+            continue
         assert {c.dtype for c in mine} == set(float_dtypes()), variant
         assert {c.pattern for c in mine} == {"runs", "distinct", "holes", "all_skipped", "repeats"}, variant
         assert any(c.skip_prefix == 0 for c in mine), variant
@@ -102,6 +170,8 @@ def test_every_seed_covers_every_feature(seed: int) -> None:
         assert any(c.block_size == 1 for c in mine), variant
         if variant.kind == "mla":
             assert any(c.head_size == 576 and c.num_kv_heads == 1 for c in mine)
+        elif LAYOUT_KINDS[variant.kind].mla or variant.variant == "mla":
+            assert all(c.num_kv_heads == 1 for c in mine)
         else:
             assert {1, 3, 65} <= {c.head_size for c in mine} and any(c.num_kv_heads > 1 for c in mine)
     assert float_dtypes()[:3] == (torch.float16, torch.bfloat16, torch.float32)
@@ -112,9 +182,9 @@ class TestReferenceAgainstNaiveOracle:
         case = oracle_case
         kv, layout = case.random_kv()
         slots = case.slot_tensor()
-        got = poison_(torch.empty(case.chunk_shape(), dtype=case.dtype))
+        got = poison_(torch.empty(case.chunk_shape(), dtype=case.chunk_dtype))
         reference_backend().gather(layout, kv, slots, got, case.skip_prefix)
-        want = poison_(torch.empty(case.chunk_shape(), dtype=case.dtype))
+        want = poison_(torch.empty(case.chunk_shape(), dtype=case.chunk_dtype))
         oracle_gather(case, kv, want)
         assert torch.equal(bits(got), bits(want)), case.describe()
 
@@ -130,15 +200,16 @@ class TestReferenceAgainstNaiveOracle:
             assert torch.equal(bits(got_t), bits(want_t)), case.describe()
 
 
-def test_oracle_sees_vllm_cpu_k_then_v_rows() -> None:
-    """Pin the oracle itself on a hand-built vllm_cpu block: head memory is K rows then V rows."""
+def test_oracle_sees_vllm_cpu_k_transposed_then_v_rows() -> None:
+    """Pin the oracle itself on a hand-built vllm_cpu block: head memory is K as [head_size,
+    block_size] (transposed), then V as token rows."""
     case = Case("vllm_cpu", False, 1, 1, 2, 1, 2, torch.float32, (1,), 0, "runs", 0, "hand")
     kv, layout = case.random_kv()
     kv[0].copy_(torch.arange(8, dtype=torch.float32).view(1, 1, 2, 4))  # memory 0..7
     out = torch.zeros(case.chunk_shape(), dtype=torch.float32)
     oracle_gather(case, kv, out)
-    # head memory [K tok0, K tok1, V tok0, V tok1] with head_size 2: K of token 1 = 2,3; V = 6,7
-    assert out.flatten().tolist() == [2.0, 3.0, 6.0, 7.0]
+    # memory [K c0 (tok0, tok1), K c1 (tok0, tok1), V tok0, V tok1]: K of token 1 = 1,3; V = 6,7
+    assert out.flatten().tolist() == [1.0, 3.0, 6.0, 7.0]
     ref = torch.zeros_like(out)
     reference_backend().gather(layout, kv, case.slot_tensor(), ref, 0)
     assert torch.equal(ref, out)

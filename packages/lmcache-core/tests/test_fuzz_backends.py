@@ -154,7 +154,7 @@ def _strategies() -> Any:
             raw = torch.randint(info.min, info.max, (lead + length + tail,), generator=gen, dtype=int_of[es])
             storages.append(raw.view(dtype).to(device))
             kv.append(storages[-1][lead : lead + length])
-        layout = KVLayout(
+        layout = KVLayout.uniform(
             kind=draw(st.sampled_from(sorted(LAYOUT_KINDS))),
             num_kv=num_kv,
             num_layers=num_layers,
@@ -262,9 +262,7 @@ def _strategies() -> Any:
 
 
 def _replace(layout: Any, **fields: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(layout, **fields)
+    return layout.replace_geometry(**fields)
 
 
 def _oracle(case: Case, chunk_bits: list[int], storage_bits: list[list[int]], gather: bool) -> None:

@@ -74,20 +74,6 @@ EXPECTED: dict[tuple[str, bool], dict[str, Any]] = {
         plane_offset=(0, 0, 96, 96),
         run=H * D,
     ),
-    ("vllm_cpu", False): dict(  # per head: BS rows of K (D each), then BS rows of V
-        num_kv=2,
-        num_layers=L,
-        num_blocks=NB,
-        block_size=BS,
-        num_kv_heads=H,
-        head_size=D,
-        num_tensors=L,
-        tensor_shape=(NB, H, BS, 2 * D),
-        strides=(192, 8, 64, 1),
-        plane_tensor=(0, 1, 0, 1),
-        plane_offset=(0, 0, 32, 32),
-        run=D,
-    ),
     ("mla", False): dict(
         num_kv=1,
         num_layers=L,
@@ -152,8 +138,17 @@ def example(
     )
 
 
+#: Kinds whose planes differ per kind, tested in their own files: the vLLM CPU orders
+#: (integrations/test_vllm_cpu_order.py) and the tuple and accelerator layouts
+#: (test_layout_registry_accel.py).
+OTHER_KINDS = {
+    "vllm_cpu", "vllm_cpu_amx", "vllm_cpu_bfmmla", "vllm_ascend", "vllm_ascend_mla", "sglang_npu",
+    "tpu_inference", "tpu_inference_mla",
+}  # fmt: skip
+
+
 def test_every_kind_has_expectations() -> None:
-    assert {k for k, _ in EXPECTED} == set(LAYOUT_KINDS)
+    assert {k for k, _ in EXPECTED} | OTHER_KINDS == set(LAYOUT_KINDS)
 
 
 @pytest.mark.parametrize(
@@ -177,6 +172,7 @@ def test_detect_from_allocated_example(kind: str, physical_hnd: bool) -> None:
     assert tensors[0].dim() == LAYOUT_KINDS[kind].ndim
     # the same tensors with only the kind as a hint give the same description
     assert detect_layout(tensors, LayoutHints(kind=kind)) == layout
+    assert layout.is_uniform
 
 
 @pytest.mark.parametrize("kind", ["vllm_cpu", "trtllm"])
@@ -337,5 +333,5 @@ def test_allocate_example_returns_matching_hints() -> None:
 def test_registry_entries_describe_their_tensors() -> None:
     for name, kind in LAYOUT_KINDS.items():
         assert kind.name == name
-        assert kind.axes.startswith("[")
-    assert [k for k, v in LAYOUT_KINDS.items() if v.mla] == ["mla"]
+        assert kind.axes.startswith(("[", "per layer ("))
+    assert [k for k, v in LAYOUT_KINDS.items() if v.mla] == ["mla", "vllm_ascend_mla", "tpu_inference_mla"]

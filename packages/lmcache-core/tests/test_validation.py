@@ -6,7 +6,6 @@ expected and what was given; and nothing may be written before the check fails.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -508,7 +507,7 @@ def test_slot_mapping_and_chunk_device(op: tuple[str, Call]) -> None:
 
 def hostile(layout: KVLayout, **fields: Any) -> KVLayout:
     """A layout edited by hand, as a caller could with ``dataclasses.replace``."""
-    return dataclasses.replace(layout, **fields)
+    return layout.replace_geometry(**fields)
 
 
 def guarded_nhd(dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor], KVLayout]:
@@ -545,7 +544,7 @@ def test_plane_offset_near_2_63_with_large_block_stride(op: tuple[str, Call], dt
     raises(
         ValueError,
         lambda: call(hostile(layout, plane_offset=(*layout.plane_offset[:-1], 2**63 - 2)), kv, SLOTS, c),
-        f"plane_offset[{2 * L - 1}]: plane {2 * L - 1} (kv 1, layer {L - 1}) spans elements "
+        f"plane_offset[{2 * L - 1}]: plane {2 * L - 1} (kind v, layer {L - 1}) spans elements "
         f"[{2**63 - 2}, {2**63 - 2} + ",
         "expected to fit in the",
         f"bytes of its storage from its first element ({dtype.itemsize} per element)",
@@ -566,8 +565,11 @@ def test_plane_offset_near_2_63_with_large_block_stride(op: tuple[str, Call], dt
         ({"plane_offset": (0, 0, 480, 481)}, ("plane_offset[3]", "spans elements [481, 481 + 480)")),
         ({"element_size": 1}, ("element_size", "expected 2 (bytes per float16 element", "given 1")),
         ({"element_size": 4}, ("element_size", "given 4")),
-        ({"block_stride": -96}, ("block_stride", "expected 0 <= block_stride", "given -96")),
-        ({"channel_stride": 2**63}, ("channel_stride", f"<= {2**63 - 1}", f"given {2**63}")),
+        (
+            {"block_stride": -96},
+            ("kinds[0].block_stride", "expected 0 <= kinds[0].block_stride", "given -96"),
+        ),
+        ({"channel_stride": 2**63}, ("kinds[0].channel[0].stride", f"<= {2**63 - 1}", f"given {2**63}")),
         ({"num_blocks": 0}, ("num_blocks", "expected 1 <= num_blocks", "given 0")),
         (
             {"token_stride": 10**6},

@@ -1,13 +1,13 @@
 """Cache keys: what identifies a stored chunk across processes, hosts and tenants.
 
-A key carries the model id, the chunk format of every layer group (``KVCacheSpec.tag``: K/V
-count, layers, hidden size, dtype), the tensor-parallel world size and rank, a tag of the
-``cache_salt`` (a hash, so the salt itself never reaches shared storage) and the chained prefix
-hash from :mod:`lmcache_core.tokens`. The paging layout (NHD, HND, FlashInfer, ...) is not part
-of the key: for layouts that store K and V as token rows it does not change the chunk's bytes, so
-engines with different attention backends share entries. vLLM's CPU kernels store K transposed
-or packed (docs/architecture.md), so its connector folds the CPU attention kernel's name into
-``model_id``.
+A key carries the model id, the chunk format of every layer group (``KVCacheSpec.tag``: layers
+and, per plane kind, hidden size and dtype; ``kv2.L32.h1024.bfloat16`` when K and V are alike,
+``L61.nope512bf16.rope64bf16`` when kinds differ: :attr:`lmcache_core.layout.ChunkFormat.tag`),
+the tensor-parallel world size and rank, a tag of the ``cache_salt`` (a hash, so the salt itself
+never reaches shared storage) and the chained prefix hash from :mod:`lmcache_core.tokens`. The
+paging layout (NHD, HND, FlashInfer, vLLM CPU's transposed or packed K, TPU's padded lanes, ...)
+is not part of the key: every layout gathers true token rows of real channels, so the chunk's
+bytes do not depend on it and engines with different attention backends share entries.
 """
 
 from __future__ import annotations

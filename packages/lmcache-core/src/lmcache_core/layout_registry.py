@@ -73,7 +73,7 @@ class LayoutHints:
 
 
 Detector = Callable[["Sequence[torch.Tensor]", LayoutHints], KVLayout]
-Allocator = Callable[..., "list[torch.Tensor]"]
+Allocator = Callable[..., "list[Any]"]
 
 
 @dataclass(frozen=True)
@@ -884,6 +884,56 @@ LAYOUT_KINDS: dict[str, LayoutKind] = {
             _alloc_trtllm,
             6,
         ),
+        LayoutKind(
+            "vllm_ascend",
+            "per layer (K [num_blocks, block_size, num_kv_heads, head_size], "
+            "V [num_blocks, block_size, num_kv_heads, head_size_v])",
+            _detect_vllm_ascend,
+            _alloc_vllm_ascend,
+            4,
+            variants=("aligned_2m",),
+        ),
+        LayoutKind(
+            "vllm_ascend_mla",
+            "per layer (nope [num_blocks, block_size, 1, kv_lora_rank], "
+            "rope [num_blocks, block_size, 1, qk_rope_head_dim][, indexer [num_blocks, block_size, 1, 128]])",
+            _detect_vllm_ascend_mla,
+            _alloc_vllm_ascend_mla,
+            4,
+            mla=True,
+            variants=("dsa",),
+        ),
+        LayoutKind(
+            "sglang_npu",
+            "[K, V], each [num_layers, num_blocks, block_size, num_kv_heads, head_size] "
+            "(MLA: nope, rope, indexer with one head)",
+            _detect_sglang_npu,
+            _alloc_sglang_npu,
+            5,
+            variants=("mla",),
+            auto=False,
+        ),
+        LayoutKind(
+            "tpu_inference",
+            "[num_pages, page_size, ceil(2*num_kv_heads/p), p, align(head_size, 128)] per layer, "
+            "p = 32/dtype bits, combined head 2h = K, 2h+1 = V; head_size 64: "
+            "[num_pages, page_size, ceil(num_kv_heads/p), p, 128], row = [K | V]",
+            _detect_tpu_inference,
+            _alloc_tpu_inference,
+            5,
+            auto=False,
+        ),
+        LayoutKind(
+            "tpu_inference_mla",
+            "[num_pages, ceil(page_size/p), p, align(kv_dim, 128)] per layer; "
+            "transposed: [num_pages, kv_dim, page_size]",
+            _detect_tpu_inference_mla,
+            _alloc_tpu_inference_mla,
+            4,
+            mla=True,
+            variants=("transposed",),
+            auto=False,
+        ),
     )
 }
 
@@ -896,8 +946,35 @@ def get_layout_kind(name: str) -> LayoutKind:
         raise ValueError(f"layout kind: expected one of {sorted(LAYOUT_KINDS)}, given {name!r}") from None
 
 
-def detect_layout(kv_caches: Sequence[torch.Tensor], hints: LayoutHints | None = None) -> KVLayout:
+def flatten_kv_caches(kv_caches: Sequence[Any]) -> list[Any]:
+    """The flat tensor list a layout's ``plane_tensor`` indexes: one tensor per layer stays as
+    it is; a tuple (or list) of tensors per layer is flattened layer-major
+    (``[(K0, V0), (K1, V1)]`` -> ``[K0, V0, K1, V1]``)."""
+    if not isinstance(kv_caches, (list, tuple)):
+        raise TypeError(f"kv_caches: expected a list or tuple of tensors, given {type(kv_caches).__name__}")
+    if not any(isinstance(item, (list, tuple)) for item in kv_caches):
+        return list(kv_caches)
+    flat: list[Any] = []
+    for i, item in enumerate(kv_caches):
+        if not isinstance(item, (list, tuple)):
+            raise TypeError(
+                f"kv_caches[{i}]: expected a tuple of tensors like the other layers, given {type(item).__name__}"
+            )
+        flat.extend(item)
+    return flat
+
+
+def _shapes(item: Any) -> Any:
+    if isinstance(item, (list, tuple)):
+        return tuple(_shapes(t) for t in item)
+    return tuple(item.shape) if hasattr(item, "shape") else type(item).__name__
+
+
+def detect_layout(kv_caches: Sequence[Any], hints: LayoutHints | None = None) -> KVLayout:
     """Describe ``kv_caches`` (one layer group) as a :class:`KVLayout`.
+
+    ``kv_caches``: one tensor per layer, a tuple of tensors per layer, or tensors holding every
+    layer, as the engine hands them over; the layout indexes :func:`flatten_kv_caches` of it.
 
     With ``hints.kind`` set only that entry is tried. Otherwise every entry is tried and exactly
     one must fit; an ambiguous or unknown shape raises ValueError naming what to pass.
@@ -905,6 +982,7 @@ def detect_layout(kv_caches: Sequence[torch.Tensor], hints: LayoutHints | None =
     hints = hints or LayoutHints()
     if not isinstance(kv_caches, (list, tuple)):
         raise TypeError(f"kv_caches: expected a list or tuple of tensors, given {type(kv_caches).__name__}")
+    kv_caches = [tuple(item) if isinstance(item, list) else item for item in kv_caches]
     if hints.kind is not None:
         kind = get_layout_kind(hints.kind)
         try:
@@ -914,13 +992,16 @@ def detect_layout(kv_caches: Sequence[torch.Tensor], hints: LayoutHints | None =
     found: list[KVLayout] = []
     reasons: list[str] = []
     for kind in LAYOUT_KINDS.values():
+        if not kind.auto:
+            reasons.append(f"{kind.name}: tried only when named (LayoutHints(kind={kind.name!r}))")
+            continue
         try:
             found.append(kind.detect(kv_caches, hints))
         except LayoutMismatch as e:
             reasons.append(f"{kind.name}: {e}")
     if len(found) == 1:
         return found[0]
-    shapes = tuple(kv_caches[0].shape) if len(kv_caches) else ()
+    shapes = _shapes(kv_caches[0]) if len(kv_caches) else ()
     if not found:
         raise ValueError(
             f"kv_caches: expected a known paged layout, given {len(kv_caches)} tensor(s) of shape "
@@ -943,11 +1024,18 @@ def allocate_example(
     dtype: Any,
     device: Any = "cpu",
     physical_hnd: bool = False,
-) -> tuple[list[torch.Tensor], LayoutHints]:
-    """Allocate uninitialised engine tensors of ``kind`` and the hints that detect them."""
+    head_size_v: int | None = None,
+    variant: str | None = None,
+) -> tuple[list[Any], LayoutHints]:
+    """Allocate uninitialised engine tensors of ``kind`` as the engine hands them over (one
+    tensor per layer, or a tuple per layer: :func:`flatten_kv_caches`) and the hints that detect
+    them. ``head_size_v`` and ``variant`` are passed to entries that take them."""
     k = get_layout_kind(kind)
+    if variant is not None and variant not in k.variants:
+        raise ValueError(f"variant: expected one of {list(k.variants)} for layout {kind}, given {variant!r}")
+    options = {n: v for n, v in (("head_size_v", head_size_v), ("variant", variant)) if v is not None}
     tensors = k.allocate(
-        num_layers, num_blocks, block_size, num_kv_heads, head_size, dtype, device, physical_hnd
+        num_layers, num_blocks, block_size, num_kv_heads, head_size, dtype, device, physical_hnd, **options
     )
     hints = LayoutHints(
         kind=kind,
@@ -955,5 +1043,7 @@ def allocate_example(
         head_size=head_size,
         block_size=block_size,
         num_layers=num_layers,
+        head_size_v=head_size_v,
+        variant=variant,
     )
     return tensors, hints

@@ -13,13 +13,13 @@ native backend receives also fits in int64.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Sequence
 from typing import Any
 
 from lmcache_core.arrays import NUMPY, TORCH, ArrayInfo, array_family, array_info, type_text
-from lmcache_core.layout import KVLayout
-
+from lmcache_core.layout import MAX_KINDS, MAX_LEVELS, KVLayout
 
 # layout -> weak references to the tensors last checked against it. Engines pass the same KV
 # tensors on every call, so a repeat check is an identity comparison (a tensor resized in place
@@ -47,51 +47,92 @@ def _check_int(name: str, value: object, low: int, high: int = _INT64_MAX) -> in
     return value
 
 
-def plane_extent(layout: KVLayout) -> int:
-    """Elements a plane spans from its start: 1 + the largest element offset any
-    ``(block, token, head, channel)`` reaches (exact: Python integers do not wrap)."""
-    counts = (layout.num_blocks, layout.block_size, layout.num_kv_heads, layout.head_size)
-    return 1 + sum((n - 1) * s for n, s in zip(counts, layout.strides, strict=True))
+def plane_extent(layout: KVLayout, kind: int = 0) -> int:
+    """Elements a plane of kind ``kind`` spans from its start: 1 + the largest element offset any
+    ``(block, token, head, channel)`` reaches, over every level of its split axes (exact: Python
+    integers do not wrap)."""
+    return layout.kinds[kind].extent(layout.num_blocks)
+
+
+def _check_kind(layout: KVLayout, index: int) -> None:
+    """Counts >= 1, strides in [0, 2**63), level sizes multiplying to block_size and width."""
+    k = layout.kinds[index]
+    where = f"kinds[{index}]"
+    for name in ("width", "heads", "element_size", "padded_width"):
+        _check_int(f"{where}.{name}", getattr(k, name), 1)
+    for name in ("block_stride", "head_stride"):
+        _check_int(f"{where}.{name}", getattr(k, name), 0)
+    for axis, total in (("token", layout.block_size), ("channel", k.width)):
+        levels = getattr(k, axis)
+        if not 1 <= len(levels) <= MAX_LEVELS:
+            raise ValueError(f"{where}.{axis}: expected 1 to {MAX_LEVELS} levels, given {len(levels)}")
+        for n, a in enumerate(levels):
+            _check_int(f"{where}.{axis}[{n}].size", a.size, 1)
+            _check_int(f"{where}.{axis}[{n}].stride", a.stride, 0)
+        if math.prod(a.size for a in levels) != total:
+            raise ValueError(
+                f"{where}.{axis}: expected level sizes multiplying to {total}, given {[a.size for a in levels]}"
+            )
 
 
 def check_planes_fit(layout: KVLayout, kv_caches: Sequence[Any]) -> None:
     """Every field of ``layout`` a kernel indexes with, against the tensors it will index.
 
-    ``element_size`` must be the tensors' element size; counts >= 1; strides in [0, 2**63);
-    ``plane_tensor[p]`` in ``[0, num_tensors)``; and plane ``p`` must span elements
-    ``[plane_offset[p], plane_offset[p] + extent)`` that lie inside the storage of
-    ``kv_caches[plane_tensor[p]]`` from its first element on. A misfit is a ValueError naming the field.
+    Per kind: counts >= 1, strides in [0, 2**63), split-axis level sizes multiplying to
+    ``block_size`` / ``width``, and ``element_size`` equal to the element size of every tensor
+    holding a plane of that kind. ``plane_tensor[p]`` in ``[0, num_tensors)``; plane ``p`` must
+    span elements ``[plane_offset[p], plane_offset[p] + extent)`` (its kind's extent, over every
+    level) that lie inside the storage of ``kv_caches[plane_tensor[p]]`` from its first element on.
+    A misfit is a ValueError naming the field.
     """
     infos = [array_info(t, f"kv_caches[{i}]") for i, t in enumerate(kv_caches)]
-    element_size = infos[0].element_size
-    _check_int("element_size", layout.element_size, 1)
-    if layout.element_size != element_size:
-        raise ValueError(
-            f"element_size: expected {element_size} (bytes per {layout.dtype} element of kv_caches), "
-            f"given {layout.element_size}"
-        )
-    for name in ("num_layers", "num_blocks", "block_size", "num_kv_heads", "head_size"):
+    for name in ("num_layers", "num_blocks", "block_size"):
         _check_int(name, getattr(layout, name), 1)
-    for name in ("block_stride", "token_stride", "head_stride", "channel_stride"):
-        _check_int(name, getattr(layout, name), 0)
-    extent = plane_extent(layout)
+    if not 1 <= len(layout.kinds) <= MAX_KINDS:
+        raise ValueError(f"kinds: expected 1 to {MAX_KINDS} plane kinds, given {len(layout.kinds)}")
+    for index in range(len(layout.kinds)):
+        _check_kind(layout, index)
+    extents = [plane_extent(layout, index) for index in range(len(layout.kinds))]
     reach = [info.reach_bytes for info in infos]
-    if extent * element_size > max(reach):
-        raise ValueError(
-            "block_stride, token_stride, head_stride, channel_stride: a plane spans "
-            f"1 + (num_blocks - 1) * block_stride + ... = {extent} elements ({extent * element_size} "
-            f"bytes) with strides {layout.strides} (block, token, head, channel), expected at most "
-            f"the {max(reach)} bytes of the largest tensor of kv_caches"
-        )
+    for index, (kind, extent) in enumerate(zip(layout.kinds, extents, strict=True)):
+        if extent * kind.element_size > max(reach):
+            raise ValueError(
+                f"block_stride, token_stride, head_stride, channel_stride: a plane spans "
+                f"1 + (num_blocks - 1) * block_stride + ... = {extent} elements "
+                f"({extent * kind.element_size} bytes) with kinds[{index}] {kind.describe()}, expected "
+                f"at most the {max(reach)} bytes of the largest tensor of kv_caches"
+            )
     for p, (t, offset) in enumerate(zip(layout.plane_tensor, layout.plane_offset, strict=True)):
         _check_int(f"plane_tensor[{p}]", t, 0, len(kv_caches) - 1)
         _check_int(f"plane_offset[{p}]", offset, 0)
-        if (offset + extent) * element_size > reach[t]:
+        index, layer = divmod(p, layout.num_layers)
+        kind = layout.kinds[index]
+        size = kind.element_size
+        if infos[t].element_size != size:
             raise ValueError(
-                f"plane_offset[{p}]: plane {p} (kv {p // layout.num_layers}, layer {p % layout.num_layers}) "
-                f"spans elements [{offset}, {offset} + {extent}) of kv_caches[{t}], expected to fit in the "
-                f"{reach[t]} bytes of its storage from its first element ({element_size} per element)"
+                f"kinds[{index}].element_size: expected {infos[t].element_size} (bytes per "
+                f"{infos[t].dtype} element of kv_caches[{t}], which holds plane {p}), given {size}"
             )
+        extent = extents[index]
+        if (offset + extent) * size > reach[t]:
+            raise ValueError(
+                f"plane_offset[{p}]: plane {p} (kind {kind.name}, layer {layer}) spans elements "
+                f"[{offset}, {offset} + {extent}) of kv_caches[{t}] (strides: {kind.describe()}), "
+                f"expected to fit in the {reach[t]} bytes of its storage from its first element "
+                f"({size} per element)"
+            )
+
+
+def _tensor_dtypes(layout: KVLayout) -> dict[int, str]:
+    """Tensor index -> the dtype of the kinds with planes in it (ValueError when two differ)."""
+    dtypes: dict[int, str] = {}
+    for p, t in enumerate(layout.plane_tensor):
+        dtype = layout.plane_kind(p).dtype
+        if dtypes.setdefault(t, dtype) != dtype:
+            raise ValueError(
+                f"kinds: planes of dtypes {dtypes[t]} and {dtype} share kv_caches[{t}]; expected one dtype per tensor"
+            )
+    return dtypes
 
 
 def check_kv_caches(layout: KVLayout, kv_caches: Sequence[Any]) -> str:
@@ -109,6 +150,7 @@ def check_kv_caches(layout: KVLayout, kv_caches: Sequence[Any]) -> str:
             f"kv_caches: expected {layout.num_tensors} tensors for layout {layout.kind} "
             f"({layout.num_layers} layers), given {len(kv_caches)}"
         )
+    dtypes = _tensor_dtypes(layout)
     first: ArrayInfo | None = None
     for i, t in enumerate(kv_caches):
         if first is not None and array_family(t) != first.family:
@@ -116,12 +158,15 @@ def check_kv_caches(layout: KVLayout, kv_caches: Sequence[Any]) -> str:
                 f"kv_caches[{i}]: expected {type_text(kv_caches[0])} like kv_caches[0], given {type_text(t)}"
             )
         info = array_info(t, f"kv_caches[{i}]")
-        if info.dtype != layout.dtype:
-            raise TypeError(f"kv_caches[{i}]: expected dtype {layout.dtype}, given {info.dtype}")
-        if info.shape != layout.tensor_shape:
-            raise ValueError(f"kv_caches[{i}]: expected shape {layout.tensor_shape}, given {info.shape}")
-        if info.strides != layout.tensor_stride:
-            raise ValueError(f"kv_caches[{i}]: expected strides {layout.tensor_stride}, given {info.strides}")
+        dtype = dtypes.get(i)
+        if dtype is not None and info.dtype != dtype:
+            raise TypeError(f"kv_caches[{i}]: expected dtype {dtype}, given {info.dtype}")
+        if info.shape != layout.tensor_shapes[i]:
+            raise ValueError(f"kv_caches[{i}]: expected shape {layout.tensor_shapes[i]}, given {info.shape}")
+        if info.strides != layout.tensor_strides[i]:
+            raise ValueError(
+                f"kv_caches[{i}]: expected strides {layout.tensor_strides[i]}, given {info.strides}"
+            )
         if first is None:
             first = info
         elif info.device != first.device:
@@ -141,10 +186,13 @@ def _host_chunk_types(family: str) -> str:
 
 
 def check_chunk(name: str, layout: KVLayout, chunk: Any, family: str = TORCH) -> int:
-    """Check a host chunk ``[num_kv, num_layers, num_tokens, hidden]``; return ``num_tokens``.
+    """Check a host chunk of ``layout.chunk_format``; return ``num_tokens``.
 
-    For torch KV (``family``) the chunk is a torch tensor (host or the KV's device); for numpy
-    and JAX KV it is a numpy array or a torch tensor in host memory (the core's L1 buffers).
+    Either the typed 4-D ``[num_kv, num_layers, num_tokens, hidden]`` (formats whose sections are
+    all alike), or contiguous 1-D uint8 bytes of any format (``chunk_format.nbytes(num_tokens)``:
+    the sections back to back). For torch KV (``family``) the chunk is a torch tensor (host or
+    the KV's device); for numpy and JAX KV it is a numpy array or a torch tensor in host memory
+    (the core's L1 buffers).
     """
     chunk_family = array_family(chunk)
     if chunk_family not in ((TORCH,) if family == TORCH else (NUMPY, TORCH)):
@@ -152,20 +200,35 @@ def check_chunk(name: str, layout: KVLayout, chunk: Any, family: str = TORCH) ->
     info = array_info(chunk, name)
     if family != TORCH and info.device_type != "cpu":
         raise ValueError(f"{name}: expected a chunk in host memory ({family} KV), given device {info.device}")
-    if info.dtype != layout.dtype:
-        raise TypeError(f"{name}: expected dtype {layout.dtype}, given {info.dtype}")
-    if info.ndim != 4 or (
-        info.shape[0] != layout.num_kv or info.shape[1] != layout.num_layers or info.shape[3] != layout.hidden
-    ):
+    fmt = layout.chunk_format
+    if info.ndim == 1 and info.dtype == "uint8" and not (fmt.is_uniform and fmt.dtype == "uint8"):
+        if info.shape[0] % fmt.token_nbytes:
+            raise ValueError(
+                f"{name}: expected uint8 bytes of whole tokens ({fmt.token_nbytes} bytes per token of "
+                f"chunk format {fmt.tag}), given {info.shape[0]} bytes"
+            )
+        num_tokens = info.shape[0] // fmt.token_nbytes
+    elif not fmt.is_uniform:
         raise ValueError(
-            f"{name}: expected shape [{layout.num_kv}, {layout.num_layers}, num_tokens, "
-            f"{layout.hidden}] ([num_kv, num_layers, num_tokens, hidden]), given {info.shape}"
+            f"{name}: expected contiguous uint8 [num_tokens * {fmt.token_nbytes}] (chunk format "
+            f"{fmt.tag} has sections of different widths or dtypes), given {info.dtype} {info.shape}"
         )
+    else:
+        if info.dtype != fmt.dtype:
+            raise TypeError(f"{name}: expected dtype {fmt.dtype}, given {info.dtype}")
+        if info.ndim != 4 or (
+            info.shape[0] != fmt.num_kv or info.shape[1] != fmt.num_layers or info.shape[3] != fmt.hidden
+        ):
+            raise ValueError(
+                f"{name}: expected shape [{fmt.num_kv}, {fmt.num_layers}, num_tokens, "
+                f"{fmt.hidden}] ([num_kv, num_layers, num_tokens, hidden]), given {info.shape}"
+            )
+        num_tokens = info.shape[2]
     if not info.is_contiguous():
         raise ValueError(f"{name}: expected a contiguous tensor, given strides {info.strides}")
     if not info.writable:
         raise ValueError(f"{name}: expected a writable array, given a read-only one")
-    return info.shape[2]
+    return num_tokens
 
 
 def _slot_types(family: str) -> str:

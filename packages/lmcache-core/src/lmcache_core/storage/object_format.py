@@ -138,11 +138,13 @@ class ObjectMeta:
 def chunk_meta(spec_tag: str, formats: Sequence[ChunkFormat], num_tokens: int) -> ObjectMeta:
     """The header meta of a stored chunk of ``num_tokens`` tokens of a model's layer groups.
 
-    One group: its ``[num_kv, num_layers, num_tokens, hidden]`` in its dtype. Several groups:
-    ``uint8 [total bytes]``, every group's chunk back to back in ``formats`` order.
-    ``spec_tag`` is the :attr:`lmcache_core.layout.KVCacheSpec.tag` of ``formats``.
+    One group whose sections are alike (:attr:`ChunkFormat.is_uniform`): its ``[num_kv,
+    num_layers, num_tokens, hidden]`` in its dtype. Otherwise (several groups, or sections of
+    different widths or dtypes: Ascend MLA nope/rope) ``uint8 [total bytes]``, every group's
+    sections back to back in ``formats`` order; ``spec_tag`` (the
+    :attr:`lmcache_core.layout.KVCacheSpec.tag` of ``formats``) names the sections.
     """
-    if len(formats) == 1:
+    if len(formats) == 1 and formats[0].is_uniform:
         f = formats[0]
         return ObjectMeta(spec_tag, f.dtype, f.shape(num_tokens), num_tokens)
     return ObjectMeta(spec_tag, "uint8", (sum(f.nbytes(num_tokens) for f in formats),), num_tokens)

@@ -28,12 +28,18 @@ import random
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
-from lmcache_core.layout import KVLayout
-from lmcache_core.layout_registry import LAYOUT_KINDS, LayoutHints, allocate_example, detect_layout
+from lmcache_core.layout import ChunkFormat, KVLayout
+from lmcache_core.layout_registry import (
+    LAYOUT_KINDS,
+    LayoutHints,
+    allocate_example,
+    detect_layout,
+    flatten_kv_caches,
+)
 
 #: Byte every output is filled with before a call; rows a call must not write keep it.
 POISON_BYTE = 0xA5
@@ -78,21 +84,37 @@ def random_bits_(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LayoutVariant:
-    """A layout kind to test, with ``physical_hnd``: HND memory behind vLLM's NHD shape."""
+    """A layout kind to test, with ``physical_hnd``: HND memory behind vLLM's NHD shape;
+    ``variant``: a registry variant (:attr:`LayoutKind.variants`); ``unequal_v``: V (or the
+    second kind) narrower than K, as Ascend's ``head_size_v`` and MLA's rope."""
 
     kind: str
     physical_hnd: bool = False
+    variant: str | None = None
+    unequal_v: bool = False
 
     @property
     def name(self) -> str:
-        return f"{self.kind}+hnd_memory" if self.physical_hnd else self.kind
+        name = f"{self.kind}+hnd_memory" if self.physical_hnd else self.kind
+        name += f"+{self.variant}" if self.variant else ""
+        return name + ("+unequal_v" if self.unequal_v else "")
 
 
-#: Every registry kind, plus vllm_flash_nhd as a permuted view of HND memory.
+#: Every registry kind and each of its variants, plus vllm_flash_nhd as a permuted view of HND
+#: memory and Ascend K/V of unequal widths.
 LAYOUT_VARIANTS: tuple[LayoutVariant, ...] = (
     *(LayoutVariant(k) for k in LAYOUT_KINDS),
+    *(LayoutVariant(k, variant=v) for k, entry in LAYOUT_KINDS.items() for v in entry.variants),
     LayoutVariant("vllm_flash_nhd", physical_hnd=True),
+    LayoutVariant("vllm_ascend", unequal_v=True),
 )
+
+#: Kinds handed over as a tuple of tensors per layer.
+TUPLE_KINDS = frozenset({"vllm_ascend", "vllm_ascend_mla"})
+#: Kinds whose engines hold only some dtypes.
+_KIND_DTYPES = {"vllm_cpu_bfmmla": ("bfloat16",)}
+#: Kinds whose tiles need block and head sizes of a multiple: (block sizes, head sizes).
+_KIND_SIZES = {"vllm_cpu_amx": ((16, 32), (16, 32)), "vllm_cpu_bfmmla": ((8, 16), (4, 8, 12))}
 
 
 @dataclass(frozen=True, repr=False)
@@ -116,6 +138,8 @@ class Case:
     pattern: str
     data_seed: int
     label: str
+    variant: str | None = None
+    head_size_v: int | None = None
 
     def __repr__(self) -> str:  # short: pytest prints it in tracebacks; describe() has the rest
         return f"Case({self.id!r})"
@@ -140,7 +164,8 @@ class Case:
     def describe(self) -> str:
         """Everything needed to rebuild the case by hand, for failure messages."""
         return (
-            f"{self.id}: kind={self.kind} physical_hnd={self.physical_hnd} layers={self.num_layers} "
+            f"{self.id}: kind={self.kind} physical_hnd={self.physical_hnd} variant={self.variant} "
+            f"head_size_v={self.head_size_v} layers={self.num_layers} "
             f"blocks={self.num_blocks} block_size={self.block_size} heads={self.num_kv_heads} "
             f"head_size={self.head_size} dtype={self.dtype_name} tokens={self.num_tokens} "
             f"pattern={self.pattern} skip_prefix={self.skip_prefix} slots={list(self.slot_mapping)}"
@@ -162,39 +187,70 @@ class Case:
             head_size=self.head_size,
             block_size=self.block_size,
             num_layers=self.num_layers,
+            head_size_v=self.head_size_v,
+            variant=self.variant,
         )
 
-    def allocate(self, device: str | torch.device = "cpu") -> tuple[list[torch.Tensor], LayoutHints]:
-        """Uninitialised engine tensors (and detection hints) of this case on ``device``."""
+    def allocate(self, device: str | torch.device = "cpu") -> tuple[list[Any], LayoutHints]:
+        """Uninitialised engine tensors (as the engine hands them over: a tuple per layer for
+        :data:`TUPLE_KINDS`) and detection hints of this case on ``device``."""
         return allocate_example(
             self.kind, num_layers=self.num_layers, num_blocks=self.num_blocks,
             block_size=self.block_size, num_kv_heads=self.num_kv_heads, head_size=self.head_size,
             dtype=self.dtype, device=device, physical_hnd=self.physical_hnd,
+            head_size_v=self.head_size_v, variant=self.variant,
         )  # fmt: skip
 
+    def nest(self, flat: Sequence[torch.Tensor]) -> list[Any]:
+        """The flat tensor list regrouped as the engine hands it over (tuples per layer)."""
+        if self.kind not in TUPLE_KINDS:
+            return list(flat)
+        n = len(flat) // self.num_layers
+        return [tuple(flat[i : i + n]) for i in range(0, len(flat), n)]
+
+    def detect(self, flat: Sequence[torch.Tensor]) -> KVLayout:
+        """The layout of this case's flat engine tensors ``flat`` (on any device)."""
+        return detect_layout(self.nest(flat), self.hints())
+
     def random_kv(self, salt: int = 1) -> tuple[list[torch.Tensor], KVLayout]:
-        """CPU engine tensors full of random bits, and their detected layout."""
+        """CPU engine tensors (the flat list backends take) full of random bits, and their layout."""
         tensors, hints = self.allocate("cpu")
+        flat = flatten_kv_caches(tensors)
         gen = self.generator(salt)
-        for t in tensors:
+        for t in flat:
             random_bits_(t, gen)
-        return tensors, detect_layout(tensors, hints)
+        return flat, detect_layout(tensors, hints)
 
     def poisoned_kv(self) -> tuple[list[torch.Tensor], KVLayout]:
-        """CPU engine tensors full of the poison bytes, and their detected layout."""
+        """CPU engine tensors (the flat list) full of the poison bytes, and their layout."""
         tensors, hints = self.allocate("cpu")
-        for t in tensors:
+        flat = flatten_kv_caches(tensors)
+        for t in flat:
             poison_(t)
-        return tensors, detect_layout(tensors, hints)
+        return flat, detect_layout(tensors, hints)
 
-    def chunk_shape(self) -> tuple[int, int, int, int]:
-        """``[num_kv, num_layers, num_tokens, hidden]`` of this case's host chunk."""
-        num_kv = 1 if LAYOUT_KINDS[self.kind].mla else 2
-        return (num_kv, self.num_layers, self.num_tokens, self.num_kv_heads * self.head_size)
+    def chunk_format(self) -> ChunkFormat:
+        """This case's host chunk format (from a metadata-only allocation)."""
+        tensors, hints = self.allocate("meta")
+        return detect_layout(tensors, hints).chunk_format
+
+    def chunk_shape(self) -> tuple[int, ...]:
+        """The host chunk's shape: ``[num_kv, num_layers, num_tokens, hidden]`` when its sections
+        are alike, else ``[nbytes]`` (uint8 bytes, the sections back to back)."""
+        fmt = self.chunk_format()
+        return fmt.shape(self.num_tokens) if fmt.is_uniform else (fmt.nbytes(self.num_tokens),)
+
+    @property
+    def chunk_dtype(self) -> torch.dtype:
+        """The chunk's dtype: the KV's for a 4-D chunk, uint8 for bytes."""
+        return self.dtype if self.chunk_format().is_uniform else torch.uint8
+
+    def chunk_nbytes(self) -> int:
+        return self.chunk_format().nbytes(self.num_tokens)
 
     def random_chunk(self, salt: int = 2) -> torch.Tensor:
-        """A CPU chunk ``[num_kv, num_layers, num_tokens, hidden]`` of random bits."""
-        return random_bits_(torch.empty(self.chunk_shape(), dtype=self.dtype), self.generator(salt))
+        """A CPU chunk (:meth:`chunk_shape`) of random bits."""
+        return random_bits_(torch.empty(self.chunk_shape(), dtype=self.chunk_dtype), self.generator(salt))
 
     def slot_tensor(self, *, unique: bool = False) -> torch.Tensor:
         """int64 ``[num_tokens]`` slot mapping; ``unique`` turns repeats of a live slot into -1."""
@@ -279,16 +335,25 @@ class _VariantDraw:
         avoid_block_size: int | None = None,
     ) -> Case:
         rng, rot, kind = self.rng, self.rot, LAYOUT_KINDS[self.variant.kind]
-        dtype = rot["dtype"].pick(self.dtypes, index)
+        dtypes = [
+            d
+            for d in self.dtypes
+            if str(d).removeprefix("torch.") in _KIND_DTYPES.get(kind.name, (str(d)[6:],))
+        ]
+        dtype = rot["dtype"].pick(dtypes or self.dtypes, index)
         pattern = rot["pattern"].pick(SLOT_PATTERNS, index)
         skip_mode = skip_mode or rot["skip"].pick(_SKIP_ROTATION, index)
-        if kind.mla:
+        if kind.mla or self.variant.variant == "mla":
             heads, head_size = 1, rot["head_size"].pick((576, 1, 3, 65, 576, 96), index)
         else:
             heads = rot["heads"].pick((2, 1, 4, 3), index)
-            head_size = rot["head_size"].pick((1, 3, 80, 96, 65, 8), index)
-        sizes = [b for b in (1, 2, 3, 4, 16) if b != avoid_block_size]
+            head_size = rot["head_size"].pick((1, 3, 80, 64, 65, 8), index)
+        block_sizes, head_sizes = _KIND_SIZES.get(kind.name, ((1, 2, 3, 4, 16), None))
+        if head_sizes is not None:
+            head_size = rot["head_size"].pick(head_sizes, index)
+        sizes = [b for b in block_sizes if b != avoid_block_size] or list(block_sizes)
         block_size = 1 if self.variant.kind == "sglang" else rot["block_size"].pick(sizes, index)
+        head_size_v = rot["head_size"].pick((8, 1, 40, 3), index) if self.variant.unequal_v else None
         num_blocks = rng.randint(8, 40) if block_size == 1 else rng.randint(2, 6)
         if num_tokens is not None:  # a fixed chunk length: make room for it
             num_blocks = max(num_blocks, -(-num_tokens // block_size))
@@ -310,14 +375,18 @@ class _VariantDraw:
             pattern,
             _seed_for(self.seed, label),
             label,
+            self.variant.variant,
+            head_size_v,
         )
 
 
 def empty_case(variant: LayoutVariant) -> Case:
     """A small fp16 case of ``variant`` whose chunk has zero tokens."""
     kind = LAYOUT_KINDS[variant.kind]
-    block_size = 1 if variant.kind == "sglang" else 2
-    heads = 1 if kind.mla else 2
+    block_sizes, head_sizes = _KIND_SIZES.get(variant.kind, ((2,), (4,)))
+    block_size = 1 if variant.kind == "sglang" else block_sizes[0]
+    heads = 1 if kind.mla or variant.variant == "mla" else 2
+    dtype = getattr(torch, _KIND_DTYPES.get(variant.kind, ("float16",))[0])
     return Case(
         variant.kind,
         variant.physical_hnd,
@@ -325,13 +394,15 @@ def empty_case(variant: LayoutVariant) -> Case:
         3,
         block_size,
         heads,
-        4,
-        torch.float16,
+        head_sizes[0],
+        dtype,
         (),
         0,
         "empty",
         0,
         f"{variant.name}-empty",
+        variant.variant,
+        2 if variant.unequal_v else None,
     )
 
 
@@ -355,7 +426,7 @@ def make_group_cases(seed: int, count: int) -> list[tuple[Case, Case]]:
     out = []
     for i in range(count):
         dtype = dtypes[i % len(dtypes)]
-        a, b = rng.sample(LAYOUT_VARIANTS, 2)
+        a, b = rng.sample([v for v in LAYOUT_VARIANTS if v.kind not in _KIND_DTYPES], 2)
         if a.kind == "sglang":  # sglang's block size is fixed at 1: let the other group avoid it
             a, b = b, a
         second = _VariantDraw(seed, b, [dtype]).case(i, f"groups-{i}-b")

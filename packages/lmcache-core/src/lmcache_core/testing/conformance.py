@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from lmcache_core.backend import Backend, reference_backend
+from lmcache_core.backends.reference import SlotRows, chunk_sections, plane_view
 from lmcache_core.layout import KVCacheSpec, KVLayout
-from lmcache_core.layout_registry import detect_layout
 from lmcache_core.testing.cases import (
     LAYOUT_VARIANTS,
     Case,
@@ -159,18 +159,20 @@ class ConformanceSuite:
         ]
 
     def _chunk(self, backend: Backend, case: Case, like: torch.Tensor | None = None) -> torch.Tensor:
-        """A chunk where the backend writes or reads: poisoned, or a copy of ``like``."""
-        shape = case.chunk_shape()
+        """A chunk where the backend writes or reads: poisoned, or a copy of ``like``. Typed
+        ``[num_kv, num_layers, num_tokens, hidden]`` when the chunk format's sections are alike,
+        else uint8 bytes (:meth:`Case.chunk_shape`)."""
+        shape, dtype = case.chunk_shape(), case.chunk_dtype
         if self.chunk_device is None:
-            nbytes = case.dtype.itemsize * math.prod(shape)
-            chunk = backend.alloc_host(nbytes).view(case.dtype).view(shape)
+            nbytes = dtype.itemsize * math.prod(shape)
+            chunk = backend.alloc_host(nbytes).view(dtype).view(shape)
         else:
-            chunk = torch.empty(shape, dtype=case.dtype, device=self.chunk_device)
+            chunk = torch.empty(shape, dtype=dtype, device=self.chunk_device)
         return poison_(chunk) if like is None else chunk.copy_(like)
 
     def _device_kv(self, case: Case, cpu_kv: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], KVLayout]:
         kv = self._on_device(cpu_kv)
-        return kv, detect_layout(kv, case.hints())
+        return kv, case.detect(kv)
 
     def _require_own_kernels(self, backend: Backend, layout: KVLayout) -> None:
         owner = backend.kernel_name(layout)
@@ -215,15 +217,16 @@ class ConformanceSuite:
         slots = case.slot_tensor()
         out = self._chunk(backend, case)
         self._gather(backend, case, layout, kv, slots, out)
-        expected = poison_(torch.empty(case.chunk_shape(), dtype=case.dtype))
+        expected = poison_(torch.empty(case.chunk_shape(), dtype=case.chunk_dtype))
         ref.gather(layout_cpu, kv_cpu, slots, expected, case.skip_prefix)
-        what = f"gather out [num_kv, num_layers, num_tokens, hidden] ({case.kind})"
+        what = f"gather out ({layout.chunk_format.tag}, {case.kind})"
         assert_same_bits(out, expected, what, ctx)
         live = set(case.live_tokens())
         untouched = [t for t in range(case.num_tokens) if t not in live]
-        rows = bits(out.cpu())[:, :, untouched]
-        if bool((rows != poison_value(case.dtype.itemsize)).any()):
-            raise AssertionError(f"gather wrote rows of skipped or -1 tokens {untouched}\n{ctx}")
+        for section in chunk_sections(layout, out.cpu(), case.num_tokens):
+            rows = section[:, untouched]
+            if bool((rows != poison_value(rows.element_size())).any()):
+                raise AssertionError(f"gather wrote rows of skipped or -1 tokens {untouched}\n{ctx}")
         for i, (t, t_cpu) in enumerate(zip(kv, kv_cpu, strict=True)):
             assert_same_bits(t, t_cpu, f"kv_caches[{i}] after gather (gather must not write KV)", ctx)
         return out.cpu()
@@ -233,19 +236,13 @@ class ConformanceSuite:
     ) -> None:
         """Every element outside the live tokens' slots still holds the poison."""
         live = [int(s) for s in slots[case.skip_prefix :] if int(s) >= 0]
-        idx = torch.tensor(live, dtype=torch.int64)
-        block, offset = idx // layout.block_size, idx % layout.block_size
-        copies = [bits(_same_strides_cpu(t)) for t in kv]
-        poison = poison_value(layout.element_size)
-        for p in range(layout.num_kv * layout.num_layers):
-            base = copies[layout.plane_tensor[p]]
-            plane = base.as_strided(
-                (layout.num_blocks, layout.block_size, layout.num_kv_heads, layout.head_size),
-                layout.strides, base.storage_offset() + layout.plane_offset[p],
-            )  # fmt: skip
-            plane[block, offset] = poison
+        rows = SlotRows(layout, torch.tensor(live, dtype=torch.int64), 0, torch.device("cpu"))
+        copies = [_same_strides_cpu(t) for t in kv]
+        for p in range(layout.num_planes):
+            kind = layout.plane_kind(p)
+            plane_view(layout, copies, p)[rows.index(kind)] = poison_value(kind.element_size)
         for i, c in enumerate(copies):
-            stray = int((c != poison).sum())
+            stray = int((bits(c) != poison_value(c.element_size())).sum())
             if stray:
                 raise AssertionError(
                     f"scatter wrote {stray} elements of kv_caches[{i}] outside the live tokens' slots\n{ctx}"
@@ -310,7 +307,7 @@ class ConformanceSuite:
         backend = conformance_backend
         spec = KVCacheSpec(tuple(c.random_kv()[1] for c in conformance_groups))
         num_tokens = conformance_groups[0].num_tokens
-        expected_nbytes = sum(c.dtype.itemsize * math.prod(c.chunk_shape()) for c in conformance_groups)
+        expected_nbytes = sum(c.chunk_nbytes() for c in conformance_groups)
         assert spec.chunk_nbytes(num_tokens) == expected_nbytes, "KVCacheSpec.chunk_nbytes"
         for case in conformance_groups:
             ctx = conformance_context(case)
