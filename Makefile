@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 CONSTRAINTS := -c constraints/dev.txt
-TEST_PLUGINS := tests/plugins/lmcache-dummy-backend tests/plugins/lmcache-dummy-twin tests/plugins/lmcache-broken-probe
+TEST_PLUGINS := tests/plugins/lmcache-dummy-backend tests/plugins/lmcache-dummy-twin tests/plugins/lmcache-broken-probe tests/plugins/lmcache-numpy-functional
 
 .PHONY: test demo venv lint typecheck matrix clean device-check
 

@@ -14,10 +14,16 @@ import pytest
 
 from lmcache_core.testing.require import missing_dependency
 
-PLUGIN_DISTS = ("lmcache-dummy-backend", "lmcache-broken-probe", "lmcache-dummy-twin")
+PLUGIN_DISTS = (
+    "lmcache-dummy-backend",
+    "lmcache-broken-probe",
+    "lmcache-dummy-twin",
+    "lmcache-numpy-functional",
+)
 INSTALL = (
     ".venv/bin/pip install --no-deps --no-build-isolation -e tests/plugins/lmcache-dummy-backend "
-    "-e tests/plugins/lmcache-broken-probe -e tests/plugins/lmcache-dummy-twin"
+    "-e tests/plugins/lmcache-broken-probe -e tests/plugins/lmcache-dummy-twin "
+    "-e tests/plugins/lmcache-numpy-functional"
 )
 
 
@@ -35,8 +41,16 @@ def plugin_env_vars() -> tuple[str, ...]:
     """``LMCACHE_BACKEND`` and every switch of the test plugins."""
     import lmcache_dummy_backend as dummy
     import lmcache_dummy_twin as twin
+    import lmcache_numpy_functional as numpy_functional
 
-    return ("LMCACHE_BACKEND", dummy.ENABLE_ENV, dummy.BADAPI_ENV, dummy.NOIMPORT_ENV, twin.ENABLE_ENV)
+    return (
+        "LMCACHE_BACKEND",
+        dummy.ENABLE_ENV,
+        dummy.BADAPI_ENV,
+        dummy.NOIMPORT_ENV,
+        twin.ENABLE_ENV,
+        numpy_functional.ENABLE_ENV,
+    )
 
 
 def require_plugins() -> None:

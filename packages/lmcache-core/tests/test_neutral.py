@@ -101,7 +101,8 @@ def test_every_allow_list_entry_names_an_existing_file_and_a_reason() -> None:
     lint = _lint()
     for entry in lint.ALLOWED:
         assert (CORE / entry.path).is_file(), entry
-        assert entry.reason and entry.pattern in lint.NATIVE | lint.PY_CODE
+        patterns = {*lint.NATIVE, *lint.PY_CODE, "vendor module name in a string"}
+        assert entry.reason and entry.pattern in patterns
         assert entry.text in (CORE / entry.path).read_text(), entry
 
 

@@ -214,3 +214,23 @@ def numpy_view(t: Any, dtype: Any) -> Any:
 
     bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
     return t.detach().view(bits).numpy().view(dtype)
+
+
+def torch_twins(kv_caches: Any) -> Any:
+    """``kv_caches`` with every numpy/JAX array replaced by a torch tensor on device ``meta`` of
+    the same shape, element strides and dtype (no memory), nesting (lists, tuples) kept; torch
+    tensors stay as they are. Layout detection reads only this metadata, so the layout registry
+    describes any array family through its torch-typed detectors.
+    """
+    if isinstance(kv_caches, (list, tuple)):
+        return type(kv_caches)(torch_twins(t) for t in kv_caches)
+    family = array_family(kv_caches)
+    if family is None or family == TORCH:
+        return kv_caches
+    import torch
+
+    info = array_info(kv_caches, "kv_caches")
+    dtype = getattr(torch, info.dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"kv_caches: expected a KV dtype torch also names, given {family} dtype {info.dtype}")
+    return torch.empty_strided(info.shape, info.strides, dtype=dtype, device="meta")

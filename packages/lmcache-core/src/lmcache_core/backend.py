@@ -4,7 +4,15 @@
 arguments once (:func:`lmcache_core.validation.check_transfer`), then calls the backend's own hook
 when the backend implements it and its :class:`Capabilities` cover the layout and dtype, otherwise
 the reference backend's. Hooks are called directly (each has one implementation); the kernel
-hooks' results are ignored and they do not validate again.
+hooks do not validate again.
+
+Arrays (hook API 1.2): the KV arrays' family (torch, numpy, JAX: :mod:`lmcache_core.arrays`)
+routes too. The reference moves torch tensors only, so numpy or JAX KV go to a backend whose
+Capabilities declare that family, or fail with a TypeError naming ``kv_caches``. For such KV the
+hooks receive host chunks as numpy arrays (zero-copy views of the core's torch L1 buffers) and
+numpy int64 slot mappings. A **functional** backend (``Capabilities.functional``) returns the
+updated KV arrays from its scatter; :meth:`Backend.scatter` checks them and returns them, and
+returns ``kv_caches`` itself for an in-place backend, so callers always continue with its result.
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from lmcache_core import hookspecs
+from lmcache_core.arrays import TORCH, array_family, array_info, numpy_view, type_text
 from lmcache_core.layout import KVLayout
-from lmcache_core.plugin_api import Capabilities, check_api_version
+from lmcache_core.plugin_api import Capabilities, check_api_version, check_capabilities
 from lmcache_core.validation import check_transfer
 
 if TYPE_CHECKING:
@@ -63,9 +72,11 @@ class Backend:
             raise pluggy.PluginValidationError(
                 plugin, f"backend {name!r} does not implement the required hook lmcache_api_version"
             )
-        check_api_version(name, self._impls["lmcache_api_version"]())
+        built_against = self._impls["lmcache_api_version"]()
+        check_api_version(name, built_against)
         caps = self._impls["lmcache_capabilities"]() if "lmcache_capabilities" in self._impls else None
         self.capabilities: Capabilities = caps if caps is not None else _NOTHING
+        check_capabilities(name, built_against, self.capabilities)
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, {self.capabilities.status!r})"
@@ -73,27 +84,41 @@ class Backend:
     def _implements(self, hook: str) -> bool:
         return hook in self._impls
 
-    def handles(self, layout: KVLayout) -> bool:
-        """True when this backend's own kernels (not the reference's) move ``layout``."""
+    @property
+    def functional(self) -> bool:
+        """True when this backend's scatter returns new KV arrays instead of writing in place."""
+        return self.capabilities.functional
+
+    def handles(self, layout: KVLayout, array_type: str = TORCH) -> bool:
+        """True when this backend's own kernels (not the reference's) move ``layout`` held in
+        arrays of family ``array_type``."""
         return all(h in self._impls for h in _KERNEL_HOOKS) and self.capabilities.covers(
-            layout.kind, layout.dtype
+            layout.kind, layout.dtype, array_type
         )
 
-    def _kernel_owner(self, layout: KVLayout) -> Backend:
-        if self.handles(layout) or self.reference is None:
+    def _kernel_owner(self, layout: KVLayout, array_type: str = TORCH) -> Backend:
+        if self.handles(layout, array_type):
             return self
-        return self.reference
+        if array_type == TORCH:
+            return self if self.reference is None else self.reference
+        caps = self.capabilities
+        raise TypeError(
+            f"kv_caches: backend {self.name!r} has no kernels for {array_type} arrays of layout "
+            f"{layout.kind} in {layout.dtype} (its Capabilities: arrays {sorted(caps.arrays)}, layouts "
+            f"{sorted(caps.layouts)}, dtypes {sorted(caps.dtypes)}), and the reference backend moves "
+            f"torch tensors only; use a backend that declares {array_type} arrays"
+        )
 
-    def kernel_name(self, layout: KVLayout) -> str:
-        """Name of the backend whose kernels will move ``layout``."""
-        return self._kernel_owner(layout).name
+    def kernel_name(self, layout: KVLayout, array_type: str = TORCH) -> str:
+        """Name of the backend whose kernels will move ``layout`` in ``array_type`` arrays."""
+        return self._kernel_owner(layout, array_type).name
 
     def gather(
         self,
         layout: KVLayout,
-        kv_caches: Sequence[torch.Tensor],
-        slot_mapping: torch.Tensor,
-        out: torch.Tensor,
+        kv_caches: Sequence[Any],
+        slot_mapping: Any,
+        out: Any,
         skip_prefix: int = 0,
         stream: int = 0,
     ) -> None:
@@ -101,10 +126,13 @@ class Backend:
 
         ``slot_mapping``: int64 ``[num_tokens]``, -1 skips a token; ``out``: contiguous
         ``[num_kv, num_layers, num_tokens, hidden]``. Rows before ``skip_prefix`` and rows of -1
-        slots are left as they were. May be asynchronous on ``stream``.
+        slots are left as they were. May be asynchronous on ``stream``. For numpy/JAX KV,
+        ``slot_mapping`` is a numpy array and ``out`` a numpy array or host torch tensor.
         """
-        check_transfer(layout, kv_caches, slot_mapping, "out", out, skip_prefix)
-        owner = self._kernel_owner(layout)
+        family = check_transfer(layout, kv_caches, slot_mapping, "out", out, skip_prefix)
+        owner = self._kernel_owner(layout, family)
+        if family != TORCH:
+            out = numpy_view(out, kv_caches[0].dtype)
         owner._impls["lmcache_gather"](
             layout=layout,
             kv_caches=kv_caches,
@@ -117,16 +145,30 @@ class Backend:
     def scatter(
         self,
         layout: KVLayout,
-        kv_caches: Sequence[torch.Tensor],
-        slot_mapping: torch.Tensor,
-        src: torch.Tensor,
+        kv_caches: Sequence[Any],
+        slot_mapping: Any,
+        src: Any,
         skip_prefix: int = 0,
         stream: int = 0,
-    ) -> None:
-        """Copy chunk tokens' KV from ``src`` into paged ``kv_caches``: the inverse of gather."""
-        check_transfer(layout, kv_caches, slot_mapping, "src", src, skip_prefix)
-        owner = self._kernel_owner(layout)
-        owner._impls["lmcache_scatter"](
+    ) -> list[Any]:
+        """Copy chunk tokens' KV from ``src`` into paged ``kv_caches``: the inverse of gather.
+
+        Returns the KV arrays that now hold the chunk: ``kv_caches`` itself (as a list) for an
+        in-place backend, the new arrays a functional backend returned (checked: one per array
+        of ``kv_caches``, same family, shape, strides, dtype and device). Continue with them.
+        """
+        family = check_transfer(layout, kv_caches, slot_mapping, "src", src, skip_prefix)
+        owner = self._kernel_owner(layout, family)
+        if family != TORCH:
+            src = numpy_view(src, kv_caches[0].dtype)
+        if not owner.functional:
+            for i, t in enumerate(kv_caches):
+                if family != TORCH and not array_info(t, f"kv_caches[{i}]").writable:
+                    raise ValueError(
+                        f"kv_caches[{i}]: expected a writable array (backend {owner.name!r} writes the KV "
+                        f"in place), given a read-only {type_text(t)}"
+                    )
+        result = owner._impls["lmcache_scatter"](
             layout=layout,
             kv_caches=kv_caches,
             slot_mapping=slot_mapping,
@@ -134,6 +176,9 @@ class Backend:
             skip_prefix=skip_prefix,
             stream=stream,
         )
+        if not owner.functional:
+            return list(kv_caches)
+        return _check_functional_result(owner.name, kv_caches, result)
 
     def _device_call(self, hook: str, **kwargs: Any) -> Any:
         owner = self if self._implements(hook) or self.reference is None else self.reference
@@ -204,6 +249,30 @@ class Backend:
         event = self.record_event(stream)
         self.stream_wait_event(self.current_stream(device), event)
         return event
+
+
+def _check_functional_result(name: str, kv_caches: Sequence[Any], result: object) -> list[Any]:
+    """The arrays a functional backend's scatter returned, checked against the ones it was given."""
+    what = f"backend {name!r}: lmcache_scatter (functional) returned"
+    if not isinstance(result, (list, tuple)) or len(result) != len(kv_caches):
+        got = f"{len(result)} arrays" if isinstance(result, (list, tuple)) else type(result).__name__
+        raise RuntimeError(
+            f"{what} {got}, expected a list of {len(kv_caches)} KV arrays (one per kv_caches entry)"
+        )
+    for i, (new, old) in enumerate(zip(result, kv_caches, strict=True)):
+        if array_family(new) != array_family(old):
+            raise RuntimeError(
+                f"{what} {type_text(new)} at [{i}], expected {type_text(old)} like kv_caches[{i}]"
+            )
+        a, b = array_info(new, f"result[{i}]"), array_info(old, f"kv_caches[{i}]")
+        got_meta = (a.shape, a.strides, a.dtype, a.device)
+        want_meta = (b.shape, b.strides, b.dtype, b.device)
+        if got_meta != want_meta:
+            raise RuntimeError(
+                f"{what} an array at [{i}] with (shape, strides, dtype, device) {got_meta}, expected "
+                f"{want_meta} (those of kv_caches[{i}]: the layout must still describe it)"
+            )
+    return list(result)
 
 
 @cache

@@ -20,9 +20,10 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lmcache_core.arrays import array_info, torch_twins
 from lmcache_core.config import CacheEngineConfig
 from lmcache_core.keys import CacheKey, KeyScope, salt_tag
 from lmcache_core.layout import ChunkFormat, KVCacheSpec, KVLayout
@@ -60,6 +61,10 @@ class CacheResult:
     * retrieve: tokens written into the engine's pages (from ``skip_leading_tokens`` to the end of
       the loaded prefix) and the bytes of the chunks scattered; ``l2_*``: the chunks that were not
       in L1 when the call began (loaded from an L2 tier, by a prefetch or by the call itself).
+      ``kv_caches``: the engine's KV arrays holding the loaded prefix, nested as passed in (one
+      group or a list of groups): the very arrays passed for an in-place backend, new arrays for
+      a functional one (``Capabilities.functional``, e.g. immutable JAX arrays), which the engine
+      must use from then on. None for store and lookup.
 
     The ``l1_*`` properties are the rest.
     """
@@ -71,6 +76,7 @@ class CacheResult:
     l2_bytes: int = 0
     l2_chunks: int = 0
     seconds: float = 0.0
+    kv_caches: Any = field(default=None, compare=False, repr=False)
 
     @property
     def l1_tokens(self) -> int:
@@ -113,17 +119,45 @@ def _as_groups(kv_caches: Any) -> list[list[torch.Tensor]]:
             f"kv_caches: expected a non-empty list of tensors (or of per-group lists), "
             f"given {type(kv_caches).__name__}"
         )
-    if isinstance(kv_caches[0], (list, tuple)):
+    if _is_grouped(kv_caches):
         return [list(g) for g in kv_caches]
     return [list(kv_caches)]
+
+
+def _is_grouped(kv_caches: Any) -> bool:
+    """True for a list of per-group lists; False for one group (a list of arrays)."""
+    return isinstance(kv_caches[0], (list, tuple))
+
+
+def _first_array(kv_caches: Any) -> Any:
+    """The first array of nested lists/tuples of arrays (groups, layers, per-layer tuples)."""
+    while isinstance(kv_caches, (list, tuple)):
+        kv_caches = kv_caches[0]
+    return kv_caches
+
+
+def _flat_arrays(kv_caches: Any) -> list[Any]:
+    """Every array of nested lists/tuples, in order."""
+    if isinstance(kv_caches, (list, tuple)):
+        return [t for item in kv_caches for t in _flat_arrays(item)]
+    return [kv_caches]
+
+
+def _nest_like(kv_caches: Any, groups: list[list[Any]]) -> Any:
+    """``groups`` nested as the caller passed ``kv_caches``: a list of groups, or one group."""
+    return [list(g) for g in groups] if _is_grouped(kv_caches) else list(groups[0])
 
 
 class CacheEngine:
     """Chunked KV cache for one engine process (one tensor-parallel rank).
 
     ``tokens``: the prompt's token ids (list, numpy or CPU tensor, ``[num_tokens]``).
-    ``kv_caches``: the engine's paged KV tensors of one layer group, or a list of groups.
-    ``slot_mapping``: int64 ``[num_tokens]`` token -> slot (one per group for several groups).
+    ``kv_caches``: the engine's paged KV arrays of one layer group, or a list of groups: torch
+    tensors, or numpy/JAX arrays when a backend declares them (:mod:`lmcache_core.arrays`).
+    ``slot_mapping``: int64 ``[num_tokens]`` token -> slot (one per group for several groups): a
+    torch tensor for torch KV, a host numpy array for numpy/JAX KV.
+    With a functional backend, :meth:`retrieve` returns the updated KV arrays in
+    :attr:`CacheResult.kv_caches`; later calls take those.
 
     ``chunk_formats`` lets a process that never sees the KV tensors (an engine's scheduler)
     compute keys and look up; the worker's registered layouts must then have the same formats.
@@ -200,16 +234,26 @@ class CacheEngine:
                     f"hints: expected one LayoutHints per layer group ({len(groups)}), "
                     f"given {len(group_hints)}"
                 )
-        spec = KVCacheSpec(tuple(detect_layout(g, h) for g, h in zip(groups, group_hints, strict=True)))
+        # numpy/JAX arrays are detected through metadata-only torch twins (same shape and strides)
+        spec = KVCacheSpec(
+            tuple(detect_layout(torch_twins(g), h) for g, h in zip(groups, group_hints, strict=True))
+        )
+        first = array_info(_first_array(groups), "kv_caches[0]")
         if self._backend is None:
             from lmcache_core.selection import select_backend
 
-            device = groups[0][0].device
-            selection = select_backend(device.type, self.config.backend)
+            selection = select_backend(first.device_type, self.config.backend, first.family)
             self._backend = selection.backend
-            logger.info("backend %s (%s) for KV on %s", self._backend.name, selection.why, device)
+            logger.info(
+                "backend %s (%s) for %s KV on %s",
+                self._backend.name,
+                selection.why,
+                first.family,
+                first.device,
+            )
         if self._device is None:
-            self._device = groups[0][0].device
+            # torch: the torch.device the stream hooks take; other families: the device in words
+            self._device = _first_array(groups).device if first.family == "torch" else first.device
             self._stream = self.backend.new_stream(self._device)
         if self._spec_tag is not None and self._spec_tag != spec.tag:
             raise ValueError(f"kv_caches: expected chunk format {self._spec_tag}, given {spec.tag}")
@@ -228,8 +272,13 @@ class CacheEngine:
         return spec
 
     @staticmethod
-    def _fingerprint(groups: list[list[torch.Tensor]]) -> tuple[tuple[int, tuple[int, ...]], ...]:
-        return tuple((t.data_ptr(), tuple(t.shape)) for g in groups for t in g)
+    def _fingerprint(groups: list[list[Any]]) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        """Address (object id for arrays without one, JAX) and shape of every KV array."""
+        out = []
+        for t in _flat_arrays(groups):
+            info = array_info(t, "kv_caches")
+            out.append((info.address if info.address is not None else id(t), info.shape))
+        return tuple(out)
 
     def _prepare(
         self, kv_caches: KVGroups, slot_mapping: Any, num_tokens: int
@@ -243,7 +292,7 @@ class CacheEngine:
                 f"slot_mapping: expected one int64 tensor per layer group ({len(groups)}), given {len(slots)}"
             )
         for i, sm in enumerate(slots):
-            if not hasattr(sm, "shape") or sm.dim() != 1 or sm.shape[0] != num_tokens:
+            if not hasattr(sm, "shape") or len(sm.shape) != 1 or sm.shape[0] != num_tokens:
                 shape = tuple(sm.shape) if hasattr(sm, "shape") else type(sm).__name__
                 raise ValueError(
                     f"slot_mapping[{i}]: expected a 1-D tensor of {num_tokens} slots (one per token), "
@@ -448,7 +497,8 @@ class CacheEngine:
         Tokens before ``skip_leading_tokens`` are already in the engine and are not written.
         Loading stops at the first chunk not in the cache (nor loadable from L2). Returns the
         tokens written (from ``skip_leading_tokens`` to the end of the loaded prefix), the bytes
-        of the chunks scattered, and the part that came from L2 (:class:`CacheResult`).
+        of the chunks scattered, the part that came from L2, and the KV arrays now holding them
+        (:attr:`CacheResult.kv_caches`: new arrays with a functional backend) (:class:`CacheResult`).
         """
         t0 = time.perf_counter()
         if (
@@ -487,10 +537,12 @@ class CacheEngine:
                 ordered = True
             try:
                 skip = max(0, skip_leading_tokens - start)
-                for layout, kv, sm, view in zip(
-                    self.spec.groups, groups, slots, self._chunk_views(entry.buffer, end - start), strict=True
-                ):
-                    self.backend.scatter(layout, kv, sm[start:end], view, skip, self._stream)
+                views = self._chunk_views(entry.buffer, end - start)
+                for g, (layout, sm, view) in enumerate(zip(self.spec.groups, slots, views, strict=True)):
+                    # a functional backend returns new arrays: the next chunk goes into those
+                    groups[g] = self.backend.scatter(
+                        layout, groups[g], sm[start:end], view, skip, self._stream
+                    )
                 self.backend.synchronize(self.backend.record_event(self._stream))
             except BaseException:
                 self._drain_stream()  # a queued scatter still reads the buffer: wait before unpinning
@@ -509,8 +561,17 @@ class CacheEngine:
                 self.stats.retrieved_bytes += entry.nbytes
         with self._lock:
             self.stats.retrieved_tokens += loaded
+        if self.backend.functional and loaded_chunks:  # the engine continues with the new arrays
+            self._registered = self._fingerprint(groups)
         return CacheResult(
-            loaded, loaded_bytes, loaded_chunks, l2_tokens, l2_bytes, l2_chunks, time.perf_counter() - t0
+            loaded,
+            loaded_bytes,
+            loaded_chunks,
+            l2_tokens,
+            l2_bytes,
+            l2_chunks,
+            time.perf_counter() - t0,
+            kv_caches=_nest_like(kv_caches, groups),
         )
 
     def _fetch(self, key: CacheKey, num_tokens: int) -> L1Entry | None:

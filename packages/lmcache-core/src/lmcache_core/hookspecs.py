@@ -11,6 +11,12 @@ Identity hooks (``lmcache_api_version``) are required. Kernel and device hooks a
 whatever a backend leaves out, or does not cover in its :class:`Capabilities`, the core routes to
 the reference backend (the ordering hooks of API 1.1 excepted: see each).
 
+Arrays (API 1.2): ``kv_caches`` are torch tensors unless the backend's ``Capabilities.arrays``
+declares numpy or JAX arrays (the reference moves torch tensors only). For numpy/JAX KV the core
+passes ``slot_mapping`` as a host numpy int64 array and chunks as host numpy arrays of the KV's
+dtype. A ``Capabilities.functional`` backend never writes ``kv_caches``: its ``lmcache_scatter``
+returns the updated arrays.
+
 Tensor shapes use named axes; sizes are in bytes and counts in elements unless stated. ``layout``
 is a :class:`lmcache_core.layout.KVLayout`: it tells the plane pointers
 (``kv_caches[plane_tensor[p]]`` at element ``plane_offset[p]``) and the ``(block, token, head,
@@ -104,19 +110,25 @@ def lmcache_scatter(
     src: torch.Tensor,
     skip_prefix: int,
     stream: int,
-) -> None:
+) -> Sequence[Any] | None:
     """Copy token rows from a contiguous chunk into paged KV; the inverse of ``lmcache_gather``.
 
     :param layout: as for ``lmcache_gather``.
-    :param kv_caches: as for ``lmcache_gather``; the tensors written.
+    :param kv_caches: as for ``lmcache_gather``; the tensors written (in place), or, for a
+        functional backend (API 1.2), the arrays the result is computed from (never written).
     :param slot_mapping: int64 ``[num_tokens]``, as for ``lmcache_gather``; slots of tokens
         ``< skip_prefix`` and ``-1`` slots are not written.
     :param src: contiguous ``[num_kv, num_layers, num_tokens, hidden]`` of the KV dtype, on the
         host or the KV's device; read only.
     :param skip_prefix: tokens ``[0, skip_prefix)`` are not moved.
     :param stream: opaque stream handle (0: the device's current stream); may be asynchronous.
+    :returns: ``None`` (in place), or for a ``Capabilities.functional`` backend the updated KV
+        arrays: one per ``kv_caches`` entry, same family, shape, strides, dtype and device, the
+        chunk's rows written and every other element equal to the input's.
 
-    Optional. The result is ignored; an exception propagates to the caller.
+    Optional. An in-place backend's result is ignored; a functional backend's result is checked
+    and returned by ``Backend.scatter`` (and by ``CacheEngine.retrieve`` in
+    ``CacheResult.kv_caches``). An exception propagates to the caller.
     """
     raise NotImplementedError
 

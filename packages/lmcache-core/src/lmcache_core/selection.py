@@ -5,9 +5,13 @@ Rules, in order:
 1. ``LMCACHE_BACKEND=name`` (or an explicit ``name``) picks that backend. An unknown name is a
    ValueError listing the known ones; a backend that is unavailable or fails to load is a loud
    RuntimeError with its reason and the remedy.
-2. Otherwise: among backends whose probe says available and that serve the device type, the
+2. Otherwise: among backends whose probe says available and that serve the device type and the
+   array family (``BackendProbe.array_types``: torch tensors, numpy arrays, JAX arrays), the
    highest priority wins. Two at the same top priority are an error that names the override.
    A backend that fails to load is logged with its reason and skipped.
+3. Nothing served: torch KV fall back to the built-in reference; numpy and JAX KV have no
+   fallback (the reference moves torch tensors only): a RuntimeError says which backend to
+   install or enable.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ def load_backend(found: DiscoveredBackend) -> Backend:
     return Backend(found.name, import_plugin(found.probe.plugin), reference=reference_backend())
 
 
-def _explicit(name: str, found: list[DiscoveredBackend], device_type: str, source: str) -> Selection:
+def _explicit(
+    name: str, found: list[DiscoveredBackend], device_type: str, source: str, array_type: str = "torch"
+) -> Selection:
     by_name = {d.name: d for d in found}
     if name not in by_name:
         raise ValueError(f"{source}: expected one of {sorted(by_name)}, given {name!r}")
@@ -53,10 +59,10 @@ def _explicit(name: str, found: list[DiscoveredBackend], device_type: str, sourc
             f"({chosen.distribution or chosen.target}), or unset {BACKEND_ENV}."
         )
     assert chosen.probe is not None
-    if not chosen.probe.serves(device_type):
+    if not chosen.probe.serves(device_type, array_type):
         raise ValueError(
-            f"{source}: backend {name!r} serves device types {list(chosen.probe.device_types)}, "
-            f"the KV lives on {device_type!r}"
+            f"{source}: backend {name!r} serves device types {list(chosen.probe.device_types)} and "
+            f"arrays {list(chosen.probe.array_types)}, the KV are {array_type} arrays on {device_type!r}"
         )
     try:
         backend = load_backend(chosen)
@@ -69,16 +75,17 @@ def _explicit(name: str, found: list[DiscoveredBackend], device_type: str, sourc
     return Selection(backend, tuple(found), f"chosen by {source}")
 
 
-def select_backend(device_type: str = "cpu", name: str | None = None) -> Selection:
-    """Pick the backend for KV on ``device_type`` (a torch device type such as ``"cuda"``)."""
+def select_backend(device_type: str = "cpu", name: str | None = None, array_type: str = "torch") -> Selection:
+    """Pick the backend for KV on ``device_type`` (a device type such as ``"cuda"``) held in arrays
+    of family ``array_type`` (``"torch"``, ``"numpy"``, ``"jax"``: :mod:`lmcache_core.arrays`)."""
     found = discover_backends()
     source = "name"
     if name is None and os.environ.get(BACKEND_ENV):
         name, source = os.environ[BACKEND_ENV], BACKEND_ENV
     if name is not None:
-        return _explicit(name, found, device_type, source)
+        return _explicit(name, found, device_type, source, array_type)
 
-    candidates = [d for d in found if d.available and d.probe and d.probe.serves(device_type)]
+    candidates = [d for d in found if d.available and d.probe and d.probe.serves(device_type, array_type)]
     by_priority: dict[int, list[DiscoveredBackend]] = {}
     for d in candidates:
         assert d.probe is not None
@@ -88,19 +95,27 @@ def select_backend(device_type: str = "cpu", name: str | None = None) -> Selecti
         if len(tied) > 1:
             names = sorted(d.name for d in tied)
             raise RuntimeError(
-                f"backends {names} are all available for device {device_type!r} at priority "
-                f"{priority}; choose one with {BACKEND_ENV}=<name>"
+                f"backends {names} are all available for {array_type} arrays on device {device_type!r} "
+                f"at priority {priority}; choose one with {BACKEND_ENV}=<name>"
             )
         try:
             backend = load_backend(tied[0])
         except Exception as e:  # quiet: the user did not ask for it by name
             logger.warning("backend %r failed to load, skipped: %s: %s", tied[0].name, type(e).__name__, e)
             continue
-        return Selection(backend, tuple(found), f"highest priority ({priority}) for {device_type!r}")
+        what = repr(device_type) if array_type == "torch" else f"{array_type} arrays on {device_type!r}"
+        return Selection(backend, tuple(found), f"highest priority ({priority}) for {what}")
+    if array_type != "torch":
+        available = [f"{d.name} ({', '.join(d.probe.array_types)})" for d in found if d.available and d.probe]
+        raise RuntimeError(
+            f"kv_caches: no installed backend moves {array_type} arrays on device {device_type!r} "
+            f"(available: {available or 'none'}); the built-in reference moves torch tensors only. "
+            f"Install or enable a backend whose probe declares array_types including {array_type!r}."
+        )
     logger.info("no registered backend loaded for %r; using the built-in reference", device_type)
     return Selection(reference_backend(), tuple(found), "built-in reference (nothing else loaded)")
 
 
-def get_backend(device_type: str = "cpu", name: str | None = None) -> Backend:
+def get_backend(device_type: str = "cpu", name: str | None = None, array_type: str = "torch") -> Backend:
     """Shortcut for ``select_backend(...).backend``."""
-    return select_backend(device_type, name).backend
+    return select_backend(device_type, name, array_type).backend

@@ -292,7 +292,7 @@ class _ShapeRun:
         if self.scratch is not None:
             self.scratch.fill_(self.rng.randrange(256))
 
-    def time(self, label: str, run: Callable[[int], None], sync: Callable[[], None]) -> Stats:
+    def time(self, label: str, run: Callable[[int], object], sync: Callable[[], None]) -> Stats:
         self.progress.phase(label)
         self.evict()
         return measure_gbps(

@@ -33,7 +33,7 @@ class Stats:
 
 
 def measure_gbps(
-    run: Callable[[int], None],
+    run: Callable[[int], object],
     sync: Callable[[], None],
     nbytes: int,
     repeats: int,
