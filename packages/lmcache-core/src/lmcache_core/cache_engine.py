@@ -7,8 +7,9 @@ Data path, per chunk of ``chunk_size`` tokens::
               start prefetching into L1
     retrieve: host chunk (L1, or waited for / loaded from L2) --scatter--> engine pages
 
-Host chunks are ``[num_kv, num_layers, chunk, hidden]`` per layer group; a stored chunk holds
-every group's rows: group 0's chunk, then group 1's, ... in one host buffer. L2 tiers
+Host chunks are one section ``[num_layers, chunk, hidden_k]`` per plane kind (K and V alike:
+``[2, num_layers, chunk, hidden]``; :class:`~lmcache_core.layout.ChunkFormat`) per layer group;
+a stored chunk holds every group's rows: group 0's chunk, then group 1's, ... in one host buffer. L2 tiers
 (``config.l2_urls``, :mod:`lmcache_core.storage`) are optional: store returns once a chunk is in
 L1, and an L2 that fails or goes away costs hits, never correctness.
 """
@@ -27,7 +28,7 @@ from lmcache_core.arrays import array_info, torch_twins
 from lmcache_core.config import CacheEngineConfig
 from lmcache_core.keys import CacheKey, KeyScope, salt_tag
 from lmcache_core.layout import ChunkFormat, KVCacheSpec, KVLayout
-from lmcache_core.layout_registry import LayoutHints, detect_layout
+from lmcache_core.layout_registry import LayoutHints, detect_layout, flatten_kv_caches
 from lmcache_core.memory.l1_pool import L1Entry, L1Pool, L1Stats
 from lmcache_core.memory.pending import PendingChunk, PendingStores
 from lmcache_core.tokens import TokenChunker, as_token_array
@@ -125,8 +126,9 @@ def _as_groups(kv_caches: Any) -> list[list[torch.Tensor]]:
 
 
 def _is_grouped(kv_caches: Any) -> bool:
-    """True for a list of per-group lists; False for one group (a list of arrays)."""
-    return isinstance(kv_caches[0], (list, tuple))
+    """True for a list of per-group *lists*; False for one group (a list of arrays, or of tuples
+    of arrays: one tuple per layer, as Ascend hands over ``(K, V)``)."""
+    return isinstance(kv_caches[0], list)
 
 
 def _first_array(kv_caches: Any) -> Any:
@@ -298,7 +300,7 @@ class CacheEngine:
                     f"slot_mapping[{i}]: expected a 1-D tensor of {num_tokens} slots (one per token), "
                     f"given {shape}"
                 )
-        return groups, slots
+        return [flatten_kv_caches(g) for g in groups], slots
 
     def _scope(self, cache_salt: str | None) -> KeyScope:
         salt = cache_salt if cache_salt is not None else self.config.cache_salt
@@ -319,15 +321,19 @@ class CacheEngine:
         return len(arr), [(s, e, scope.key(h)) for s, e, h in self._chunker.prefix_hashes(arr, salt)]
 
     def _chunk_views(self, buffer: torch.Tensor, num_tokens: int) -> list[torch.Tensor]:
-        """Typed views ``[num_kv, num_layers, num_tokens, hidden]`` of each group inside ``buffer``."""
+        """Each group's chunk inside the uint8 ``buffer``: the typed 4-D ``[num_kv, num_layers,
+        num_tokens, hidden]`` when its sections are alike, else its uint8 bytes (the sections back
+        to back, :class:`~lmcache_core.layout.ChunkFormat`)."""
         import torch
 
         views, offset = [], 0
         for g in self.spec.groups:
             fmt = g.chunk_format
             n = fmt.nbytes(num_tokens)
-            dtype = getattr(torch, fmt.dtype)
-            views.append(buffer[offset : offset + n].view(dtype).view(fmt.shape(num_tokens)))
+            part = buffer[offset : offset + n]
+            if fmt.is_uniform:
+                part = part.view(getattr(torch, fmt.dtype)).view(fmt.shape(num_tokens))
+            views.append(part)
             offset += n
         return views
 

@@ -150,3 +150,25 @@ def test_an_unusable_override_is_reported_with_exit_status_1() -> None:
     assert "LMCACHE_BACKEND: broken_probe" in proc.stdout
     assert "selected for 'cpu': none: RuntimeError" in proc.stdout
     assert "simulated probe crash" in proc.stdout
+
+
+def test_every_layout_is_listed_with_its_named_axes_and_plane_kinds() -> None:
+    from lmcache_core.cli.info import _layouts, render
+    from lmcache_core.layout_registry import LAYOUT_KINDS
+
+    layouts = _layouts()
+    assert [e["name"] for e in layouts] == list(LAYOUT_KINDS)
+    by_name = {e["name"]: e for e in layouts}
+    assert by_name["vllm_ascend_mla"]["plane_kinds"] == [
+        "nope (1 x 64), rope (1 x 64)",
+        "dsa: nope (1 x 64), rope (1 x 64), indexer (1 x 128)",
+    ]
+    assert by_name["tpu_inference"]["detected"].startswith("when named")
+    report = {
+        "lmcache_core": "0", "torch": "0", "python": "0", "host_line": "h", "accelerator": {"available": False},
+        "env": {"LMCACHE_BACKEND": None}, "entry_point_group": "g", "backends": [],
+        "selected": {"device": "cpu", "error": "none"}, "layouts": layouts,
+    }  # fmt: skip
+    text = render(report)
+    for name, entry in LAYOUT_KINDS.items():
+        assert f"  {name}: {entry.axes}" in text

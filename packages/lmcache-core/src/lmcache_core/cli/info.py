@@ -1,4 +1,5 @@
-"""``lmcache-core info``: every backend found, which one is selected and why, and the host.
+"""``lmcache-core info``: every backend found, which one is selected and why, the host, and
+every paged KV layout of the registry with its named axes and plane kinds.
 
 Works when a plugin is broken: a probe that raises or a plugin that fails to load is shown with
 its reason, never as a crash. Available backends are loaded to read their capabilities; the
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from lmcache_core.plugin_api import Capabilities
 
 NAME = "info"
-HELP = "backends found, the one selected and why, torch and host"
+HELP = "backends found, the one selected and why, torch and host, the KV layouts"
 
 _QUIET_LOGGERS = ("lmcache_core.discovery", "lmcache_core.selection")
 
@@ -106,6 +107,38 @@ def _accelerator() -> dict[str, Any]:
     }
 
 
+def _layouts() -> list[dict[str, Any]]:
+    """Every registry layout: its tensors' named axes, variants, whether shape alone detects it,
+    and the plane kinds of a small example (metadata only: bf16, 16-token blocks, 64 channels)."""
+    import torch
+
+    from lmcache_core.layout_registry import LAYOUT_KINDS, allocate_example, detect_layout
+
+    out = []
+    for name, entry in LAYOUT_KINDS.items():
+        kinds: list[str] = []
+        for variant in (None, *entry.variants):
+            heads = 1 if entry.mla or variant == "mla" else 2
+            tensors, hints = allocate_example(
+                name, num_layers=1, num_blocks=1, block_size=1 if name == "sglang" else 16,
+                num_kv_heads=heads, head_size=64,
+                dtype=torch.bfloat16, device="meta", variant=variant,
+            )  # fmt: skip
+            layout = detect_layout(tensors, hints)
+            text = ", ".join(f"{k.name} ({k.heads} x {k.width})" for k in layout.kinds)
+            kinds.append(f"{variant}: {text}" if variant else text)
+        out.append(
+            {
+                "name": name,
+                "axes": entry.axes,
+                "variants": list(entry.variants),
+                "detected": "by shape" if entry.auto else "when named (LayoutHints(kind=...))",
+                "plane_kinds": kinds,
+            }
+        )
+    return out
+
+
 def collect(device: str | None = None, quiet: bool = True) -> dict[str, Any]:
     """The whole report as a JSON-ready dict."""
     import torch
@@ -140,6 +173,7 @@ def collect(device: str | None = None, quiet: bool = True) -> dict[str, Any]:
         "entry_point_group": BACKENDS_GROUP,
         "backends": backends,
         "selected": selected,
+        "layouts": _layouts(),
     }
 
 
@@ -205,6 +239,10 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"selected for {sel['device']!r}: none: {sel['error']}")
     else:
         lines.append(f"selected for {sel['device']!r}: {sel['backend']} ({sel['why']})")
+    lines += ["", f"layouts ({len(report['layouts'])} in the registry; axes of the engine's tensors):"]
+    for entry in report["layouts"]:
+        lines.append(f"  {entry['name']}: {entry['axes']}")
+        lines.append(f"    plane kinds: {'; '.join(entry['plane_kinds'])}; detected {entry['detected']}")
     return "\n".join(lines)
 
 
