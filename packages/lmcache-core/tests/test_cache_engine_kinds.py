@@ -3,18 +3,20 @@ with its indexer): chunks are the sections back to back, stored and loaded byte 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from lmcache_core.cache_engine import CacheEngine
 from lmcache_core.config import CacheEngineConfig
-from lmcache_core.layout_registry import allocate_example, flatten_kv_caches
+from lmcache_core.layout_registry import LayoutHints, allocate_example, flatten_kv_caches
 from lmcache_core.storage.object_format import chunk_meta
 from lmcache_core.testing.cases import random_bits_
 
 L, NB, BS = 3, 6, 4
 
 
-def engine_kv(seed: int | None) -> tuple[list[tuple[torch.Tensor, ...]], object]:
+def engine_kv(seed: int | None) -> tuple[list[Any], LayoutHints]:
     kv, hints = allocate_example(
         "vllm_ascend_mla", num_layers=L, num_blocks=NB, block_size=BS, num_kv_heads=1, head_size=24,
         dtype=torch.bfloat16, head_size_v=8, variant="dsa",
