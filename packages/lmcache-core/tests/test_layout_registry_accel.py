@@ -193,3 +193,17 @@ def test_detection_refusals_name_the_reason() -> None:
             dtype=torch.float16,
             variant="x",
         )
+
+
+def test_architecture_doc_lists_every_layout() -> None:
+    """docs/architecture.md lists every registry layout (``kind`` in backquotes) in its tables."""
+    from pathlib import Path
+
+    from lmcache_core.layout_registry import LAYOUT_KINDS
+
+    doc = Path(__file__).resolve().parents[3] / "docs" / "architecture.md"
+    if not doc.exists():
+        pytest.skip(f"{doc} is not part of this installation (an sdist without the repository's docs)")
+    text = doc.read_text()
+    missing = [k for k in LAYOUT_KINDS if f"| `{k}`" not in text]
+    assert not missing, f"docs/architecture.md has no table row for {missing}"
