@@ -4,14 +4,20 @@ Each available backend is fuzzed in a subprocess of its own (this file run as a 
 crash - SIGSEGV, or an AddressSanitizer report under ``make -C packages/lmcache-arm asan-test`` -
 fails the test instead of killing the test session. In the subprocess, hypothesis draws:
 
-* a geometry (num_kv, layers, blocks, block size, heads, head size), a dtype of 1, 2 or 4 bytes
-  and strides from a random axis order with padding (so no two elements of a plane alias);
-* planes spread over 1-3 engine tensors with gaps, each tensor a view into a larger storage (a
+* a geometry: 1 to 3 plane kinds sharing layers, blocks and block size, each kind with its own
+  heads, width and dtype of 1, 2 or 4 bytes (issue 12: unequal K/V widths, an indexer-like third
+  kind), its token and channel axes split into 1 to 3 mixed-radix levels (transposed, pair- and
+  quad-packed orders), and strides from a random order of every level with padding (so no two
+  elements of a plane alias; padding after an innermost channel axis is a padded channel axis,
+  TPU-style ``padded_width``);
+* planes spread over 1-3 engine tensors with gaps (kinds of one dtype share tensors; kinds of
+  different dtypes get tensors of their own), each tensor a view into a larger storage (a
   non-zero ``storage_offset``, spare bytes after it);
 * a slot mapping with ``-1`` holes and a ``skip_prefix`` (unique live slots for scatter);
 * valid cases, and cases with one corruption each: an out-of-range slot, a numpy or int32 slot mapping, a bad
   ``skip_prefix``, a plane offset past its storage or near 2**63, ``plane_tensor=-1``, a wrong
-  ``element_size``, a negative stride or one that overflows the extent (issue 9, items 1 and 3).
+  ``element_size``, a negative stride or one that overflows the extent (issue 9, items 1 and 3),
+  a split level's stride that overflows the extent.
 
 Every case goes through the public :class:`~lmcache_core.backend.Backend` and, when the backend
 moves the layout with its own kernels, through its raw hook too (the native checks alone). The
@@ -20,7 +26,7 @@ only its valid cases are also run through the raw hook. A
 valid case must equal a naive oracle bit for bit (an element-by-element Python loop over the
 storage); an invalid one must raise ValueError or TypeError with every byte of every storage
 untouched. Examples are bounded (``LMCACHE_FUZZ_EXAMPLES``, default 30 per corruption and four times
-that for valid cases: 540 in all per backend) and seeded
+that for valid cases: 570 in all per backend) and seeded
 (``LMCACHE_FUZZ_SEED``, default 0) so the run is reproducible and well under a minute.
 
 Run by hand: ``python packages/lmcache-core/tests/test_fuzz_backends.py --backend arm``.
@@ -57,7 +63,11 @@ CORRUPTIONS = (
     "element_size_wrong",
     "stride_negative",
     "stride_overflows_extent",
+    "split_level_stride_overflows_extent",
 )
+
+#: Names of the drawn plane kinds, in order.
+KIND_NAMES = ("k", "v", "indexer")
 
 
 def _fuzzable_backends() -> list[tuple[str, str]]:
@@ -95,6 +105,7 @@ class Case:
     """One drawn transfer: the layout, storages holding the tensors, and the call's arguments."""
 
     layout: Any  # KVLayout (possibly corrupted)
+    valid_layout: Any  # the KVLayout as drawn, before any corruption (the chunk's format)
     storages: list[Any]  # 1-D torch tensors owning the memory; kv_caches are views into them
     leads: list[int]  # storage_offset (elements) of each kv tensor in its storage
     kv_caches: list[Any]
@@ -105,76 +116,126 @@ class Case:
     corruption: str | None
 
 
+def _factor(draw: Any, n: int, levels: int) -> list[int]:
+    """``n`` as ``levels`` factors (little-endian level sizes), each drawn from the divisors left."""
+    from hypothesis import strategies as st
+
+    sizes = []
+    for _ in range(levels - 1):
+        d = draw(st.sampled_from([d for d in range(1, n + 1) if n % d == 0]))
+        sizes.append(d)
+        n //= d
+    return [*sizes, n]
+
+
 def _strategies() -> Any:
+    import dataclasses
+
     import torch
     from hypothesis import strategies as st
 
-    from lmcache_core.layout import KVLayout
+    from lmcache_core.layout import Axis, KVLayout, PlaneKind
     from lmcache_core.layout_registry import LAYOUT_KINDS
 
     dtypes = [torch.float8_e4m3fn, torch.float16, torch.bfloat16, torch.float32]
     int_of = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
 
+    def kind_geometry(
+        draw: Any, name: str, dtype: Any, num_blocks: int, block_size: int, width_unit: int
+    ) -> tuple[PlaneKind, int]:
+        """One plane kind with split axes and padded strides; and its plane's span in elements.
+        ``width_unit`` divides the width (4 bytes per row multiple when kinds mix element sizes,
+        so every chunk section starts aligned for its dtype)."""
+        heads, width = draw(st.integers(1, 3)), width_unit * draw(st.integers(1, max(1, 6 // width_unit)))
+        token = _factor(draw, block_size, draw(st.integers(1, 3)))
+        channel = _factor(draw, width, draw(st.integers(1, 3)))
+        atoms = [("block", 0, num_blocks), ("head", 0, heads)]
+        atoms += [("token", i, n) for i, n in enumerate(token)] + [
+            ("channel", i, n) for i, n in enumerate(channel)
+        ]
+        order = draw(st.permutations(atoms))  # outermost first
+        stride: dict[tuple[str, int], int] = {}
+        inner, padded_width = 1, width
+        for axis, level, size in reversed(order):
+            stride[(axis, level)] = inner
+            pad = draw(st.integers(0, 2))  # padding: never aliasing
+            if (axis, level) == order[-1][:2] and axis == "channel" and len(channel) == 1:
+                padded_width = width + pad  # an innermost channel axis with spare lanes: padded channels
+            inner = inner * size + pad
+        kind = PlaneKind(
+            name=name,
+            width=width,
+            heads=heads,
+            dtype=str(dtype).removeprefix("torch."),
+            element_size=dtype.itemsize,
+            block_stride=stride[("block", 0)],
+            head_stride=stride[("head", 0)],
+            token=tuple(Axis(n, stride[("token", i)]) for i, n in enumerate(token)),
+            channel=tuple(Axis(n, stride[("channel", i)]) for i, n in enumerate(channel)),
+            padded_width=padded_width,
+        )
+        return kind, inner
+
     @st.composite
     def cases(draw: Any, device: str, corruption: str | None) -> Case:
-        num_kv = draw(st.sampled_from([1, 2]))
+        num_kinds = draw(st.integers(1, 3))
         num_layers = draw(st.integers(1, 3))
-        dims = {
-            "block": draw(st.integers(1, 5)),
-            "token": draw(st.integers(1, 4)),
-            "head": draw(st.integers(1, 3)),
-            "channel": draw(st.integers(1, 5)),
-        }
-        dtype = draw(st.sampled_from(dtypes))
-        es = dtype.itemsize
-        order = draw(st.permutations(list(dims)))  # outermost first
-        stride: dict[str, int] = {}
-        inner = 1
-        for axis in reversed(order):
-            stride[axis] = inner
-            inner = inner * dims[axis] + draw(st.integers(0, 2))  # padding: never aliasing
-        extent = 1 + sum((dims[a] - 1) * stride[a] for a in dims)
-        planes = num_kv * num_layers
-        num_tensors = draw(st.integers(1, min(planes, 3)))
-        plane_tensor = [draw(st.integers(0, num_tensors - 1)) for _ in range(planes)]
+        num_blocks, block_size = draw(st.integers(1, 5)), draw(st.integers(1, 6))
+        kind_dtype = [draw(st.sampled_from(dtypes))] * num_kinds
+        if num_kinds > 1 and draw(st.booleans()):
+            kind_dtype = [draw(st.sampled_from(dtypes)) for _ in range(num_kinds)]
+        kinds, spans = [], []
+        for k in range(num_kinds):
+            unit = 4 // kind_dtype[k].itemsize if len(set(kind_dtype)) > 1 else 1
+            kind, span = kind_geometry(draw, KIND_NAMES[k], kind_dtype[k], num_blocks, block_size, unit)
+            kinds.append(kind)
+            spans.append(span)
+        # tensors: one group per dtype, 1-3 tensors in a group shared by its kinds' planes
+        groups = sorted({str(d) for d in kind_dtype})
+        group_tensors = {g: draw(st.integers(1, 3)) for g in groups}
+        first = {}
+        num_tensors = 0
+        for g in groups:
+            first[g] = num_tensors
+            num_tensors += group_tensors[g]
+        tensor_dtype = [
+            next(d for d in kind_dtype if str(d) == g) for g in groups for _ in range(group_tensors[g])
+        ]
+        plane_tensor, plane_offset = [], []
         cursor = [0] * num_tensors
-        plane_offset = []
-        for t in plane_tensor:
-            start = cursor[t] + draw(st.integers(0, 3))
-            plane_offset.append(start)
-            cursor[t] = start + inner
-        # every engine tensor has the layout's one shape: [longest] elements, spare ones at the end
-        length = max(cursor) + draw(st.integers(0, 3))
+        for k in range(num_kinds):
+            g = str(kind_dtype[k])
+            for _ in range(num_layers):
+                t = first[g] + draw(st.integers(0, group_tensors[g] - 1))
+                start = cursor[t] + draw(st.integers(0, 3))
+                plane_tensor.append(t)
+                plane_offset.append(start)
+                cursor[t] = start + spans[k]
+        lengths = [max(1, c + draw(st.integers(0, 3))) for c in cursor]  # spare elements at each tensor's end
         leads = [draw(st.integers(0, 4)) for _ in range(num_tensors)]  # storage_offset of each tensor
         tails = [draw(st.integers(0, 4)) for _ in range(num_tensors)]  # storage after each tensor
         gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
-        info = torch.iinfo(int_of[es])
         storages, kv = [], []
-        for lead, tail in zip(leads, tails, strict=True):
-            raw = torch.randint(info.min, info.max, (lead + length + tail,), generator=gen, dtype=int_of[es])
+        for dtype, length, lead, tail in zip(tensor_dtype, lengths, leads, tails, strict=True):
+            info = torch.iinfo(int_of[dtype.itemsize])
+            raw = torch.randint(
+                info.min, info.max, (lead + length + tail,), generator=gen, dtype=int_of[dtype.itemsize]
+            )
             storages.append(raw.view(dtype).to(device))
             kv.append(storages[-1][lead : lead + length])
-        layout = KVLayout.uniform(
+        layout = KVLayout(
             kind=draw(st.sampled_from(sorted(LAYOUT_KINDS))),
-            num_kv=num_kv,
             num_layers=num_layers,
-            num_blocks=dims["block"],
-            block_size=dims["token"],
-            num_kv_heads=dims["head"],
-            head_size=dims["channel"],
-            dtype=str(dtype).removeprefix("torch."),
-            element_size=es,
+            num_blocks=num_blocks,
+            block_size=block_size,
+            kinds=tuple(kinds),
             num_tensors=num_tensors,
-            tensor_shape=(length,),
-            tensor_stride=(1,),
+            tensor_shapes=tuple((n,) for n in lengths),
+            tensor_strides=((1,),) * num_tensors,
             plane_tensor=tuple(plane_tensor),
             plane_offset=tuple(plane_offset),
-            block_stride=stride["block"],
-            token_stride=stride["token"],
-            head_stride=stride["head"],
-            channel_stride=stride["channel"],
         )
-        num_slots = dims["block"] * dims["token"]
+        num_slots = num_blocks * block_size
         num_tokens = draw(st.integers(1, 8))
         slots = [draw(st.integers(-1, num_slots - 1)) for _ in range(num_tokens)]
         skip_prefix = draw(st.integers(0, num_tokens))
@@ -187,6 +248,7 @@ def _strategies() -> Any:
                 seen.add(s)
         case = Case(
             layout=layout,
+            valid_layout=layout,
             storages=storages,
             leads=leads,
             kv_caches=kv,
@@ -197,23 +259,50 @@ def _strategies() -> Any:
             corruption=None,
         )
         if corruption is not None:
-            _corrupt(draw, case, corruption, extent, [s.numel() for s in storages])
+            _corrupt(draw, case, corruption, [s.numel() for s in storages])
         return case
 
-    def _corrupt(draw: Any, case: Case, what: str, extent: int, storage_len: list[int]) -> None:
+    def _with_kind(layout: Any, k: int, **fields: Any) -> Any:
+        kinds = list(layout.kinds)
+        kinds[k] = dataclasses.replace(kinds[k], **fields)
+        return dataclasses.replace(layout, kinds=tuple(kinds))
+
+    def _axis_with(axes: tuple[Any, ...], level: int, stride: int) -> tuple[Any, ...]:
+        return tuple(Axis(a.size, stride) if i == level else a for i, a in enumerate(axes))
+
+    def _corrupt(draw: Any, case: Case, what: str, storage_len: list[int]) -> None:
         layout = case.layout
-        sizes = {
-            "block_stride": layout.num_blocks,
-            "token_stride": layout.block_size,
-            "head_stride": layout.num_kv_heads,
-            "channel_stride": layout.head_size,
-        }
-        counting = sorted(f for f, n in sizes.items() if n > 1)  # strides that reach past element 0
         case.corruption = what
         p = draw(st.integers(0, len(layout.plane_offset) - 1))
+        pk = p // layout.num_layers  # the kind of plane p
+        kind = layout.kinds[pk]
+        extent = 1 + (layout.num_blocks - 1) * kind.block_stride + (kind.heads - 1) * kind.head_stride
+        extent += sum((a.size - 1) * a.stride for a in (*kind.token, *kind.channel))
         offsets = list(layout.plane_offset)
+        # (kind, field, level, count) of every stride that reaches past element 0
+        counting = []
+        for k, kind in enumerate(layout.kinds):
+            if layout.num_blocks > 1:
+                counting.append((k, "block_stride", 0, layout.num_blocks))
+            if kind.heads > 1:
+                counting.append((k, "head_stride", 0, kind.heads))
+            for axis in ("token", "channel"):
+                counting += [(k, axis, i, a.size) for i, a in enumerate(getattr(kind, axis)) if a.size > 1]
+        split = [
+            c for c in counting if c[1] in ("token", "channel") and len(getattr(layout.kinds[c[0]], c[1])) > 1
+        ]
         if not counting and what in ("stride_overflows_extent", "plane_offset_near_2_63_large_block_stride"):
             what = case.corruption = "plane_offset_near_2_63"  # a one-element plane has no stride to abuse
+        if not split and what == "split_level_stride_overflows_extent":
+            what = case.corruption = "stride_overflows_extent" if counting else "plane_offset_near_2_63"
+
+        def set_stride(layout: Any, k: int, field: str, level: int, value: int) -> Any:
+            if field in ("token", "channel"):
+                return _with_kind(
+                    layout, k, **{field: _axis_with(getattr(layout.kinds[k], field), level, value)}
+                )
+            return _with_kind(layout, k, **{field: value})
+
         if what in ("slot_too_high", "slot_below_minus_one"):
             case.skip_prefix = min(case.skip_prefix, case.num_tokens - 1)  # at least one live token
             t = draw(st.integers(case.skip_prefix, case.num_tokens - 1))
@@ -232,66 +321,77 @@ def _strategies() -> Any:
         elif what == "plane_offset_past_storage":
             reach = storage_len[layout.plane_tensor[p]] - case.leads[layout.plane_tensor[p]]
             offsets[p] = reach - extent + draw(st.integers(1, 5))
-            case.layout = _replace(layout, plane_offset=tuple(offsets))
+            case.layout = dataclasses.replace(layout, plane_offset=tuple(offsets))
         elif what == "plane_offset_near_2_63":
             offsets[p] = 2**63 - draw(st.integers(1, extent + 64))
-            case.layout = _replace(layout, plane_offset=tuple(offsets))
+            case.layout = dataclasses.replace(layout, plane_offset=tuple(offsets))
         elif what == "plane_offset_near_2_63_large_block_stride":
             # the issue's repro: plane_offset * element_size and plane_offset + extent both wrap
-            field = "block_stride" if layout.num_blocks > 1 else counting[0]
-            big = (2**62 + 2**10) // (sizes[field] - 1) + 1
-            case.layout = _replace(layout, plane_offset=(2**63 - 64,) * len(offsets), **{field: big})
+            k, field, level, count = next((c for c in counting if c[1] == "block_stride"), counting[0])
+            big = (2**62 + 2**10) // (count - 1) + 1
+            case.layout = set_stride(
+                dataclasses.replace(layout, plane_offset=(2**63 - 64,) * len(offsets)), k, field, level, big
+            )
         elif what == "plane_offset_negative":
             offsets[p] = -draw(st.integers(1, 2**63))
-            case.layout = _replace(layout, plane_offset=tuple(offsets))
+            case.layout = dataclasses.replace(layout, plane_offset=tuple(offsets))
         elif what in ("plane_tensor_minus_one", "plane_tensor_past_end"):
             tensors = list(layout.plane_tensor)
             tensors[p] = -1 if what == "plane_tensor_minus_one" else layout.num_tensors
-            case.layout = _replace(layout, plane_tensor=tuple(tensors))
+            case.layout = dataclasses.replace(layout, plane_tensor=tuple(tensors))
         elif what == "element_size_wrong":
-            wrong = draw(st.sampled_from([s for s in (1, 2, 3, 4, 8, 0) if s != layout.element_size]))
-            case.layout = _replace(layout, element_size=wrong)
+            es = layout.kinds[pk].element_size
+            wrong = draw(st.sampled_from([s for s in (1, 2, 3, 4, 8, 0) if s != es]))
+            case.layout = _with_kind(layout, pk, element_size=wrong)
         elif what == "stride_negative":
-            field = draw(st.sampled_from(sorted(sizes)))
-            case.layout = _replace(layout, **{field: -draw(st.integers(1, 2**63))})
-        else:  # stride_overflows_extent: only an axis of more than one element makes its stride count
-            field = draw(st.sampled_from(counting))
-            case.layout = _replace(layout, **{field: 2**63 // (sizes[field] - 1) + draw(st.integers(0, 9))})
+            kind = layout.kinds[pk]
+            fields = [("block_stride", 0), ("head_stride", 0)]
+            fields += [(axis, i) for axis in ("token", "channel") for i in range(len(getattr(kind, axis)))]
+            field, level = draw(st.sampled_from(fields))
+            case.layout = set_stride(layout, pk, field, level, -draw(st.integers(1, 2**63)))
+        else:  # an axis (or split level) of more than one element makes its stride count
+            k, field, level, count = draw(st.sampled_from(split if what.startswith("split") else counting))
+            case.layout = set_stride(layout, k, field, level, 2**63 // (count - 1) + draw(st.integers(0, 9)))
 
     return cases
 
 
-def _replace(layout: Any, **fields: Any) -> Any:
-    return layout.replace_geometry(**fields)
+def _oracle(case: Case, chunk_bytes: list[int], storage_bytes: list[list[int]], gather: bool) -> None:
+    """Move elements one at a time, byte by byte, through the storages (the layout's documented
+    index math: per kind, block and head strides plus each split level's digit times its stride;
+    the chunk one section [num_layers, num_tokens, heads * width] per kind)."""
+    from lmcache_core.layout import split_offset
 
-
-def _oracle(case: Case, chunk_bits: list[int], storage_bits: list[list[int]], gather: bool) -> None:
-    """Move elements one at a time through the storages (the layout's documented index math)."""
     g = case.layout
     slots = (case.slot_mapping if gather else case.scatter_slots).tolist()
-    hidden = g.num_kv_heads * g.head_size
-    for p in range(g.num_kv * g.num_layers):
-        t = g.plane_tensor[p]
-        base = case.leads[t] + g.plane_offset[p]
-        for tok in range(case.skip_prefix, case.num_tokens):
-            if slots[tok] < 0:
-                continue
-            block, row = divmod(slots[tok], g.block_size)
-            for h in range(g.num_kv_heads):
-                for c in range(g.head_size):
-                    at = base + block * g.block_stride + row * g.token_stride + h * g.head_stride
-                    at += c * g.channel_stride
-                    x = (p * case.num_tokens + tok) * hidden + h * g.head_size + c
-                    if gather:
-                        chunk_bits[x] = storage_bits[t][at]
-                    else:
-                        storage_bits[t][at] = chunk_bits[x]
+    section = 0
+    for k, kind in enumerate(g.kinds):
+        es, hidden = kind.element_size, kind.heads * kind.width
+        for layer in range(g.num_layers):
+            p = k * g.num_layers + layer
+            t = g.plane_tensor[p]
+            base = case.leads[t] + g.plane_offset[p]
+            for tok in range(case.skip_prefix, case.num_tokens):
+                if slots[tok] < 0:
+                    continue
+                block, row = divmod(slots[tok], g.block_size)
+                for h in range(kind.heads):
+                    for c in range(kind.width):
+                        at = base + block * kind.block_stride + h * kind.head_stride
+                        at += split_offset(kind.token, row) + split_offset(kind.channel, c)
+                        x = section + ((layer * case.num_tokens + tok) * hidden + h * kind.width + c) * es
+                        for b in range(es):
+                            if gather:
+                                chunk_bytes[x + b] = storage_bytes[t][at * es + b]
+                            else:
+                                storage_bytes[t][at * es + b] = chunk_bytes[x + b]
+        section += g.num_layers * case.num_tokens * hidden * es
 
 
 def _bits(t: Any) -> list[int]:
     import torch
 
-    return t.cpu().view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()]).flatten().tolist()
+    return t.cpu().reshape(-1).view(torch.uint8).tolist()
 
 
 def _worker(name: str, device: str, examples: int, seed: int) -> None:
@@ -316,11 +416,14 @@ def _worker(name: str, device: str, examples: int, seed: int) -> None:
 
     def run(case: Case, gather: bool, direct: bool) -> None:
         layout = case.layout
-        shape = (layout.num_kv, layout.num_layers, case.num_tokens, layout.num_kv_heads * layout.head_size)
-        dtype = case.storages[0].dtype
-        int_dtype = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[dtype.itemsize]
-        info = torch.iinfo(int_dtype)
-        chunk = torch.randint(info.min, info.max, shape, dtype=int_dtype).view(dtype).to(device)
+        fmt = case.valid_layout.chunk_format  # typed 4-D when the kinds' sections agree, else uint8 bytes
+        noise = torch.randint(0, 256, (fmt.nbytes(case.num_tokens),), dtype=torch.uint8)
+        chunk = (
+            noise.view(getattr(torch, fmt.dtype)).view(fmt.shape(case.num_tokens))
+            if fmt.is_uniform
+            else noise
+        )
+        chunk = chunk.to(device)
         chunk_before = _bits(chunk)
         storages_before = [_bits(s) for s in case.storages]
         slots = case.slot_mapping if gather else case.scatter_slots
