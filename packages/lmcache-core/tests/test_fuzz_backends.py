@@ -406,7 +406,7 @@ def _worker(name: str, device: str, examples: int, seed: int) -> None:
 
     found = {d.name: d for d in discover_backends()}[name]
     backend = load_backend(found)
-    raw = import_plugin(found.probe.plugin) if found.probe and found.probe.plugin else None
+    raw: Any = import_plugin(found.probe.plugin) if found.probe and found.probe.plugin else None
     if name == "reference":
         raw = import_plugin("lmcache_core.backends.reference")
     assert backend is not None and (name != "reference" or backend is reference_backend())

@@ -11,11 +11,11 @@
 static_assert(LMC_IS_HIP == EXPECT_HIP, "gpu_compat.h picked the wrong runtime");
 
 LMC_DEVICE_INLINE int64_t row_of(const lmcache_core::KVGeometry& g, int64_t slot) {
-  return lmcache_core::kv_plane_row(g, slot);
+  return lmcache_core::kv_plane_row(g, 1, slot) + lmcache_core::kv_split_offset(g.kind[1].channel, 3);
 }
 
 LMC_GLOBAL void LMC_LAUNCH_BOUNDS(64) probe_kernel(int64_t* out, lmcache_core::KVGeometry g) {
-  out[threadIdx.x] = row_of(g, static_cast<int64_t>(threadIdx.x)) + lmcache_core::kv_contiguous_run(g);
+  out[threadIdx.x] = row_of(g, static_cast<int64_t>(threadIdx.x)) + lmcache_core::kv_contiguous_run(g, 0);
 }
 
 /* Every host-side macro, in a plausible order; errors are collected, not handled. */

@@ -53,8 +53,8 @@ thread_local std::string g_error;
 }  // namespace
 
 /*
- * Gather (gather != 0) or scatter num_jobs chunks in host memory. dims: (num_kv, num_layers,
- * num_blocks, block_size, num_kv_heads, head_size); strides: (block, token, head, channel).
+ * Gather (gather != 0) or scatter num_jobs chunks in host memory. dims: (num_kinds, num_layers,
+ * num_blocks, block_size); kinds: num_kinds * LMC_KV_KIND_FIELDS values (kv_kind_unpack order).
  * Per job: slot mapping address, tokens, skip_prefix, chunk address, chunk bytes.
  * max_blocks caps the grid's x dimension (65535 in launcher.cu; 1 makes every group stride over rows).
  * Returns nullptr, or the message a ValueError would carry. *vector_bytes, *launches: the plan used.
@@ -62,7 +62,7 @@ thread_local std::string g_error;
 extern "C" const char* lmc_emulate_transfer(int gather, const uintptr_t* tensor_address, const int64_t* tensor_nbytes,
                                             int64_t num_tensors, const int64_t* plane_tensor,
                                             const int64_t* plane_offset, int64_t plane_table_len, const int64_t* dims,
-                                            const int64_t* strides, int64_t element_size, int64_t num_jobs,
+                                            const int64_t* kinds, int64_t num_jobs,
                                             const uintptr_t* job_slots, const int64_t* job_tokens,
                                             const int64_t* job_skip, const uintptr_t* job_chunk,
                                             const int64_t* job_chunk_nbytes, int64_t max_blocks, int* vector_bytes,
@@ -83,9 +83,13 @@ extern "C" const char* lmc_emulate_transfer(int gather, const uintptr_t* tensor_
     a.plane_tensor = plane_tensor;
     a.plane_offset = plane_offset;
     a.plane_table_len = plane_table_len;
-    a.geometry = lmcache_core::KVGeometry{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5],
-                                          strides[0], strides[1], strides[2], strides[3]};
-    a.element_size = element_size;
+    if (dims[0] < 1 || dims[0] > LMC_KV_MAX_KINDS) throw lmcache_gpu::ArgumentError("num_kinds: out of range");
+    a.geometry = lmcache_core::KVGeometry{};
+    a.geometry.num_kinds = dims[0];
+    a.geometry.num_layers = dims[1];
+    a.geometry.num_blocks = dims[2];
+    a.geometry.block_size = dims[3];
+    for (int64_t k = 0; k < dims[0]; ++k) a.geometry.kind[k] = lmcache_core::kv_kind_unpack(kinds + k * LMC_KV_KIND_FIELDS);
     a.jobs = jobs.data();
     a.num_jobs = num_jobs;
     lmcache_gpu::check_layout(a);
@@ -100,8 +104,7 @@ extern "C" const char* lmc_emulate_transfer(int gather, const uintptr_t* tensor_
     const lmcache_gpu::CopyPlan plan = lmcache_gpu::plan_copy(a, planes, chunks);
     *vector_bytes = plan.vector_bytes;
     *launches = 0;
-    KernelParams p = lmcache_gpu::make_params(reinterpret_cast<uint8_t* const*>(planes.data()), a.geometry,
-                                              element_size, plan);
+    KernelParams p = lmcache_gpu::make_params(reinterpret_cast<uint8_t* const*>(planes.data()), a.geometry, plan);
     int64_t j = 0;
     while (j < num_jobs) {
       p.num_jobs = 0;

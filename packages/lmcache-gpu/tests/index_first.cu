@@ -4,7 +4,8 @@
 
 // A device function (a kernel would need the runtime's launch declarations on the host side).
 __attribute__((device)) void index_first_device(int64_t* out, lmcache_core::KVGeometry g) {
-  out[0] = lmcache_core::kv_plane_row(g, 5) + lmcache_core::kv_hidden(g) + lmcache_core::kv_contiguous_run(g);
+  out[0] = lmcache_core::kv_plane_row(g, 0, 5) + lmcache_core::kv_kind_hidden(g, 1) + lmcache_core::kv_contiguous_run(g, 1) +
+           lmcache_core::kv_chunk_row_bytes(g, 1, 0, 2, 4) + lmcache_core::kv_kind_unpack(out).width;
 }
 
 #if !defined(LMC_TEST_NO_RUNTIME_HEADERS)

@@ -22,6 +22,7 @@ import torch
 from lmcache_core.backend import reference_backend
 from lmcache_core.include_path import get_include
 from lmcache_core.layout import KVLayout
+from lmcache_core.native_args import native_layout
 from lmcache_core.testing.cases import Case, bits, make_cases, poison_
 from lmcache_gpu import get_source
 
@@ -48,7 +49,7 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     fn = dll.lmc_emulate_transfer
     fn.restype = ctypes.c_char_p
     u, i64 = _P(ctypes.c_uint64), _P(ctypes.c_int64)
-    fn.argtypes = [ctypes.c_int, u, i64, ctypes.c_int64, i64, i64, ctypes.c_int64, i64, i64, ctypes.c_int64,
+    fn.argtypes = [ctypes.c_int, u, i64, ctypes.c_int64, i64, i64, ctypes.c_int64, i64, i64,
                    ctypes.c_int64, u, i64, i64, u, i64, ctypes.c_int64, _P(ctypes.c_int), _P(ctypes.c_int)]  # fmt: skip
     return dll
 
@@ -72,27 +73,17 @@ def emulate(
     """
     u64, i64 = ctypes.c_uint64, ctypes.c_int64
     width, launches = ctypes.c_int(0), ctypes.c_int(0)
+    p = native_layout(layout, kv)
     err = dll.lmc_emulate_transfer(
         int(gather),
-        _arr(u64, [t.data_ptr() for t in kv]),
-        _arr(i64, [t.untyped_storage().nbytes() - t.storage_offset() * t.element_size() for t in kv]),
+        _arr(u64, p.tensor_address),
+        _arr(i64, p.tensor_nbytes),
         len(kv),
-        _arr(i64, layout.plane_tensor),
-        _arr(i64, layout.plane_offset),
-        len(layout.plane_tensor),
-        _arr(
-            i64,
-            [
-                layout.num_kv,
-                layout.num_layers,
-                layout.num_blocks,
-                layout.block_size,
-                layout.num_kv_heads,
-                layout.head_size,
-            ],
-        ),
-        _arr(i64, layout.strides),
-        layout.element_size,
+        _arr(i64, p.plane_tensor),
+        _arr(i64, p.plane_offset),
+        len(p.plane_tensor),
+        _arr(i64, p.dims),
+        _arr(i64, [v for kind in p.kinds for v in kind]),
         len(jobs),
         _arr(u64, [s.data_ptr() for s, _, _ in jobs]),
         _arr(i64, [s.numel() for s, _, _ in jobs]),
@@ -109,10 +100,12 @@ def emulate(
 
 
 def _chunk(case: Case, misalign: bool) -> torch.Tensor:
-    """A poisoned chunk; ``misalign`` puts it one element past a 16-byte boundary."""
+    """A poisoned chunk (typed, or uint8 bytes when the plane kinds differ: :meth:`Case.chunk_shape`);
+    ``misalign`` puts it one element past a 16-byte boundary."""
+    dtype = case.chunk_dtype
     n = int(torch.Size(case.chunk_shape()).numel())
-    base = torch.empty(n + 16, dtype=case.dtype)
-    shift = (-base.data_ptr() % 16) // case.dtype.itemsize + (1 if misalign else 0)
+    base = torch.empty(n + 16, dtype=dtype)
+    shift = (-base.data_ptr() % 16) // dtype.itemsize + (1 if misalign else 0)
     return poison_(base[shift : shift + n].view(case.chunk_shape()))
 
 
@@ -126,7 +119,7 @@ def test_gather_matches_the_reference(emulator: ctypes.CDLL, case: Case, misalig
     width, _ = emulate(emulator, True, layout, kv, [(slots, out, case.skip_prefix)], 1 if misalign else 65535)
     if misalign and case.num_tokens > case.skip_prefix:  # the chunk is planned only when tokens move
         assert width <= case.dtype.itemsize
-    expected = poison_(torch.empty(case.chunk_shape(), dtype=case.dtype))
+    expected = poison_(torch.empty(case.chunk_shape(), dtype=case.chunk_dtype))
     reference_backend().gather(layout, kv, slots, expected, case.skip_prefix)
     assert torch.equal(bits(out), bits(expected)), f"{width}-byte accesses: {case.describe()}"
 

@@ -13,9 +13,10 @@ Shapes use named axes. For a layer group described by ``layout``
   :data:`lmcache_core.layout_registry.LAYOUT_KINDS`, permuted views included);
 * ``slot_mapping``: int64 ``[num_tokens]`` on the host or on the KV's GPU, chunk token -> slot
   (``block * block_size + token``), ``-1`` = skip the token;
-* a chunk (``out`` / ``src``): contiguous ``[num_kv, num_layers, num_tokens, hidden]`` of the KV
-  dtype, ``hidden = num_kv_heads * head_size``, in host memory (page-locked or not) or on the KV's
-  GPU.
+* a chunk (``out`` / ``src``): contiguous, ``layout.chunk_format.nbytes(num_tokens)`` bytes of any
+  dtype: one section ``[num_layers, num_tokens, hidden_k]`` per plane kind of ``layout.kinds``
+  (``hidden_k = heads_k * width_k``), back to back (``[num_kv, num_layers, num_tokens, hidden]``
+  when the kinds agree), in host memory (page-locked or not) or on the KV's GPU.
 
 How a host chunk is reached, per direction (``host_path``): ``"mapped"``, the kernel reads or
 writes the page-locked host memory directly through its device address (zero-copy, one pass over
@@ -30,19 +31,20 @@ chunk may be read only after the stream (or an event recorded on it) is synchron
 and events belong to a device, and every call on them makes that device current for its
 duration, never another: a thread with no device set (an L2 or lookup thread) makes no context
 on GPU 0. Events come from a per-device pool; page-locked host memory is allocated with the
-registering device current. Native code
-checks geometry, extents, chunk sizes and every live slot (copying a device slot mapping to the
-host first) and raises ValueError before anything is written.
+registering device current. The layout reaches the extension through the core's
+:func:`lmcache_core.native_args.native_layout` (cached per layout and tensor set). Native code
+checks geometry, extents, chunk sizes and every live slot (``lmcache_core/kv_checks.h``, copying a
+device slot mapping to the host first) and raises ValueError before anything is written; the
+user-facing dtype and shape checks are :class:`lmcache_core.backend.Backend`'s.
 
 May assume: torch is importable. Must not at import time: touch a GPU, read the environment or
-load anything but torch and the core's validation module.
+load anything but torch and the core's layout and native-arguments modules.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -51,7 +53,7 @@ from typing import Any
 import torch
 
 from lmcache_core.layout import KVLayout
-from lmcache_core.validation import check_transfer
+from lmcache_core.native_args import NativeLayout, native_layout
 
 #: Ways a host chunk is reached; see the module docstring.
 HOST_PATHS = ("mapped", "staged")
@@ -61,8 +63,6 @@ DEFAULT_HOST_PATH = {"gather": "mapped", "scatter": "staged"}
 HOST_ALLOC_METHODS = ("pinned", "registered")
 DEFAULT_HOST_ALLOC = "pinned"
 
-_PREPARED_MAX = 64
-
 logger = logging.getLogger(__name__)
 
 
@@ -70,8 +70,8 @@ logger = logging.getLogger(__name__)
 class ChunkJob:
     """One chunk of a multi-chunk transfer: its slot mapping, the chunk and the tokens to skip.
 
-    ``slot_mapping``: int64 ``[num_tokens]``; ``chunk``: contiguous
-    ``[num_kv, num_layers, num_tokens, hidden]``; tokens ``< skip_prefix`` are not moved.
+    ``slot_mapping``: int64 ``[num_tokens]``; ``chunk``: the contiguous chunk (see the module
+    docstring); tokens ``< skip_prefix`` are not moved.
     """
 
     slot_mapping: torch.Tensor
@@ -126,7 +126,6 @@ class GpuKernels:
         self.package = ext.__name__.rpartition(".")[0]
         self._host_path: dict[str, str] | None = None
         self._host_alloc: str | None = None
-        self._prepared: dict[tuple[Any, ...], dict[str, Any]] = {}
         #: device of every stream handle this object made or handed out (events need it)
         self._stream_device: dict[int, int] = {}
         #: the device KV was registered on (new_stream): host memory is page-locked with it current
@@ -166,56 +165,13 @@ class GpuKernels:
 
     # ---- pointers -----------------------------------------------------------------------------
 
-    def _prepare(self, layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> dict[str, Any]:
-        """Addresses, reachable bytes, plane table and geometry of ``kv_caches``; cached per layout and pointers."""
-        if not isinstance(kv_caches, (list, tuple)) or not kv_caches:
-            raise TypeError(f"kv_caches: expected a non-empty list or tuple of tensors, given {kv_caches!r}")
-        for i, t in enumerate(kv_caches):
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"kv_caches[{i}]: expected torch.Tensor, given {type(t).__name__}")
-        # Engines pass the same tensors every call: a hit is the same layout, addresses and tensor
-        # objects (weak references, so a new tensor at a recycled address is prepared afresh).
-        key = (layout, tuple(t.data_ptr() for t in kv_caches))
-        prepared = self._prepared.get(key)
-        if prepared is not None and all(r() is t for r, t in zip(prepared["refs"], kv_caches, strict=True)):
-            return prepared
-        if len(kv_caches) != layout.num_tensors:
-            raise ValueError(
-                f"kv_caches: expected {layout.num_tensors} tensors for {layout.kind}, given {len(kv_caches)}"
-            )
-        for i, t in enumerate(kv_caches):
-            if t.element_size() != layout.element_size:
-                raise TypeError(
-                    f"kv_caches[{i}]: expected {layout.element_size}-byte elements ({layout.dtype}), given {t.dtype}"
-                )
-        prepared = {
-            "tensor_address": [t.data_ptr() for t in kv_caches],
-            "tensor_nbytes": [
-                t.untyped_storage().nbytes() - t.storage_offset() * t.element_size() for t in kv_caches
-            ],
-            "plane_tensor": list(layout.plane_tensor),
-            "plane_offset": list(layout.plane_offset),
-            "dims": (
-                layout.num_kv,
-                layout.num_layers,
-                layout.num_blocks,
-                layout.block_size,
-                layout.num_kv_heads,
-                layout.head_size,
-            ),
-            "strides": layout.strides,
-            "element_size": layout.element_size,
-            "refs": tuple(weakref.ref(t) for t in kv_caches),
-            "device": kv_caches[0].device,
-            "device_error": self._device_error(kv_caches),
-        }
-        if len(self._prepared) >= _PREPARED_MAX:
-            self._prepared.clear()
-        self._prepared[key] = prepared
-        return prepared
+    def _prepare(self, layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> NativeLayout:
+        """Addresses, reachable bytes, plane table and per-kind geometry of ``kv_caches`` (the core's
+        :func:`~lmcache_core.native_args.native_layout`, cached per layout and tensor set)."""
+        return native_layout(layout, kv_caches)
 
     def plane_addresses(self, layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> tuple[int, ...]:
-        """The pointer table the kernel indexes: byte address of each plane ``[num_kv * num_layers]``.
+        """The pointer table the kernel indexes: byte address of each plane ``[num_kinds * num_layers]``.
 
         Built and checked by native code (every plane's extent inside its tensor); works for tensors
         on any device, so it is testable without a GPU.
@@ -223,47 +179,37 @@ class GpuKernels:
         p = self._prepare(layout, kv_caches)
         return tuple(
             self._ext.plane_addresses(
-                p["tensor_address"],
-                p["tensor_nbytes"],
-                p["plane_tensor"],
-                p["plane_offset"],
-                p["dims"],
-                p["strides"],
-                p["element_size"],
+                p.tensor_address, p.tensor_nbytes, p.plane_tensor, p.plane_offset, p.dims, p.kinds
             )
         )
 
     def plan(
         self, layout: KVLayout, kv_caches: Sequence[torch.Tensor], chunks: Sequence[torch.Tensor]
-    ) -> dict[str, int]:
-        """How the kernel would move these chunks: ``vector_bytes`` (16 where aligned), threads per row, ..."""
+    ) -> dict[str, Any]:
+        """How the kernel would move these chunks: ``vector_bytes`` (16 where aligned, one for every
+        plane kind), ``group_threads`` (threads per row), and per kind ``row_bytes``, ``run_bytes``,
+        ``vecs_per_row``, ``vecs_per_run`` (lists, in ``layout.kinds`` order)."""
         p = self._prepare(layout, kv_caches)
         planes = self.plane_addresses(layout, kv_caches)
-        return dict(
-            self._ext.plan(
-                list(planes), [c.data_ptr() for c in chunks], p["dims"], p["strides"], p["element_size"]
-            )
-        )
+        return dict(self._ext.plan(list(planes), [c.data_ptr() for c in chunks], p.dims, p.kinds))
 
     # ---- kernels ------------------------------------------------------------------------------
 
-    def _device_error(self, kv_caches: Sequence[torch.Tensor]) -> str | None:
-        """Why ``kv_caches`` are not all on one GPU, or None."""
-        device = kv_caches[0].device
-        for i, t in enumerate(kv_caches):
-            if t.device.type != "cuda":
-                return (
-                    f"kv_caches[{i}]: expected a tensor on a {self.backend} GPU (torch device type cuda), "
-                    f"given {t.device}"
-                )
-            if t.device != device:
-                return f"kv_caches[{i}]: expected device {device} (as kv_caches[0]), given {t.device}"
+    def _device_error(self, devices: Sequence[torch.device]) -> str | None:
+        """Why tensors on ``devices`` are not all on one GPU, or None."""
+        device = devices[0]
+        for i, d in enumerate(devices):
+            if d.type != "cuda":
+                return f"kv_caches[{i}]: expected a tensor on a {self.backend} GPU (torch device type cuda), given {d}"
+            if d != device:
+                return f"kv_caches[{i}]: expected device {device} (as kv_caches[0]), given {d}"
         return None
 
     def _check_job(
-        self, i: int, n_jobs: int, job: ChunkJob, layout: KVLayout, chunk_name: str
+        self, i: int, n_jobs: int, job: ChunkJob, chunk_name: str
     ) -> tuple[str, str, torch.Tensor, torch.Tensor]:
-        """Device-independent checks of one job; returns its names, chunk and contiguous slots."""
+        """Device-independent checks of one job (what memory safety needs: native code checks the
+        chunk's exact size); returns its names, chunk and contiguous slots."""
         chunk_field = chunk_name if n_jobs == 1 else f"jobs[{i}].chunk"
         slot_field = "slot_mapping" if n_jobs == 1 else f"jobs[{i}].slot_mapping"
         chunk, slots = job.chunk, job.slot_mapping
@@ -273,10 +219,6 @@ class GpuKernels:
             raise TypeError(f"{slot_field}: expected torch.Tensor, given {type(slots).__name__}")
         if not chunk.is_contiguous():
             raise ValueError(f"{chunk_field}: expected a contiguous tensor, given strides {chunk.stride()}")
-        if chunk.element_size() != layout.element_size:
-            raise TypeError(
-                f"{chunk_field}: expected {layout.element_size}-byte elements ({layout.dtype}), given {chunk.dtype}"
-            )
         if slots.dtype != torch.int64 or slots.dim() != 1:
             raise TypeError(f"{slot_field}: expected a 1-D int64 tensor, given {slots.dim()}-D {slots.dtype}")
         skip = job.skip_prefix
@@ -292,12 +234,8 @@ class GpuKernels:
         jobs: Sequence[ChunkJob],
         stream: int,
         host_path: str | None,
-        validate: bool,
     ) -> list[str]:
         chunk_name = "out" if gather else "src"
-        if validate:
-            for job in jobs:
-                check_transfer(layout, kv_caches, job.slot_mapping, chunk_name, job.chunk, job.skip_prefix)
         op = "gather" if gather else "scatter"
         path = host_path if host_path is not None else self.host_paths()[op]
         if path not in HOST_PATHS:
@@ -305,10 +243,11 @@ class GpuKernels:
         if isinstance(stream, bool) or not isinstance(stream, int) or stream < 0:
             raise ValueError(f"stream: expected a non-negative integer handle, given {stream!r}")
         p = self._prepare(layout, kv_caches)
-        checked = [self._check_job(i, len(jobs), job, layout, chunk_name) for i, job in enumerate(jobs)]
-        if p["device_error"] is not None:
-            raise ValueError(p["device_error"])
-        device: torch.device = p["device"]
+        checked = [self._check_job(i, len(jobs), job, chunk_name) for i, job in enumerate(jobs)]
+        device_error = self._device_error(p.devices)
+        if device_error is not None:
+            raise ValueError(device_error)
+        device = p.devices[0]
         entries = []
         for job, (chunk_field, slot_field, chunk, slots) in zip(jobs, checked, strict=True):
             for name, t in ((chunk_field, chunk), (slot_field, slots)):
@@ -335,13 +274,12 @@ class GpuKernels:
             self._ext.transfer(
                 gather,
                 index,
-                p["tensor_address"],
-                p["tensor_nbytes"],
-                p["plane_tensor"],
-                p["plane_offset"],
-                p["dims"],
-                p["strides"],
-                p["element_size"],
+                p.tensor_address,
+                p.tensor_nbytes,
+                p.plane_tensor,
+                p.plane_offset,
+                p.dims,
+                p.kinds,
                 entries,
                 HOST_PATHS.index(path),
                 handle,
@@ -363,18 +301,17 @@ class GpuKernels:
         *,
         stream: int = 0,
         host_path: str | None = None,
-        validate: bool = True,
     ) -> str:
         """Copy chunk tokens' KV rows from paged ``kv_caches`` into ``out``, asynchronously on ``stream``.
 
-        ``out``: contiguous ``[num_kv, num_layers, num_tokens, hidden]``; rows of tokens
-        ``< skip_prefix`` and of ``-1`` slots stay as they were. ``validate=False`` skips the core's
-        Python checks (the hook does: :class:`lmcache_core.backend.Backend` ran them); native code
-        checks sizes and slots regardless. Returns the path taken: ``"device"``, ``"mapped"``,
+        ``out``: the contiguous chunk (see the module docstring); rows of tokens ``< skip_prefix``
+        and of ``-1`` slots stay as they were. Checks what memory safety needs (native code: sizes,
+        extents and slots); the user-facing dtype and shape checks are
+        :class:`lmcache_core.backend.Backend`'s. Returns the path taken: ``"device"``, ``"mapped"``,
         ``"staged"``, ``"staged (pageable host memory)"`` or ``"nothing to move"``.
         """
         return self._transfer(
-            True, layout, kv_caches, [ChunkJob(slot_mapping, out, skip_prefix)], stream, host_path, validate
+            True, layout, kv_caches, [ChunkJob(slot_mapping, out, skip_prefix)], stream, host_path
         )[0]
 
     def scatter(
@@ -387,14 +324,13 @@ class GpuKernels:
         *,
         stream: int = 0,
         host_path: str | None = None,
-        validate: bool = True,
     ) -> str:
         """Copy chunk rows of ``src`` into paged ``kv_caches``: the inverse of :meth:`gather`.
 
         Slots of tokens ``< skip_prefix`` and ``-1`` slots are never written.
         """
         return self._transfer(
-            False, layout, kv_caches, [ChunkJob(slot_mapping, src, skip_prefix)], stream, host_path, validate
+            False, layout, kv_caches, [ChunkJob(slot_mapping, src, skip_prefix)], stream, host_path
         )[0]
 
     def gather_chunks(
@@ -405,10 +341,9 @@ class GpuKernels:
         *,
         stream: int = 0,
         host_path: str | None = None,
-        validate: bool = True,
     ) -> list[str]:
         """Gather several chunks, all layers of up to 32 chunks per kernel launch; paths per chunk."""
-        return self._transfer(True, layout, kv_caches, list(jobs), stream, host_path, validate)
+        return self._transfer(True, layout, kv_caches, list(jobs), stream, host_path)
 
     def scatter_chunks(
         self,
@@ -418,10 +353,9 @@ class GpuKernels:
         *,
         stream: int = 0,
         host_path: str | None = None,
-        validate: bool = True,
     ) -> list[str]:
         """Scatter several chunks (their slots must not overlap); paths per chunk."""
-        return self._transfer(False, layout, kv_caches, list(jobs), stream, host_path, validate)
+        return self._transfer(False, layout, kv_caches, list(jobs), stream, host_path)
 
     # ---- devices, host memory, streams, events ------------------------------------------------
 
@@ -523,11 +457,9 @@ class GpuKernels:
         return int(torch.cuda.current_stream(index).cuda_stream), index
 
     def destroy_stream(self, stream: int) -> None:
-        """Destroy a stream from :meth:`new_stream` after its work, with its staging buffers, and
-        forget the tensors prepared for it."""
+        """Destroy a stream from :meth:`new_stream` after its work, with its staging buffers."""
         self._ext.stream_destroy(stream)
         self._stream_device.pop(stream, None)
-        self._prepared.clear()
 
     def record_event(self, stream: int = 0) -> GpuEvent:
         """Record an event on ``stream`` (0: torch's current stream of the current GPU), on the

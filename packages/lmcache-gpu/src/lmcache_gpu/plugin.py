@@ -27,33 +27,13 @@ import torch
 from lmcache_core.hookspecs import hookimpl
 from lmcache_core.layout import KVLayout
 from lmcache_core.layout_registry import LAYOUT_KINDS
-from lmcache_core.plugin_api import Capabilities
+from lmcache_core.plugin_api import API_1_1, Capabilities, supported_dtypes
 from lmcache_gpu import build_info
 from lmcache_gpu.kernels import GpuKernels
 from lmcache_gpu.probing import GpuScan
 
 #: Backend hook API version this plugin was written against.
-BUILT_AGAINST_API: tuple[int, int] = (1, 1)
-
-#: Dtypes the kernels move: every element size 1, 2, 4 or 8 bytes (copies are bitwise).
-_DTYPE_NAMES = (
-    "float8_e4m3fn",
-    "float8_e4m3fnuz",
-    "float8_e5m2",
-    "float8_e5m2fnuz",
-    "int8",
-    "uint8",
-    "float16",
-    "bfloat16",
-    "int16",
-    "uint16",
-    "float32",
-    "int32",
-    "uint32",
-    "float64",
-    "int64",
-    "uint64",
-)
+BUILT_AGAINST_API: tuple[int, int] = API_1_1
 
 
 def arch_runs(device_arch: str, build_archs: Sequence[str]) -> bool:
@@ -85,11 +65,6 @@ def arch_runs(device_arch: str, build_archs: Sequence[str]) -> bool:
             if arch[-1] not in "af" and got <= dev:
                 return True
     return False
-
-
-def supported_dtypes() -> frozenset[str]:
-    """Names (``"bfloat16"``) of the dtypes above that this torch build has."""
-    return frozenset(n for n in _DTYPE_NAMES if isinstance(getattr(torch, n, None), torch.dtype))
 
 
 def missing_images(devices: Sequence[Mapping[str, Any]], build_archs: Sequence[str]) -> str:
@@ -199,9 +174,8 @@ class GpuPlugin:
         out: torch.Tensor,
         skip_prefix: int,
         stream: int,
-    ) -> bool:
-        self.kernels.gather(layout, kv_caches, slot_mapping, out, skip_prefix, stream=stream, validate=False)
-        return True
+    ) -> None:
+        self.kernels.gather(layout, kv_caches, slot_mapping, out, skip_prefix, stream=stream)
 
     @hookimpl
     def lmcache_scatter(
@@ -212,9 +186,8 @@ class GpuPlugin:
         src: torch.Tensor,
         skip_prefix: int,
         stream: int,
-    ) -> bool:
-        self.kernels.scatter(layout, kv_caches, slot_mapping, src, skip_prefix, stream=stream, validate=False)
-        return True
+    ) -> None:
+        self.kernels.scatter(layout, kv_caches, slot_mapping, src, skip_prefix, stream=stream)
 
     @hookimpl
     def lmcache_alloc_host(self, nbytes: int, pinned: bool) -> torch.Tensor:
@@ -233,20 +206,17 @@ class GpuPlugin:
         return self.kernels.current_stream(device)
 
     @hookimpl
-    def lmcache_stream_wait_event(self, stream: int, event: Any) -> bool:
+    def lmcache_stream_wait_event(self, stream: int, event: Any) -> None:
         self.kernels.stream_wait_event(stream, event)
-        return True
 
     @hookimpl
     def lmcache_query_event(self, event: Any) -> bool:
         return self.kernels.query_event(event)
 
     @hookimpl
-    def lmcache_destroy_stream(self, stream: int) -> bool:
+    def lmcache_destroy_stream(self, stream: int) -> None:
         self.kernels.destroy_stream(stream)
-        return True
 
     @hookimpl
-    def lmcache_synchronize(self, handle: Any) -> bool:
+    def lmcache_synchronize(self, handle: Any) -> None:
         self.kernels.synchronize(handle)
-        return True

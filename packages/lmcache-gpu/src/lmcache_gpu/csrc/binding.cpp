@@ -43,13 +43,13 @@ constexpr const char* kTransferDoc = R"(
     device: device index of the KV tensors
     tensor_address: data_ptr() of each engine tensor [num_tensors]
     tensor_nbytes:  bytes reachable from each tensor_address [num_tensors]
-    plane_tensor, plane_offset: [num_kv * num_layers] tensor index and element offset of each plane
-    dims:    (num_kv, num_layers, num_blocks, block_size, num_kv_heads, head_size)
-    strides: (block, token, head, channel) strides inside a plane, elements
-    element_size: bytes per element (1, 2, 4 or 8)
+    plane_tensor, plane_offset: [num_kinds * num_layers] tensor index and element offset of each plane
+    dims:    (num_kinds, num_layers, num_blocks, block_size)
+    kinds:   [num_kinds] 19 ints each: heads, width, element_size, block_stride, head_stride,
+             token levels, sizes[3], strides[3], channel levels, sizes[3], strides[3] (elements)
     jobs: one tuple per chunk: (slots_device, slots_host, num_tokens, skip_prefix, chunk, chunk_nbytes,
           chunk_on_device); slots_* are addresses of int64 [num_tokens] (-1 = skip), 0 when absent
-          (at least one given); chunk is contiguous [num_kv, num_layers, num_tokens, hidden]
+          (at least one given); chunk is contiguous, per kind [num_layers, num_tokens, hidden_k]
     host_path: 0 = mapped (kernel reaches page-locked host chunks directly), 1 = staged
     stream: stream handle (0 = legacy default stream)
 Returns, per chunk, the path taken. Raises ValueError, before writing anything, when any argument
@@ -71,12 +71,10 @@ PYBIND11_MODULE(_C, m) {
       "transfer",
       [](bool gather, int device, std::vector<uintptr_t> tensor_address, std::vector<int64_t> tensor_nbytes,
          std::vector<int64_t> plane_tensor, std::vector<int64_t> plane_offset, const gpu::Dims& dims,
-         const gpu::Strides& strides, int64_t element_size, const std::vector<gpu::JobTuple>& jobs, int host_path,
-         uintptr_t stream) {
+         const gpu::Kinds& kinds, const std::vector<gpu::JobTuple>& jobs, int host_path, uintptr_t stream) {
         const gpu::HostPath path = gpu::host_path_from_int(host_path);
         const gpu::OwnedTransferArgs args(device, std::move(tensor_address), std::move(tensor_nbytes),
-                                          std::move(plane_tensor), std::move(plane_offset), dims, strides,
-                                          element_size, jobs);
+                                          std::move(plane_tensor), std::move(plane_offset), dims, kinds, jobs);
         py::gil_scoped_release release;
         return gpu::transfer(args.view(), gather, path, stream);
       },
@@ -84,38 +82,39 @@ PYBIND11_MODULE(_C, m) {
        kTransferDoc)
           .c_str(),
       py::arg("gather"), py::arg("device"), py::arg("tensor_address"), py::arg("tensor_nbytes"),
-      py::arg("plane_tensor"), py::arg("plane_offset"), py::arg("dims"), py::arg("strides"),
-      py::arg("element_size"), py::arg("jobs"), py::arg("host_path"), py::arg("stream"));
+      py::arg("plane_tensor"), py::arg("plane_offset"), py::arg("dims"), py::arg("kinds"), py::arg("jobs"),
+      py::arg("host_path"), py::arg("stream"));
 
   m.def(
       "plane_addresses",
       [](std::vector<uintptr_t> tensor_address, std::vector<int64_t> tensor_nbytes, std::vector<int64_t> plane_tensor,
-         std::vector<int64_t> plane_offset, const gpu::Dims& dims, const gpu::Strides& strides, int64_t element_size) {
+         std::vector<int64_t> plane_offset, const gpu::Dims& dims, const gpu::Kinds& kinds) {
         const gpu::OwnedTransferArgs args(0, std::move(tensor_address), std::move(tensor_nbytes),
-                                          std::move(plane_tensor), std::move(plane_offset), dims, strides,
-                                          element_size, {});
+                                          std::move(plane_tensor), std::move(plane_offset), dims, kinds, {});
         gpu::check_layout(args.view());
         return gpu::plane_addresses(args.view());
       },
-      "Checked pointer table: byte address of each plane [num_kv * num_layers] (what is uploaded to the device).",
+      "Checked pointer table: byte address of each plane [num_kinds * num_layers] (what is uploaded to the "
+      "device).",
       py::arg("tensor_address"), py::arg("tensor_nbytes"), py::arg("plane_tensor"), py::arg("plane_offset"),
-      py::arg("dims"), py::arg("strides"), py::arg("element_size"));
+      py::arg("dims"), py::arg("kinds"));
 
   m.def(
       "plan",
       [](const std::vector<uintptr_t>& planes, const std::vector<uintptr_t>& chunks, const gpu::Dims& dims,
-         const gpu::Strides& strides, int64_t element_size) {
+         const gpu::Kinds& kinds) {
         gpu::TransferArgs a;
-        a.geometry = gpu::make_geometry(dims, strides);
-        a.element_size = element_size;
+        a.geometry = gpu::make_geometry(dims, kinds);
         const gpu::CopyPlan p = gpu::plan_copy(a, planes, chunks);
-        return py::dict(py::arg("vector_bytes") = p.vector_bytes, py::arg("row_bytes") = p.row_bytes,
-                        py::arg("run_bytes") = p.run_bytes, py::arg("vecs_per_row") = p.vecs_per_row,
-                        py::arg("vecs_per_run") = p.vecs_per_run, py::arg("group_threads") = p.group_threads);
+        const auto per_kind = [&p](const int64_t* v) { return std::vector<int64_t>(v, v + p.num_kinds); };
+        return py::dict(py::arg("vector_bytes") = p.vector_bytes, py::arg("row_bytes") = per_kind(p.row_bytes),
+                        py::arg("run_bytes") = per_kind(p.run_bytes),
+                        py::arg("vecs_per_row") = per_kind(p.vecs_per_row),
+                        py::arg("vecs_per_run") = per_kind(p.vecs_per_run), py::arg("group_threads") = p.group_threads);
       },
-      "The launch plan for these plane and chunk addresses: vector_bytes (16/8/4/2/1), row_bytes, run_bytes, "
-      "vecs_per_row, vecs_per_run, group_threads (threads per row).",
-      py::arg("planes"), py::arg("chunks"), py::arg("dims"), py::arg("strides"), py::arg("element_size"));
+      "The launch plan for these plane and chunk addresses: vector_bytes (16/8/4/2/1, one for all kinds), per "
+      "plane kind row_bytes, run_bytes, vecs_per_row, vecs_per_run, and group_threads (threads per row).",
+      py::arg("planes"), py::arg("chunks"), py::arg("dims"), py::arg("kinds"));
 
   m.def(
       "device_count",

@@ -221,15 +221,21 @@ std::vector<std::pair<int64_t, int64_t>> live_runs(const int64_t* slots, int64_t
  * are never copied, so a staged gather leaves them untouched in the host chunk, as the contract
  * says.
  */
+/* The live token rows [first, second) of every run, in every layer of every kind's section of a
+   chunk of num_tokens tokens: one 2-D copy (layers as rows of the copy) per run and kind. */
 void copy_live_rows(uint8_t* dst, const uint8_t* src, const std::vector<std::pair<int64_t, int64_t>>& runs,
-                    int64_t planes, int64_t num_tokens, int64_t row_bytes, bool to_host, LMC_STREAM_T stream) {
-  const size_t pitch = static_cast<size_t>(num_tokens * row_bytes);
-  for (const auto& run : runs) {
-    const size_t offset = static_cast<size_t>(run.first * row_bytes);
-    const size_t width = static_cast<size_t>((run.second - run.first) * row_bytes);
-    check(LMC_MEMCPY_2D_ASYNC(dst + offset, pitch, src + offset, pitch, width, static_cast<size_t>(planes),
-                              to_host ? LMC_MEMCPY_DEVICE_TO_HOST : LMC_MEMCPY_HOST_TO_DEVICE, stream),
-          to_host ? "Memcpy2DAsync (staging -> host chunk)" : "Memcpy2DAsync (host chunk -> staging)");
+                    const KVGeometry& g, int64_t num_tokens, bool to_host, LMC_STREAM_T stream) {
+  for (int64_t k = 0; k < g.num_kinds; ++k) {
+    const int64_t row_bytes = lmcache_core::kv_kind_row_bytes(g, k);
+    const size_t section = static_cast<size_t>(lmcache_core::kv_chunk_section_offset_bytes(g, k, num_tokens));
+    const size_t pitch = static_cast<size_t>(num_tokens * row_bytes);
+    for (const auto& run : runs) {
+      const size_t offset = section + static_cast<size_t>(run.first * row_bytes);
+      const size_t width = static_cast<size_t>((run.second - run.first) * row_bytes);
+      check(LMC_MEMCPY_2D_ASYNC(dst + offset, pitch, src + offset, pitch, width, static_cast<size_t>(g.num_layers),
+                                to_host ? LMC_MEMCPY_DEVICE_TO_HOST : LMC_MEMCPY_HOST_TO_DEVICE, stream),
+            to_host ? "Memcpy2DAsync (staging -> host chunk)" : "Memcpy2DAsync (host chunk -> staging)");
+    }
   }
 }
 
@@ -353,8 +359,6 @@ std::vector<std::string> transfer(const TransferArgs& args, bool gather, HostPat
   uint8_t* const* table = static_cast<uint8_t* const*>(table_entry.memory);
 
   /* 4. where each chunk is reached */
-  const int64_t num_planes = lmcache_core::kv_num_planes(g);
-  const int64_t row_bytes = lmcache_core::kv_hidden(g) * args.element_size;
   std::vector<uintptr_t> kernel_chunk(static_cast<size_t>(n_jobs), 0);
   std::vector<size_t> staged_offset(static_cast<size_t>(n_jobs), SIZE_MAX);
   std::vector<std::vector<std::pair<int64_t, int64_t>>> runs(static_cast<size_t>(n_jobs));
@@ -394,12 +398,12 @@ std::vector<std::string> transfer(const TransferArgs& args, bool gather, HostPat
     for (int64_t j = 0; j < n_jobs; ++j) {
       if (staged_offset[j] == SIZE_MAX) continue;
       copy_live_rows(reinterpret_cast<uint8_t*>(kernel_chunk[j]), reinterpret_cast<const uint8_t*>(args.jobs[j].chunk),
-                     runs[j], num_planes, args.jobs[j].num_tokens, row_bytes, false, stream);
+                     runs[j], g, args.jobs[j].num_tokens, false, stream);
     }
   }
 
   /* 5. launches: up to kMaxJobsPerLaunch chunks each */
-  KernelParams p = make_params(table, g, args.element_size, plan);
+  KernelParams p = make_params(table, g, plan);
   int64_t j = 0;
   try {
   while (j < n_jobs) {
@@ -431,7 +435,7 @@ std::vector<std::string> transfer(const TransferArgs& args, bool gather, HostPat
     for (int64_t k = 0; k < n_jobs; ++k) {
       if (staged_offset[k] == SIZE_MAX) continue;
       copy_live_rows(reinterpret_cast<uint8_t*>(args.jobs[k].chunk), reinterpret_cast<const uint8_t*>(kernel_chunk[k]),
-                     runs[k], num_planes, args.jobs[k].num_tokens, row_bytes, true, stream);
+                     runs[k], g, args.jobs[k].num_tokens, true, stream);
     }
   }
   return paths;

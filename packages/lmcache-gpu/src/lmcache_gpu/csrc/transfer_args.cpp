@@ -8,15 +8,24 @@
 
 namespace lmcache_gpu {
 
-KVGeometry make_geometry(const Dims& dims, const Strides& strides) {
-  return KVGeometry{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5],
-                    strides[0], strides[1], strides[2], strides[3]};
+KVGeometry make_geometry(const Dims& dims, const Kinds& kinds) {
+  if (kinds.empty() || kinds.size() > LMC_KV_MAX_KINDS || static_cast<int64_t>(kinds.size()) != dims[0]) {
+    throw ArgumentError("kinds: expected num_kinds (dims[0] = " + std::to_string(dims[0]) + ", 1 to " +
+                        std::to_string(LMC_KV_MAX_KINDS) + ") entries, given " + std::to_string(kinds.size()));
+  }
+  KVGeometry g{};
+  g.num_kinds = dims[0];
+  g.num_layers = dims[1];
+  g.num_blocks = dims[2];
+  g.block_size = dims[3];
+  for (size_t k = 0; k < kinds.size(); ++k) g.kind[k] = lmcache_core::kv_kind_unpack(kinds[k].data());
+  return g;
 }
 
 OwnedTransferArgs::OwnedTransferArgs(int device, std::vector<uintptr_t> tensor_address,
                                      std::vector<int64_t> tensor_nbytes, std::vector<int64_t> plane_tensor,
-                                     std::vector<int64_t> plane_offset, const Dims& dims, const Strides& strides,
-                                     int64_t element_size, const std::vector<JobTuple>& jobs) {
+                                     std::vector<int64_t> plane_offset, const Dims& dims, const Kinds& kinds,
+                                     const std::vector<JobTuple>& jobs) {
   if (tensor_address.size() != tensor_nbytes.size()) {
     throw ArgumentError("tensor_nbytes: expected " + std::to_string(tensor_address.size()) +
                         " entries (one per tensor_address), given " + std::to_string(tensor_nbytes.size()));
@@ -43,8 +52,7 @@ OwnedTransferArgs::OwnedTransferArgs(int device, std::vector<uintptr_t> tensor_a
   view_.plane_tensor = plane_tensor_.data();
   view_.plane_offset = plane_offset_.data();
   view_.plane_table_len = static_cast<int64_t>(plane_tensor_.size());
-  view_.geometry = make_geometry(dims, strides);
-  view_.element_size = element_size;
+  view_.geometry = make_geometry(dims, kinds);
   view_.jobs = jobs_.data();
   view_.num_jobs = static_cast<int64_t>(jobs_.size());
 }

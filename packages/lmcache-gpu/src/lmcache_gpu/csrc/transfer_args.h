@@ -16,8 +16,9 @@
 
 namespace lmcache_gpu {
 
-using Dims = std::array<int64_t, 6>;     /* num_kv, num_layers, num_blocks, block_size, num_kv_heads, head_size */
-using Strides = std::array<int64_t, 4>;  /* block, token, head, channel; elements */
+using Dims = std::array<int64_t, 4>;  /* num_kinds, num_layers, num_blocks, block_size */
+using Kind = std::array<int64_t, LMC_KV_KIND_FIELDS>;  /* one plane kind, flat (kv_index.h kv_kind_unpack) */
+using Kinds = std::vector<Kind>;      /* [num_kinds] */
 /* slots_device, slots_host, num_tokens, skip_prefix, chunk, chunk_nbytes, chunk_on_device */
 using JobTuple = std::tuple<uintptr_t, uintptr_t, int64_t, int64_t, uintptr_t, int64_t, bool>;
 
@@ -27,7 +28,7 @@ class OwnedTransferArgs {
  public:
   OwnedTransferArgs(int device, std::vector<uintptr_t> tensor_address, std::vector<int64_t> tensor_nbytes,
                     std::vector<int64_t> plane_tensor, std::vector<int64_t> plane_offset, const Dims& dims,
-                    const Strides& strides, int64_t element_size, const std::vector<JobTuple>& jobs);
+                    const Kinds& kinds, const std::vector<JobTuple>& jobs);
   OwnedTransferArgs(const OwnedTransferArgs&) = delete;
   OwnedTransferArgs& operator=(const OwnedTransferArgs&) = delete;
 
@@ -40,8 +41,9 @@ class OwnedTransferArgs {
   TransferArgs view_;
 };
 
-/* Geometry alone (for plan_copy). */
-KVGeometry make_geometry(const Dims& dims, const Strides& strides);
+/* Geometry alone (for plan_copy). Throws ArgumentError unless kinds has dims[0] (1 to
+   LMC_KV_MAX_KINDS) entries; the values themselves are check_layout's. */
+KVGeometry make_geometry(const Dims& dims, const Kinds& kinds);
 
 /* 0 -> kMapped, 1 -> kStaged; ArgumentError otherwise. */
 HostPath host_path_from_int(int host_path);

@@ -28,6 +28,7 @@ import torch
 from lmcache_core.backend import Backend, import_plugin
 from lmcache_core.layout import KVLayout
 from lmcache_core.layout_registry import LAYOUT_KINDS, allocate_example, detect_layout
+from lmcache_core.native_args import native_layout
 from lmcache_core.testing.cases import bits, poison_, poison_value
 from lmcache_core.testing.require import REQUIRE_BACKEND_ENV
 from lmcache_gpu.kernels import GpuKernels
@@ -75,22 +76,9 @@ class ExtensionTests(PackageUnderTest):
     def _native(
         self, layout: KVLayout, kv: list[torch.Tensor], jobs: list[tuple[Any, ...]], **over: Any
     ) -> Any:
-        p = dict(self.kernels()._prepare(layout, kv))
-        p.update(over)
-        return self.ext().transfer(
-            True,
-            over.pop("device", 0),
-            p["tensor_address"],
-            p["tensor_nbytes"],
-            p["plane_tensor"],
-            p["plane_offset"],
-            p["dims"],
-            p["strides"],
-            p["element_size"],
-            jobs,
-            over.pop("host_path", 0),
-            0,
-        )
+        device, host_path = over.pop("device", 0), over.pop("host_path", 0)
+        p = {**_binding_args(layout, kv), **over}
+        return self.ext().transfer(True, device, jobs=jobs, host_path=host_path, stream=0, **p)
 
     @staticmethod
     def _job(
@@ -143,7 +131,7 @@ class ExtensionTests(PackageUnderTest):
         slots = torch.arange(8, dtype=torch.int64)
         chunk = poison_(torch.empty(layout.chunk_format.shape(8), dtype=layout_dtype(layout)))
         job = [self._job(slots, chunk)]
-        p = self.kernels()._prepare(layout, kv)
+        p = _binding_args(layout, kv)
         with pytest.raises(ValueError, match=r"plane_tensor/plane_offset: expected 4 entries"):
             self._native(
                 layout, kv, job, plane_tensor=p["plane_tensor"][:3], plane_offset=p["plane_offset"][:3]
@@ -158,8 +146,19 @@ class ExtensionTests(PackageUnderTest):
             ValueError, match=r"plane_tensor\[0\]: expected a tensor index in \[0, 2\), given 5"
         ):
             self._native(layout, kv, job, plane_tensor=[5, *p["plane_tensor"][1:]])
-        with pytest.raises(ValueError, match=r"element_size: expected 1, 2, 4 or 8 bytes, given 3"):
-            self._native(layout, kv, job, element_size=3)
+        bad_kind = list(p["kinds"][1])
+        bad_kind[2] = 3  # element_size
+        with pytest.raises(
+            ValueError, match=r"kinds\[1\]\.element_size: expected 1, 2, 4 or 8 bytes, given 3"
+        ):
+            self._native(layout, kv, job, kinds=[p["kinds"][0], bad_kind])
+        split = list(p["kinds"][0])
+        split[5:12] = [2, 2, 3, 1, 8, 16, 0]  # token levels (2, 3): product 6, block_size 4
+        with pytest.raises(
+            ValueError,
+            match=r"kinds\[0\]\.token: expected sizes that multiply to block_size \d+, given a product of 6",
+        ):
+            self._native(layout, kv, job, kinds=[split, p["kinds"][1]])
 
     def test_valid_arguments_reach_the_runtime_and_fail_there_without_a_gpu(self) -> None:
         """Skipped slots are not checked (the contract); with no GPU the first runtime call fails."""
@@ -182,26 +181,18 @@ class ExtensionTests(PackageUnderTest):
     @pytest.mark.parametrize("kind", sorted(LAYOUT_KINDS))
     def test_pointer_table_matches_the_reference_planes(self, kind: str) -> None:
         from lmcache_core.backends.reference import plane_view
+        from lmcache_core.testing.cases import make_cases
 
-        mla, sglang = LAYOUT_KINDS[kind].mla, kind == "sglang"
-        tensors, hints = allocate_example(
-            kind,
-            num_layers=3,
-            num_blocks=5,
-            block_size=1 if sglang else 4,
-            num_kv_heads=1 if mla else 2,
-            head_size=24,
-            dtype=torch.bfloat16,
-        )
-        layout = detect_layout(tensors, hints)
+        case = next(c for c in make_cases(seed=5, count=1) if c.kind == kind)
+        tensors, layout = case.random_kv()  # the flat tensor list (tuples per layer flattened)
         table = self.kernels().plane_addresses(layout, tensors)
         want = tuple(
-            plane_view(layout, tensors, p).data_ptr() for p in range(layout.num_kv * layout.num_layers)
+            plane_view(layout, tensors, p).data_ptr() for p in range(len(layout.kinds) * layout.num_layers)
         )
         assert table == want
 
     @pytest.mark.parametrize(
-        ("dims", "strides", "es", "plane_shift", "chunk_shift", "want"),
+        ("dims", "strides", "es", "plane_shift", "chunk_shift", "want"),  # dims, strides: the flat 1.x form
         [
             # vLLM NHD bf16, 8 heads x 128: whole 2 KiB rows, 16-byte vectors, a warp per row
             ((2, 32, 64, 16, 8, 128), (16384, 1024, 128, 1), 2, 0, 0, (16, 2048, 2048, 128, 128, 32)),
@@ -230,7 +221,52 @@ class ExtensionTests(PackageUnderTest):
     ) -> None:
         base = 1 << 20
         planes = [base + p * (1 << 16) + plane_shift for p in range(dims[0] * dims[1])]
-        plan = self.ext().plan(planes, [base * 4 + chunk_shift], dims, strides, es)
+        kv, layers, blocks, block_size, heads, head_size = dims
+        bs, ts, hs, cs = strides
+        kind = (heads, head_size, es, bs, hs, 1, block_size, 1, 1, ts, 0, 0, 1, head_size, 1, 1, cs, 0, 0)
+        plan = self.ext().plan(
+            planes, [base * 4 + chunk_shift], (kv, layers, blocks, block_size), [kind] * kv
+        )
+        per_kind = ("row_bytes", "run_bytes", "vecs_per_row", "vecs_per_run")
+        assert all(plan[k] == [plan[k][0]] * kv for k in per_kind)  # equal kinds, equal plans
+        got = (plan["vector_bytes"], *(plan[k][0] for k in per_kind), plan["group_threads"])
+        assert got == want
+
+    @pytest.mark.parametrize(
+        ("kinds", "want"),
+        [
+            # vLLM CPU vec fp32 (16 tokens, 2 heads x 8): K transposed, 4-byte element runs; V rows of 32 bytes
+            (
+                [
+                    (2, 8, 4, 512, 256, 1, 16, 1, 1, 1, 0, 0, 1, 8, 1, 1, 16, 0, 0),
+                    (2, 8, 4, 512, 256, 1, 16, 1, 1, 8, 0, 0, 1, 8, 1, 1, 1, 0, 0),
+                ],
+                (4, [64, 64], [4, 32], [16, 16], [1, 8], 16),
+            ),
+            # amx bf16: K channel pairs (4-byte runs), V token pairs: 4-byte accesses for both
+            (
+                [
+                    (2, 32, 2, 2048, 1024, 2, 16, 1, 1, 2, 512, 0, 2, 2, 16, 1, 1, 32, 0),
+                    (2, 32, 2, 2048, 1024, 2, 2, 8, 1, 1, 32, 0, 2, 16, 2, 1, 2, 256, 0),
+                ],
+                (2, [128, 128], [4, 2], [64, 64], [2, 1], 32),
+            ),
+            # Ascend MLA: nope 512 and rope 64 bf16 in their own tensors, whole rows, 16-byte accesses
+            (
+                [
+                    (1, 512, 2, 8192, 0, 1, 16, 1, 1, 512, 0, 0, 1, 512, 1, 1, 1, 0, 0),
+                    (1, 64, 2, 1024, 0, 1, 16, 1, 1, 64, 0, 0, 1, 64, 1, 1, 1, 0, 0),
+                ],
+                (16, [1024, 128], [1024, 128], [64, 8], [64, 8], 32),
+            ),
+        ],
+        ids=["vllm_cpu_vec", "amx", "ascend_mla"],
+    )
+    def test_plan_per_plane_kind(self, kinds: list[tuple[int, ...]], want: tuple[Any, ...]) -> None:
+        base = 1 << 20
+        dims = (len(kinds), 2, 4, 16)
+        planes = [base + p * (1 << 16) for p in range(dims[0] * dims[1])]
+        plan = self.ext().plan(planes, [base * 4], dims, kinds)
         keys = ("vector_bytes", "row_bytes", "run_bytes", "vecs_per_row", "vecs_per_run", "group_threads")
         assert tuple(plan[k] for k in keys) == want
 
@@ -239,7 +275,7 @@ class ExtensionTests(PackageUnderTest):
         chunk = torch.empty(layout.chunk_format.shape(8), dtype=layout_dtype(layout))
         plan = self.kernels().plan(layout, kv, [chunk])
         row = layout.hidden * layout.element_size  # 2 heads x 8 fp16 = 32 bytes
-        assert plan["row_bytes"] == row and row % plan["vector_bytes"] == 0
+        assert plan["row_bytes"] == [row, row] and row % plan["vector_bytes"] == 0
         assert chunk.data_ptr() % plan["vector_bytes"] == 0
         odd = torch.empty(chunk.numel() + 1, dtype=chunk.dtype)[1:].view(chunk.shape)
         assert self.kernels().plan(layout, kv, [odd])["vector_bytes"] == 2
@@ -299,7 +335,7 @@ class ExtensionTests(PackageUnderTest):
         with pytest.raises(
             ValueError, match=rf"kv_caches\[0\]: expected a tensor on a {self.backend} GPU .* given cpu"
         ):
-            self.kernels().gather(layout, kv, slots, out, validate=False)
+            self.kernels().gather(layout, kv, slots, out)
 
     def test_wrapper_argument_checks(self) -> None:
         k = self.kernels()
@@ -308,25 +344,21 @@ class ExtensionTests(PackageUnderTest):
         slots = torch.arange(8, dtype=torch.int64)
         strided = torch.empty((2, 2, 16, 16), dtype=out.dtype)[:, :, :8]
         with pytest.raises(ValueError, match=r"out: expected a contiguous tensor"):
-            k.gather(layout, kv, slots, strided, validate=False)
+            k.gather(layout, kv, slots, strided)
         with pytest.raises(
             TypeError, match=r"slot_mapping: expected a 1-D int64 tensor, given 1-D torch.int32"
         ):
-            k.gather(layout, kv, slots.int(), out, validate=False)
-        with pytest.raises(
-            TypeError, match=r"src: expected 2-byte elements \(float16\), given torch.float32"
-        ):
-            k.scatter(layout, kv, slots, out.float(), validate=False)
+            k.gather(layout, kv, slots.int(), out)
         with pytest.raises(TypeError, match=r"skip_prefix: expected int, given float"):
-            k.gather(layout, kv, slots, out, 1.0, validate=False)  # type: ignore[arg-type]
+            k.gather(layout, kv, slots, out, 1.0)  # type: ignore[arg-type]
         with pytest.raises(
             ValueError, match=r"host_path: expected one of \['mapped', 'staged'\], given 'dma'"
         ):
-            k.gather(layout, kv, slots, out, host_path="dma", validate=False)
+            k.gather(layout, kv, slots, out, host_path="dma")
         with pytest.raises(ValueError, match=r"stream: expected a non-negative integer handle, given -1"):
-            k.gather(layout, kv, slots, out, stream=-1, validate=False)
-        with pytest.raises(ValueError, match=r"out: expected shape"):  # the core's checks with validate=True
-            k.gather(layout, kv, slots, out[:, :1], validate=True)
+            k.gather(layout, kv, slots, out, stream=-1)
+        with pytest.raises(TypeError, match="validate"):  # user-facing checks are Backend's, once
+            k.gather(layout, kv, slots, out, validate=True)  # type: ignore[call-arg]
         with pytest.raises(TypeError, match=r"handle: expected None, a GpuEvent"):
             k.synchronize("event")
 
@@ -436,30 +468,25 @@ class ExtensionTests(PackageUnderTest):
             dtype=dtype,
         )
         layout = detect_layout(kv, hints)
-        return kv, {
-            "tensor_address": [t.data_ptr() for t in kv],
-            "tensor_nbytes": [t.numel() * t.element_size() for t in kv],
-            "plane_tensor": list(layout.plane_tensor),
-            "plane_offset": list(layout.plane_offset),
-            "dims": (2, 2, 4, 4, 2, 8),
-            "strides": layout.strides,
-            "element_size": layout.element_size,
-        }
+        return kv, {**_binding_args(layout, kv), "tensor_nbytes": [t.numel() * t.element_size() for t in kv]}
 
     @staticmethod
     def _hostile(p: dict[str, Any], variant: str) -> dict[str, Any]:
         """A hand-edited layout whose plane extent or ``offset + extent`` wraps 64 bits."""
         planes = len(p["plane_offset"])
-        _, token, head, channel = p["strides"]
+
+        def block_stride(stride: int) -> list[list[int]]:  # field 3 of each kind (kv_kind_unpack order)
+            return [[*k[:3], stride, *k[4:]] for k in p["kinds"]]
+
         if variant == "wrapped-end":  # every plane 64 elements before its tensor once offset * size wraps
             return {
                 **p,
                 "plane_offset": [2**63 - 64] * planes,
-                "strides": ((2**62 + 2**10) // 3 + 1, token, head, channel),
+                "kinds": block_stride((2**62 + 2**10) // 3 + 1),
             }
         if variant == "offset-plus-extent-wraps":
             return {**p, "plane_offset": [*p["plane_offset"][:-1], 2**63 - 2]}
-        return {**p, "strides": (2**62, token, head, channel)}  # the extent itself overflows
+        return {**p, "kinds": block_stride(2**62)}  # the extent itself overflows
 
     @pytest.mark.parametrize("dtype", [torch.float16, torch.float8_e4m3fn], ids=str)
     @pytest.mark.parametrize("variant", ["wrapped-end", "offset-plus-extent-wraps", "extent-overflows"])
@@ -508,3 +535,16 @@ class ExtensionTests(PackageUnderTest):
         assert required.returncode == 1 and "2 errors" in summary and "skipped" not in summary, out
         assert f"backend {self.backend!r} cannot run on this host: " in out, out
         assert f"{REQUIRE_BACKEND_ENV}={self.backend} requires backend {self.backend!r}" in out, out
+
+
+def _binding_args(layout: KVLayout, kv: list[torch.Tensor]) -> dict[str, Any]:
+    """The layout part of the extension's keyword arguments (the core's native_layout), as lists."""
+    p = native_layout(layout, kv)
+    return {
+        "tensor_address": list(p.tensor_address),
+        "tensor_nbytes": list(p.tensor_nbytes),
+        "plane_tensor": list(p.plane_tensor),
+        "plane_offset": list(p.plane_offset),
+        "dims": p.dims,
+        "kinds": [list(k) for k in p.kinds],
+    }

@@ -62,7 +62,7 @@ class KernelTests(PackageUnderTest):
         kv = self._to_gpu(kv_cpu)
         layout = self._gpu_layout(case, kv)
         slots = case.slot_tensor()
-        out = poison_(self._chunk(gpu, case.chunk_shape(), case.dtype, place))
+        out = poison_(self._chunk(gpu, case.chunk_shape(), case.chunk_dtype, place))
         path = gpu.gather(
             layout,
             kv,
@@ -72,7 +72,7 @@ class KernelTests(PackageUnderTest):
             host_path=None if place == "device" else place,
         )
         gpu.synchronize()
-        expected = poison_(torch.empty(case.chunk_shape(), dtype=case.dtype))
+        expected = poison_(torch.empty(case.chunk_shape(), dtype=case.chunk_dtype))
         reference_backend().gather(layout_cpu, kv_cpu, slots, expected, case.skip_prefix)
         assert torch.equal(bits(out.cpu()), bits(expected)), f"gather ({path}) differs: {case.describe()}"
         if case.live_tokens():
@@ -86,7 +86,7 @@ class KernelTests(PackageUnderTest):
         layout = self._gpu_layout(case, kv)
         slots = case.slot_tensor(unique=True)
         src_cpu = case.random_chunk()
-        src = self._chunk(gpu, case.chunk_shape(), case.dtype, place).copy_(src_cpu)
+        src = self._chunk(gpu, case.chunk_shape(), case.chunk_dtype, place).copy_(src_cpu)
         path = gpu.scatter(
             layout,
             kv,
@@ -209,7 +209,7 @@ class KernelTests(PackageUnderTest):
         before = chunk.clone()
         move = gpu.gather if op == "gather" else gpu.scatter
         with pytest.raises(ValueError, match=r"slot_mapping\[5\]: expected -1 <= slot < 64 .*given 67"):
-            move(layout, kv, slots.cuda() if slots_on_gpu else slots, chunk, validate=False)
+            move(layout, kv, slots.cuda() if slots_on_gpu else slots, chunk)
         gpu.synchronize()
         assert torch.equal(bits(chunk), bits(before)), "chunk written"
         for t, t_cpu in zip(kv, kv_cpu, strict=True):
