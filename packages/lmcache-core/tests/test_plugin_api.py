@@ -200,8 +200,14 @@ def _scatter(backend: Backend, kv: list[np.ndarray], layout: KVLayout) -> list[A
         (lambda kv: None, r"returned NoneType, expected a list of 2 KV arrays"),
         (lambda kv: kv[:1], r"returned 1 arrays, expected a list of 2"),
         (lambda kv: [torch.zeros(1), kv[1]], r"returned torch.Tensor at \[0\], expected numpy.ndarray"),
-        (lambda kv: [kv[0][:1], kv[1]], r"returned an array at \[0\] with \(shape, strides, dtype, device\) \(\(1, 3"),
-        (lambda kv: [kv[0].astype(np.float16), kv[1]], r"returned an array at \[0\] .*'float16'.*expected .*'float32'"),
+        (
+            lambda kv: [kv[0][:1], kv[1]],
+            r"returned an array at \[0\] with \(shape, strides, dtype, device\) \(\(1, 3",
+        ),
+        (
+            lambda kv: [kv[0].astype(np.float16), kv[1]],
+            r"returned an array at \[0\] .*'float16'.*expected .*'float32'",
+        ),
     ],
 )
 def test_functional_results_are_checked(result: Any, message: str) -> None:
