@@ -66,8 +66,8 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 def _check_gather(case: Case, threads: int) -> None:
     kv, layout = case.random_kv()
     slots = case.slot_tensor()
-    got = poison_(torch.empty(case.chunk_shape(), dtype=case.dtype))
-    want = poison_(torch.empty(case.chunk_shape(), dtype=case.dtype))
+    got = poison_(torch.empty(case.chunk_shape(), dtype=case.chunk_dtype))
+    want = poison_(torch.empty(case.chunk_shape(), dtype=case.chunk_dtype))
     kernels.gather(layout, kv, slots, got, case.skip_prefix, num_threads=threads)
     reference_backend().gather(layout, kv, slots, want, case.skip_prefix)
     assert _same(got, want), case.describe()
@@ -160,10 +160,11 @@ def test_strided_views_match_reference(name: str) -> None:
         assert _same(a, b)
 
 
-@pytest.mark.parametrize("kind", ["vllm_flash_nhd", "sglang", "mla", "vllm_cpu"])
+@pytest.mark.parametrize("kind", ["vllm_flash_nhd", "sglang", "mla", "vllm_cpu", "vllm_cpu_amx"])
 def test_consecutive_slots_across_blocks(kind: str) -> None:
-    """Slots running over block boundaries (one coalesced span where blocks are adjacent)."""
-    bs = 1 if kind == "sglang" else 4
+    """Slots running over block boundaries (one coalesced span where blocks are adjacent); for the
+    transposed and tiled vLLM CPU orders, spans that end where a token level carries."""
+    bs = {"sglang": 1, "vllm_cpu_amx": 16}.get(kind, 4)
     heads = 1 if kind in ("mla", "vllm_cpu") else 2
     kv, hints = allocate_example(
         kind,
@@ -178,8 +179,9 @@ def test_consecutive_slots_across_blocks(kind: str) -> None:
     for t in kv:
         random_bits_(t, gen)
     layout = detect_layout(kv, hints)
-    slots = torch.arange(2, 2 + 11, dtype=torch.int64)
-    shape = (layout.num_kv, layout.num_layers, 11, layout.hidden)
+    n = 2 * bs + 3
+    slots = torch.arange(2, 2 + n, dtype=torch.int64)
+    shape = (layout.num_kv, layout.num_layers, n, layout.hidden)
     got = poison_(torch.empty(shape, dtype=torch.bfloat16))
     want = poison_(torch.empty(shape, dtype=torch.bfloat16))
     kernels.gather(layout, kv, slots, got)
@@ -500,7 +502,10 @@ def test_overflowing_plane_layout_is_refused(dtype: torch.dtype, variant: str, p
     else:
         arm = get_backend("cpu", "arm")
         calls = [lambda: arm.scatter(bad, kv, slots, chunk), lambda: arm.gather(bad, kv, slots, out)]
-        pattern = r"^plane_offset\[\d+\]: plane \d+ \(kind [kv], layer \d\) spans elements"
+        pattern = (
+            r"^(plane_offset\[\d+\]: plane \d+ \(kind [kv], layer \d\) spans elements"
+            r"|block_stride, token_stride, head_stride, channel_stride: a plane spans)"
+        )
     for call in calls:
         with pytest.raises(ValueError, match=pattern):
             call()

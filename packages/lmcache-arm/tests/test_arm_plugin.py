@@ -10,9 +10,10 @@ import torch
 
 from lmcache_arm import _C, plugin
 from lmcache_arm.probe import isa_path, probe
-from lmcache_core.layout_registry import LAYOUT_KINDS, allocate_example, detect_layout
+from lmcache_core.layout_registry import LAYOUT_KINDS
 from lmcache_core.plugin_api import BACKEND_ENV, Priority
 from lmcache_core.selection import select_backend
+from lmcache_core.testing import make_cases
 
 
 def test_probe_finds_the_extension_and_serves_host_memory() -> None:
@@ -49,17 +50,10 @@ def test_selected_automatically_for_host_kv(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv(BACKEND_ENV, raising=False)
     selection = select_backend("cpu")
     assert selection.backend.name == "arm", selection.why
+    cases = make_cases(seed=3, count=1)
     for kind in LAYOUT_KINDS:
-        kv, hints = allocate_example(
-            kind,
-            num_layers=1,
-            num_blocks=2,
-            block_size=1 if kind == "sglang" else 4,
-            num_kv_heads=1,
-            head_size=8,
-            dtype=torch.bfloat16,
-        )
-        assert selection.backend.kernel_name(detect_layout(kv, hints)) == "arm", kind
+        _, layout = next(c for c in cases if c.kind == kind).random_kv()
+        assert selection.backend.kernel_name(layout) == "arm", kind
 
 
 def test_capabilities_cover_every_layout_and_element_size() -> None:
