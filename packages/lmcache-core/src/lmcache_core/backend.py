@@ -92,8 +92,8 @@ class Backend:
     def handles(self, layout: KVLayout, array_type: str = TORCH) -> bool:
         """True when this backend's own kernels (not the reference's) move ``layout`` held in
         arrays of family ``array_type``."""
-        return all(h in self._impls for h in _KERNEL_HOOKS) and self.capabilities.covers(
-            layout.kind, layout.dtype, array_type
+        return all(h in self._impls for h in _KERNEL_HOOKS) and all(
+            self.capabilities.covers(layout.kind, k.dtype, array_type) for k in layout.kinds
         )
 
     def _kernel_owner(self, layout: KVLayout, array_type: str = TORCH) -> Backend:
