@@ -177,13 +177,15 @@ def _numpy_info(a: Any, name: str) -> ArrayInfo:
 
 
 def _jax_info(a: Any, name: str) -> ArrayInfo:
-    devices = list(a.devices())
-    if len(devices) != 1:
-        raise ValueError(
-            f"{name}: expected a jax.Array on one device, given one sharded over {len(devices)} devices "
-            "(hand each device's shard over separately)"
-        )
+    devices = sorted(a.devices(), key=lambda d: d.id)
+    if not devices:
+        raise ValueError(f"{name}: expected a jax.Array with a device, given one on none (deleted?)")
     device = devices[0]
+    # A sharded array is one logical array (its shape and strides are the global ones); its
+    # device in words names every device it spans, so arrays on other meshes compare unequal.
+    where = (
+        str(device) if len(devices) == 1 else f"{len(devices)} devices {','.join(str(d.id) for d in devices)}"
+    )
     shape = tuple(int(n) for n in a.shape)
     size = a.dtype.itemsize
     nbytes = math.prod(shape) * size
@@ -193,7 +195,7 @@ def _jax_info(a: Any, name: str) -> ArrayInfo:
         strides=contiguous_strides(shape),
         dtype=a.dtype.name,
         element_size=size,
-        device=str(device),
+        device=where,
         device_type=str(device.platform),
         nbytes=nbytes,
         address=None,

@@ -3,8 +3,10 @@
 The conformance suite compares backends that move numpy (and, later, JAX) arrays against this,
 bit for bit: vectorised fancy indexing over each ``(kv, layer)`` plane, read through the layout's
 ``(block, token, head, channel)`` strides, on unsigned-int views (NaN payloads and fp8 exact).
-It covers layouts whose plane kinds agree (the flat :class:`~lmcache_core.layout.KVLayout`
-fields); the oracle never trusts a backend, so it does no routing, only index math.
+Every plane kind is read through its own geometry (:class:`~lmcache_core.layout.PlaneKind`):
+one numpy axis per level of its split token and channel axes, so transposed, pair-packed and
+tiled K/V, padded channels (TPU) and K/V of unequal widths (chunk sections as uint8 bytes) are
+covered; the oracle never trusts a backend, so it does no routing, only index math.
 
 Also here: :func:`numpy_like`, a numpy copy of a CPU torch tensor with the same storage, offset
 and strides (so a case's torch engine tensors become numpy engine arrays with the same layout),
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmcache_core.layout import KVLayout
+from lmcache_core.layout import KVLayout, PlaneKind
 
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -30,7 +32,13 @@ def numpy_dtype(name: str) -> np.dtype[Any] | None:
     try:
         return np.dtype(name)
     except TypeError:
+        pass
+    try:  # bfloat16 and the fp8 formats (JAX depends on ml_dtypes, so it is there with JAX)
+        import ml_dtypes
+    except ImportError:
         return None
+    found = getattr(ml_dtypes, name, None)
+    return np.dtype(found) if found is not None else None
 
 
 def numpy_like(t: torch.Tensor) -> np.ndarray:
@@ -61,21 +69,64 @@ def copy_like(a: np.ndarray) -> np.ndarray:
     return np.ndarray(shape=a.shape, dtype=a.dtype, buffer=base.copy(), offset=offset, strides=a.strides)
 
 
-def _plane(layout: KVLayout, a: np.ndarray, plane: int) -> np.ndarray:
-    """Unsigned-int view ``[num_blocks, block_size, num_kv_heads, head_size]`` of one plane, over
-    the contiguous numpy array that owns ``a``'s memory (as :func:`numpy_like` makes them)."""
+def _owner(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """The numpy array owning ``a``'s memory and ``a``'s byte offset inside it."""
     base = a
     while isinstance(base.base, np.ndarray):
         base = base.base
-    size = a.dtype.itemsize
-    offset = a.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    return base, a.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+
+
+def _plane(layout: KVLayout, a: np.ndarray, plane: int) -> np.ndarray:
+    """Unsigned-int view of one plane with one axis per level, outermost first:
+    ``[num_blocks, token levels..., heads, channel levels...]`` (a one-level kind:
+    ``[num_blocks, block_size, heads, width]``), over the numpy array that owns ``a``'s memory
+    (as :func:`numpy_like` makes them). Padded channels are outside the view."""
+    kind = layout.plane_kind(plane)
+    base, offset = _owner(a)
+    size = kind.element_size
+    token, channel = kind.token[::-1], kind.channel[::-1]
     return np.ndarray(
-        shape=(layout.num_blocks, layout.block_size, layout.num_kv_heads, layout.head_size),
+        shape=(layout.num_blocks, *(x.size for x in token), kind.heads, *(x.size for x in channel)),
         dtype=np.dtype(f"u{size}"),
         buffer=base,
         offset=offset + layout.plane_offset[plane] * size,
-        strides=tuple(s * size for s in layout.strides),
+        strides=tuple(
+            s * size
+            for s in (
+                kind.block_stride,
+                *(x.stride for x in token),
+                kind.head_stride,
+                *(x.stride for x in channel),
+            )
+        ),
     )
+
+
+def _digits(kind: PlaneKind, positions: np.ndarray) -> tuple[np.ndarray, ...]:
+    """In-block token ``positions`` as the token axis' digits, outermost level first."""
+    digits = []
+    for level in kind.token:
+        positions, digit = np.divmod(positions, level.size)
+        digits.append(digit)
+    return tuple(reversed(digits))
+
+
+def chunk_sections(layout: KVLayout, chunk: np.ndarray) -> tuple[int, list[np.ndarray]]:
+    """``(num_tokens, per-kind unsigned-int views [num_layers, num_tokens, hidden_k])`` of a
+    chunk: the typed 4-D ``[num_kv, num_layers, num_tokens, hidden]`` or uint8 bytes."""
+    fmt = layout.chunk_format
+    if chunk.ndim == 4:
+        return chunk.shape[2], [
+            chunk[k].view(np.dtype(f"u{chunk.dtype.itemsize}")) for k in range(chunk.shape[0])
+        ]
+    raw = chunk.view(np.uint8)
+    n = raw.shape[0] // fmt.token_nbytes
+    views = []
+    for s, at in zip(fmt.sections, fmt.section_offsets(n), strict=True):
+        part = raw[at : at + fmt.num_layers * n * s.hidden * s.element_size]
+        views.append(part.view(np.dtype(f"u{s.element_size}")).reshape(fmt.num_layers, n, s.hidden))
+    return n, views
 
 
 def _live(layout: KVLayout, slots: np.ndarray, skip_prefix: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -90,24 +141,27 @@ def _live(layout: KVLayout, slots: np.ndarray, skip_prefix: int) -> tuple[np.nda
 def numpy_gather(
     layout: KVLayout, kv_caches: Sequence[np.ndarray], slots: np.ndarray, out: np.ndarray, skip_prefix: int
 ) -> None:
-    """Write the live tokens' rows of ``out`` ``[num_kv, num_layers, num_tokens, hidden]``."""
+    """Write the live tokens' rows of ``out`` (``[num_kv, num_layers, num_tokens, hidden]``, or
+    uint8 bytes of the chunk format's sections), every plane kind through its own geometry."""
     tokens, blocks, positions = _live(layout, slots, skip_prefix)
-    dst = out.view(np.dtype(f"u{out.dtype.itemsize}"))
-    for p in range(layout.num_kv * layout.num_layers):
-        kv, layer = divmod(p, layout.num_layers)
+    _, sections = chunk_sections(layout, out)
+    for p in range(layout.num_planes):
+        index, layer = divmod(p, layout.num_layers)
+        kind = layout.kinds[index]
         plane = _plane(layout, kv_caches[layout.plane_tensor[p]], p)
-        dst[kv, layer, tokens] = plane[blocks, positions].reshape(len(tokens), layout.hidden)
+        rows = plane[(blocks, *_digits(kind, positions))]
+        sections[index][layer, tokens] = rows.reshape(len(tokens), kind.hidden)
 
 
 def numpy_scatter(
     layout: KVLayout, kv_caches: Sequence[np.ndarray], slots: np.ndarray, src: np.ndarray, skip_prefix: int
 ) -> None:
-    """Write the live tokens' rows of ``src`` into ``kv_caches``, in place."""
+    """Write the live tokens' rows of ``src`` into ``kv_caches``, in place (padding untouched)."""
     tokens, blocks, positions = _live(layout, slots, skip_prefix)
-    rows = src.view(np.dtype(f"u{src.dtype.itemsize}"))
-    for p in range(layout.num_kv * layout.num_layers):
-        kv, layer = divmod(p, layout.num_layers)
+    _, sections = chunk_sections(layout, src)
+    for p in range(layout.num_planes):
+        index, layer = divmod(p, layout.num_layers)
+        kind = layout.kinds[index]
         plane = _plane(layout, kv_caches[layout.plane_tensor[p]], p)
-        plane[blocks, positions] = rows[kv, layer, tokens].reshape(
-            len(tokens), layout.num_kv_heads, layout.head_size
-        )
+        shape = (len(tokens), kind.heads, *(x.size for x in kind.channel[::-1]))
+        plane[(blocks, *_digits(kind, positions))] = sections[index][layer, tokens].reshape(shape)
