@@ -44,12 +44,20 @@
 
 /* A device compile is detected from the compiler's own macros, so no runtime header need come
    first. Clang compiling HIP without HIP's headers has no __host__ / __device__ macros yet: it
-   takes clang's attributes directly. */
+   takes clang's attributes directly. AscendC's CPU debug build (__CCE_KT_TEST__) is a host compile. */
 #if defined(__CUDACC__) || defined(__HIPCC__) || defined(__HIP__)
 #if defined(__host__)
 #define LMC_HOST_DEVICE __host__ __device__
 #else
 #define LMC_HOST_DEVICE __attribute__((host)) __attribute__((device))
+#endif
+#elif defined(__CCE_AICORE__) && !defined(__CCE_KT_TEST__)
+/* AscendC device compile (CANN's ccec/bisheng): AI Core functions. kernel_operator.h spells
+   __aicore__ as the [aicore] attribute; take the macro when it is already there. */
+#if defined(__aicore__)
+#define LMC_HOST_DEVICE __aicore__
+#else
+#define LMC_HOST_DEVICE [aicore]
 #endif
 #else
 #define LMC_HOST_DEVICE
