@@ -9,6 +9,8 @@ Steps, each under its own time limit (all together under 8 minutes on an H200):
               a "no device" skip fails)
 3. ordering   the ordering tests (``lmcache_gpu.testing.OrderingTests``: store after an enqueued
               forward, loads, negative control)
+3b. ipc       the IPC tests (``lmcache_gpu.testing.IpcTests``): KV exported by this process, mapped
+              by a second one that gathers and scatters ordered by IPC events, negative control
 4. no-wait    the store ordering test again with ``LMCACHE_TEST_SKIP_STREAM_WAIT=1``: it must
               FAIL; if it passes, the test cannot see the race and the check fails
 5. memcheck   compute-sanitizer memcheck over a subset of the kernel and ordering tests
@@ -88,7 +90,7 @@ def plan(python: str = PY) -> list[Step]:
     require = {"LMCACHE_REQUIRE_BACKEND": "cuda"}
     store_test = f"{CUDA_TESTS}/test_cuda_ordering.py::TestCudaOrdering::test_store_right_after_the_forward_is_enqueued_reads_what_it_wrote"
     return [
-        Step("build", ["make", "-C", "packages/lmcache-cuda", "install", f"PYTHON={python}"], 150),
+        Step("build", ["make", "-C", "packages/lmcache-cuda", "install", f"PYTHON={python}"], 135),
         Step(
             "kernels",
             [*pytest, f"{CUDA_TESTS}/test_cuda_kernels.py", f"{CUDA_TESTS}/test_conformance.py"],
@@ -96,6 +98,7 @@ def plan(python: str = PY) -> list[Step]:
             require,
         ),
         Step("ordering", [*pytest, f"{CUDA_TESTS}/test_cuda_ordering.py"], 40, require),
+        Step("ipc", [*pytest, f"{CUDA_TESTS}/test_cuda_ipc.py"], 30, require),
         Step("no-wait", [*pytest, store_test], 30, {**require, SKIP_WAIT_ENV: "1"}, expect_failure=True),
         Step(
             "memcheck",
@@ -114,7 +117,7 @@ def plan(python: str = PY) -> list[Step]:
                 "-k",
                 "bitwise and vllm or many_chunks or bad_slot or ordering or store or load",
             ],
-            90,
+            80,
             require,
         ),
         Step("contexts", [python, "-c", CONTEXT_PROBE], 30),
@@ -129,7 +132,7 @@ def plan(python: str = PY) -> list[Step]:
                 "--device",
                 "cuda",
             ],
-            40,
+            35,
         ),
     ]
 

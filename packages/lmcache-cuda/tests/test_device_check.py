@@ -29,6 +29,7 @@ def test_the_plan_fits_the_budget_and_covers_every_required_check() -> None:
         "build",
         "kernels",
         "ordering",
+        "ipc",
         "no-wait",
         "memcheck",
         "contexts",
@@ -41,6 +42,9 @@ def test_the_plan_fits_the_budget_and_covers_every_required_check() -> None:
     assert by["memcheck"].cmd[:3] == ["compute-sanitizer", "--tool", "memcheck"]
     assert by["bench"].cmd[1:] == ["bench", "kernels", "--backend", "cuda", "--device", "cuda"]
     assert "test_cuda_ordering.py" in " ".join(by["ordering"].cmd)
+    assert (
+        "test_cuda_ipc.py" in " ".join(by["ipc"].cmd) and by["ipc"].env["LMCACHE_REQUIRE_BACKEND"] == "cuda"
+    )
     for step in steps:  # every test path the plan names exists (they moved once with lmcache-gpu)
         for arg in step.cmd:
             if arg.startswith("packages/"):

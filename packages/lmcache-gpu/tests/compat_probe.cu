@@ -57,6 +57,25 @@ int use_every_runtime_macro() {
   if (q != LMC_SUCCESS && q != LMC_ERROR_NOT_READY) ++errors;
   ok(LMC_EVENT_SYNCHRONIZE(e));
   ok(LMC_EVENT_DESTROY(e));
+  /* between processes (the handles would be opened by another process) */
+  static_assert(sizeof(LMC_IPC_MEM_HANDLE_T) == LMC_IPC_HANDLE_SIZE, "memory handle");
+  LMC_IPC_MEM_HANDLE_T mh;
+  void* range_base = nullptr;
+  size_t range_size = 0;
+  ok(lmc_mem_get_address_range(&range_base, &range_size, static_cast<char*>(d) + 64));
+  if (range_base != d || range_size < 4096 || LMC_MEM_GET_ADDRESS_RANGE_NAME[0] == 0) ++errors;
+  ok(LMC_IPC_GET_MEM_HANDLE(&mh, d));
+  void* mapped = nullptr;
+  if (LMC_IPC_OPEN_MEM_HANDLE(&mapped, mh) == LMC_SUCCESS) ok(LMC_IPC_CLOSE_MEM_HANDLE(mapped));  /* own: refused */
+  (void)LMC_GET_LAST_ERROR();
+  LMC_EVENT_T ipc_event = nullptr;
+  ok(LMC_EVENT_CREATE_IPC(&ipc_event));
+  LMC_IPC_EVENT_HANDLE_T eh;
+  ok(LMC_IPC_GET_EVENT_HANDLE(&eh, ipc_event));
+  LMC_EVENT_T opened = nullptr;
+  if (LMC_IPC_OPEN_EVENT_HANDLE(&opened, eh) == LMC_SUCCESS) ok(LMC_EVENT_DESTROY(opened));
+  if (LMC_ERROR_INVALID_VALUE == LMC_SUCCESS) ++errors;
+  ok(LMC_EVENT_DESTROY(ipc_event));
   ok(LMC_STREAM_SYNCHRONIZE(s));
   if (lmc_mapped_device_pointer(h) == nullptr) ++errors;
   ok(LMC_HOST_REGISTER(arch, sizeof(arch)));

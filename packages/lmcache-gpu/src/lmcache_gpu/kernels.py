@@ -48,12 +48,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lmcache_core.layout import KVLayout
 from lmcache_core.native_args import NativeLayout, native_layout
+
+if TYPE_CHECKING:
+    from lmcache_gpu.ipc import GpuIpc
 
 #: Ways a host chunk is reached; see the module docstring.
 HOST_PATHS = ("mapped", "staged")
@@ -132,6 +135,7 @@ class GpuKernels:
         self.home_device: int = -1
         self._image_checked: set[int] = set()
         self._paths_logged: set[tuple[str, str]] = set()
+        self._ipc: GpuIpc | None = None
 
     # ---- configuration ------------------------------------------------------------------------
 
@@ -494,6 +498,15 @@ class GpuKernels:
                 f"handle: expected None, a GpuEvent from record_event or an int stream handle, "
                 f"given {type(handle).__name__}"
             )
+
+    def ipc(self) -> GpuIpc:
+        """This backend's inter-process services (:mod:`lmcache_gpu.ipc`): KV tensors and events
+        shared with another process on the same GPU (the cache server's GPU path)."""
+        if self._ipc is None:
+            from lmcache_gpu.ipc import GpuIpc
+
+            self._ipc = GpuIpc(self._ext, self.backend)
+        return self._ipc
 
     def cache_stats(self) -> dict[str, int]:
         """Resident plane tables, their uploads and reuses, staging bytes, device slot mappings

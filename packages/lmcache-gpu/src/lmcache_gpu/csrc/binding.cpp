@@ -175,6 +175,41 @@ PYBIND11_MODULE(_C, m) {
   m.def("device_synchronize", &gpu::device_synchronize, py::call_guard<py::gil_scoped_release>(),
         "Wait for all work on a device.", py::arg("device"));
 
+  m.attr("IPC_HANDLE_BYTES") = gpu::kIpcHandleBytes;
+  m.def(
+      "ipc_mem_export",
+      [](uintptr_t ptr, int device) {
+        const gpu::IpcMemExport e = gpu::ipc_mem_export(ptr, device);
+        return py::make_tuple(py::bytes(e.handle), e.base, e.nbytes);
+      },
+      "(handle: 64 bytes, base, nbytes) of the allocation holding device address ptr on `device`.",
+      py::arg("ptr"), py::arg("device"));
+  m.def(
+      "ipc_mem_open",
+      [](const py::bytes& handle, int device) {
+        const gpu::IpcMapping m = gpu::ipc_mem_open(handle, device);
+        return py::make_tuple(m.base, m.nbytes);
+      },
+      "Map another process's allocation (its 64-byte handle) on `device`: (base here, nbytes as this "
+      "process's runtime reports the mapping).",
+      py::arg("handle"), py::arg("device"));
+  m.def("ipc_mem_close", &gpu::ipc_mem_close, py::call_guard<py::gil_scoped_release>(),
+        "Unmap a base from ipc_mem_open.", py::arg("base"), py::arg("device"));
+  m.def("open_ipc_mappings", &gpu::open_ipc_mappings, "Mappings from ipc_mem_open not yet closed.");
+  m.def("ipc_event_create", &gpu::ipc_event_create,
+        "New interprocess event (timing disabled) on `device`, not pooled (event_destroy).", py::arg("device"));
+  m.def(
+      "ipc_event_export",
+      [](uintptr_t event, int device) { return py::bytes(gpu::ipc_event_export(event, device)); },
+      "64-byte handle of an event from ipc_event_create.", py::arg("event"), py::arg("device"));
+  m.def(
+      "ipc_event_open", [](const py::bytes& handle, int device) { return gpu::ipc_event_open(handle, device); },
+      "Open another process's event (its 64-byte handle) on `device`; integer handle.", py::arg("handle"),
+      py::arg("device"));
+  m.def("event_record_on", &gpu::event_record_on,
+        "Record an existing event (IPC, made here or opened) on a stream of `device`.", py::arg("event"),
+        py::arg("stream"), py::arg("device"));
+
   m.def(
       "cache_stats",
       [] {

@@ -102,10 +102,31 @@ extern thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define LMC_EVENT_DESTROY hipEventDestroy
 #define LMC_EVENT_QUERY hipEventQuery
 #define LMC_ERROR_NOT_READY hipErrorNotReady
+#define LMC_ERROR_INVALID_VALUE hipErrorInvalidValue
 #define LMC_STREAM_WAIT_EVENT(s, e) hipStreamWaitEvent((s), (e), 0)
+/* between processes: 64-byte memory and event handles; events made for sharing */
+#define LMC_IPC_HANDLE_SIZE HIP_IPC_HANDLE_SIZE
+#define LMC_IPC_MEM_HANDLE_T hipIpcMemHandle_t
+#define LMC_IPC_EVENT_HANDLE_T hipIpcEventHandle_t
+#define LMC_IPC_GET_MEM_HANDLE hipIpcGetMemHandle
+#define LMC_IPC_OPEN_MEM_HANDLE(ptr, h) hipIpcOpenMemHandle((ptr), (h), hipIpcMemLazyEnablePeerAccess)
+#define LMC_IPC_CLOSE_MEM_HANDLE hipIpcCloseMemHandle
+#define LMC_IPC_GET_EVENT_HANDLE hipIpcGetEventHandle
+#define LMC_IPC_OPEN_EVENT_HANDLE hipIpcOpenEventHandle
+#define LMC_EVENT_CREATE_IPC(e) hipEventCreateWithFlags((e), hipEventInterprocess | hipEventDisableTiming)
+/* base and size of the allocation holding ptr (what an IPC handle maps) */
+inline hipError_t lmc_mem_get_address_range(void** base, size_t* size, void* ptr) {
+  hipDeviceptr_t b = nullptr;
+  const hipError_t st = hipMemGetAddressRange(&b, size, reinterpret_cast<hipDeviceptr_t>(ptr));
+  *base = reinterpret_cast<void*>(b);
+  return st;
+}
+#define LMC_MEM_GET_ADDRESS_RANGE_NAME "hipMemGetAddressRange"
 
 #else /* CUDA */
 #include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #define LMC_GPU_RUNTIME "CUDA"
 #define LMC_RUNTIME_VERSION CUDART_VERSION         /* e.g. 13000 for CUDA 13.0 */
@@ -150,7 +171,43 @@ extern thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define LMC_EVENT_DESTROY cudaEventDestroy
 #define LMC_EVENT_QUERY cudaEventQuery
 #define LMC_ERROR_NOT_READY cudaErrorNotReady
+#define LMC_ERROR_INVALID_VALUE cudaErrorInvalidValue
 #define LMC_STREAM_WAIT_EVENT(s, e) cudaStreamWaitEvent((s), (e), 0)
+#define LMC_IPC_HANDLE_SIZE CUDA_IPC_HANDLE_SIZE
+#define LMC_IPC_MEM_HANDLE_T cudaIpcMemHandle_t
+#define LMC_IPC_EVENT_HANDLE_T cudaIpcEventHandle_t
+#define LMC_IPC_GET_MEM_HANDLE cudaIpcGetMemHandle
+#define LMC_IPC_OPEN_MEM_HANDLE(ptr, h) cudaIpcOpenMemHandle((ptr), (h), cudaIpcMemLazyEnablePeerAccess)
+#define LMC_IPC_CLOSE_MEM_HANDLE cudaIpcCloseMemHandle
+#define LMC_IPC_GET_EVENT_HANDLE cudaIpcGetEventHandle
+#define LMC_IPC_OPEN_EVENT_HANDLE cudaIpcOpenEventHandle
+#define LMC_EVENT_CREATE_IPC(e) cudaEventCreateWithFlags((e), cudaEventInterprocess | cudaEventDisableTiming)
+/* The CUDA runtime has no call for the allocation range: the driver's cuMemGetAddressRange, found
+   through the runtime's entry-point query (no link against libcuda, so the module still imports
+   on a host without a driver). cudaErrorNotSupported when the driver does not provide it. */
+typedef int (*LmcCuMemGetAddressRange)(unsigned long long* base, size_t* size, unsigned long long ptr);
+inline cudaError_t lmc_mem_get_address_range(void** base, size_t* size, void* ptr) {
+  static LmcCuMemGetAddressRange fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+#if CUDART_VERSION >= 12050
+    const cudaError_t st = cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &p, 3020, cudaEnableDefault, &found);
+#else
+    const cudaError_t st = cudaGetDriverEntryPoint("cuMemGetAddressRange", &p, cudaEnableDefault, &found);
+#endif
+    if (st != cudaSuccess || found != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      p = nullptr;
+    }
+    return reinterpret_cast<LmcCuMemGetAddressRange>(p);
+  }();
+  if (fn == nullptr) return cudaErrorNotSupported;
+  unsigned long long b = 0;
+  if (fn(&b, size, static_cast<unsigned long long>(reinterpret_cast<uintptr_t>(ptr))) != 0) return cudaErrorInvalidValue;
+  *base = reinterpret_cast<void*>(static_cast<uintptr_t>(b));
+  return cudaSuccess;
+}
+#define LMC_MEM_GET_ADDRESS_RANGE_NAME "cuMemGetAddressRange"
 #endif
 
 #if !defined(LMC_HOST_EMULATION)

@@ -7,6 +7,7 @@
 #include "runtime.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include <atomic>
 #include <memory>
@@ -228,6 +229,106 @@ void release_event_pool() {
     (void)LMC_EVENT_DESTROY(de.second);
   }
   g_event_pool.clear();
+}
+
+/* ---- between processes ------------------------------------------------------------------- */
+
+static_assert(sizeof(LMC_IPC_MEM_HANDLE_T) == kIpcHandleBytes, "memory handle size");
+static_assert(sizeof(LMC_IPC_EVENT_HANDLE_T) == kIpcHandleBytes, "event handle size");
+static_assert(LMC_IPC_HANDLE_SIZE == kIpcHandleBytes, "IPC handle size");
+
+namespace {
+
+std::atomic<int64_t> g_open_mappings{0};
+
+template <typename Handle>
+Handle handle_from_bytes(const std::string& bytes, const char* what) {
+  if (bytes.size() != kIpcHandleBytes) {
+    throw ArgumentError(std::string(what) + ": expected " + std::to_string(kIpcHandleBytes) + " bytes, given " +
+                        std::to_string(bytes.size()));
+  }
+  Handle h;
+  memcpy(&h, bytes.data(), kIpcHandleBytes);
+  return h;
+}
+
+template <typename Handle>
+std::string handle_to_bytes(const Handle& h) {
+  return std::string(reinterpret_cast<const char*>(&h), kIpcHandleBytes);
+}
+
+}  // namespace
+
+IpcMemExport ipc_mem_export(uintptr_t ptr, int device) {
+  if (ptr == 0) throw ArgumentError("ptr: expected a device address, given 0");
+  DeviceGuard guard(device);
+  void* base = nullptr;
+  size_t size = 0;
+  check(lmc_mem_get_address_range(&base, &size, reinterpret_cast<void*>(ptr)), LMC_MEM_GET_ADDRESS_RANGE_NAME);
+  LMC_IPC_MEM_HANDLE_T h;
+  check(LMC_IPC_GET_MEM_HANDLE(&h, base), "IpcGetMemHandle");
+  IpcMemExport out;
+  out.handle = handle_to_bytes(h);
+  out.base = reinterpret_cast<uintptr_t>(base);
+  out.nbytes = static_cast<int64_t>(size);
+  return out;
+}
+
+IpcMapping ipc_mem_open(const std::string& handle, int device) {
+  const LMC_IPC_MEM_HANDLE_T h = handle_from_bytes<LMC_IPC_MEM_HANDLE_T>(handle, "handle");
+  DeviceGuard guard(device);
+  void* p = nullptr;
+  check(LMC_IPC_OPEN_MEM_HANDLE(&p, h), "IpcOpenMemHandle");
+  void* base = nullptr;
+  size_t size = 0;
+  const LMC_ERROR_T st = lmc_mem_get_address_range(&base, &size, p);
+  if (st != LMC_SUCCESS || base != p) {
+    (void)LMC_IPC_CLOSE_MEM_HANDLE(p);
+    check(st != LMC_SUCCESS ? st : LMC_ERROR_INVALID_VALUE, LMC_MEM_GET_ADDRESS_RANGE_NAME);
+  }
+  g_open_mappings.fetch_add(1);
+  IpcMapping m;
+  m.base = reinterpret_cast<uintptr_t>(p);
+  m.nbytes = static_cast<int64_t>(size);
+  return m;
+}
+
+void ipc_mem_close(uintptr_t base, int device) {
+  if (base == 0) throw ArgumentError("base: expected an address from ipc_mem_open, given 0");
+  DeviceGuard guard(device);
+  check(LMC_IPC_CLOSE_MEM_HANDLE(reinterpret_cast<void*>(base)), "IpcCloseMemHandle");
+  g_open_mappings.fetch_sub(1);
+}
+
+int64_t open_ipc_mappings() { return g_open_mappings.load(); }
+
+uintptr_t ipc_event_create(int device) {
+  DeviceGuard guard(device);
+  LMC_EVENT_T e = nullptr;
+  check(LMC_EVENT_CREATE_IPC(&e), "EventCreateWithFlags(Interprocess)");
+  return reinterpret_cast<uintptr_t>(e);
+}
+
+std::string ipc_event_export(uintptr_t event, int device) {
+  if (event == 0) throw ArgumentError("event: expected an event from ipc_event_create, given 0");
+  DeviceGuard guard(device);
+  LMC_IPC_EVENT_HANDLE_T h;
+  check(LMC_IPC_GET_EVENT_HANDLE(&h, reinterpret_cast<LMC_EVENT_T>(event)), "IpcGetEventHandle");
+  return handle_to_bytes(h);
+}
+
+uintptr_t ipc_event_open(const std::string& handle, int device) {
+  const LMC_IPC_EVENT_HANDLE_T h = handle_from_bytes<LMC_IPC_EVENT_HANDLE_T>(handle, "handle");
+  DeviceGuard guard(device);
+  LMC_EVENT_T e = nullptr;
+  check(LMC_IPC_OPEN_EVENT_HANDLE(&e, h), "IpcOpenEventHandle");
+  return reinterpret_cast<uintptr_t>(e);
+}
+
+void event_record_on(uintptr_t event, uintptr_t stream, int device) {
+  if (event == 0) throw ArgumentError("event: expected an event handle, given 0");
+  DeviceGuard guard(device);
+  check(LMC_EVENT_RECORD(reinterpret_cast<LMC_EVENT_T>(event), as_stream(stream)), "EventRecord");
 }
 
 /* ---- the runtime itself ------------------------------------------------------------------ */

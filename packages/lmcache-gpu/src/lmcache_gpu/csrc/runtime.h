@@ -68,6 +68,45 @@ void event_destroy(uintptr_t event);
 int64_t pooled_events();  /* released events kept for reuse */
 void release_event_pool();  /* destroy the pooled events */
 
+/* ---- between processes (CUDA IPC / HIP IPC) ---------------------------------------------- */
+/*
+ * Handles are kIpcHandleBytes opaque bytes (both runtimes), passed as std::string: they travel in
+ * messages as bytes, never pickled. A handle names a whole runtime allocation: export reports the
+ * allocation's base and size, and the importer adds the tensor's offset from that base. Memory of
+ * a virtual-memory allocator (cuMemCreate: torch's expandable segments) has no such handle, and
+ * export raises naming the runtime call. A process cannot open its own handles (the runtime
+ * refuses): the exporter and the importer are different processes.
+ */
+constexpr size_t kIpcHandleBytes = 64;
+
+struct IpcMemExport {
+  std::string handle;   /* kIpcHandleBytes bytes */
+  uintptr_t base = 0;   /* the allocation holding the pointer, in the exporter */
+  int64_t nbytes = 0;   /* its size */
+};
+
+/* The handle of the allocation holding device address `ptr` on `device`. */
+IpcMemExport ipc_mem_export(uintptr_t ptr, int device);
+/* Map an exported allocation into this process on `device`: its base here and its size as this
+   process's runtime reports it (what the importer checks extents against, not the exporter's word). */
+struct IpcMapping {
+  uintptr_t base = 0;
+  int64_t nbytes = 0;
+};
+IpcMapping ipc_mem_open(const std::string& handle, int device);
+/* Unmap a base from ipc_mem_open (the exporter's memory stays). */
+void ipc_mem_close(uintptr_t base, int device);
+int64_t open_ipc_mappings();  /* ipc_mem_open minus ipc_mem_close */
+
+/* An event both processes can use (interprocess, timing disabled), not pooled: event_destroy. */
+uintptr_t ipc_event_create(int device);
+std::string ipc_event_export(uintptr_t event, int device);
+/* An event exported by another process; wait on it (stream_wait_event, event_synchronize) or
+   record it (event_record_on); event_destroy when done. */
+uintptr_t ipc_event_open(const std::string& handle, int device);
+/* Record an existing event (an IPC event, made here or opened) on a stream of `device`. */
+void event_record_on(uintptr_t event, uintptr_t stream, int device);
+
 /* ---- the runtime itself ------------------------------------------------------------------ */
 
 const char* runtime_name();  /* "CUDA" / "HIP" */

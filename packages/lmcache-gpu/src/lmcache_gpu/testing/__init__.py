@@ -9,7 +9,9 @@ core's ``ConformanceSuite``:
 * :class:`KernelTests` (GPU): the kernels bit for bit against the reference
   (:mod:`lmcache_gpu.testing.kernels`);
 * :class:`OrderingTests` (GPU): the engine's copies ordered against the forward
-  (:mod:`lmcache_gpu.testing.ordering`).
+  (:mod:`lmcache_gpu.testing.ordering`);
+* :class:`IpcTests` (CPU entry points + two GPU processes): KV and events shared between
+  processes, copies ordered by IPC events (:mod:`lmcache_gpu.testing.ipc`).
 
 Imported only by tests (it imports pytest); nothing in the product imports it.
 """
@@ -17,8 +19,9 @@ Imported only by tests (it imports pytest); nothing in the product imports it.
 from __future__ import annotations
 
 from lmcache_gpu.testing.extension import ExtensionTests
+from lmcache_gpu.testing.ipc import IpcTests
 from lmcache_gpu.testing.kernels import KernelTests
 from lmcache_gpu.testing.ordering import OrderingTests
 from lmcache_gpu.testing.probe import ProbeTests
 
-__all__ = ["ExtensionTests", "KernelTests", "OrderingTests", "ProbeTests"]
+__all__ = ["ExtensionTests", "IpcTests", "KernelTests", "OrderingTests", "ProbeTests"]
