@@ -44,6 +44,7 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 	MYPYPATH=packages/lmcache-arm/src $(VENV)/bin/mypy -p lmcache_arm --no-site-packages
+	MYPYPATH=packages/lmcache-ascend/src $(VENV)/bin/mypy -p lmcache_ascend --no-site-packages
 	# --follow-imports=silent: lmcache_gpu.testing reaches the whole core, which the first line checks
 	MYPYPATH=packages/lmcache-gpu/src $(VENV)/bin/mypy -p lmcache_gpu --no-site-packages --follow-imports=silent
 	MYPYPATH=packages/lmcache-cuda/src:packages/lmcache-gpu/src $(VENV)/bin/mypy -p lmcache_cuda --no-site-packages

@@ -59,6 +59,12 @@ PACKAGES = (
         build=("make", "-C", "packages/lmcache-gpu", "install"),
     ),
     Package(
+        "lmcache-ascend (torch-ops path: conformance on CPU tensors; AscendC kernel logic: host emulation; "
+        "probe: temporary host root; unverified on Ascend hardware)",
+        ("packages/lmcache-ascend/tests",),
+        build=("make", "-C", "packages/lmcache-ascend", "install"),
+    ),
+    Package(
         "lmcache-arm-aarch64 (cross-built, run under qemu)",
         (),
         build=("make", "-C", "packages/lmcache-arm", "deps-cross"),

@@ -161,7 +161,9 @@ def test_a_plane_past_its_tensor_is_refused(emulator: ctypes.CDLL) -> None:
     case = _mla_case()
     kv, layout = case.random_kv()
     slots = case.slot_tensor()
-    args = pack(native_layout(layout, kv), gather=True, num_tokens=slots.numel(), skip_prefix=case.skip_prefix)
+    args = pack(
+        native_layout(layout, kv), gather=True, num_tokens=slots.numel(), skip_prefix=case.skip_prefix
+    )
     planes = layout.num_planes
     args[HEADER + len(kv) + planes] = 1 << 40  # plane 0's offset, far past its tensor
     with pytest.raises(ValueError, match="plane"):
@@ -172,7 +174,9 @@ def test_a_foreign_table_is_refused(emulator: ctypes.CDLL) -> None:
     case = _mla_case()
     kv, layout = case.random_kv()
     slots = case.slot_tensor()
-    args = pack(native_layout(layout, kv), gather=True, num_tokens=slots.numel(), skip_prefix=case.skip_prefix)
+    args = pack(
+        native_layout(layout, kv), gather=True, num_tokens=slots.numel(), skip_prefix=case.skip_prefix
+    )
     args[0] = 0
     with pytest.raises(ValueError, match="LMCASC01"):
         emulate(emulator, True, layout, kv, slots, _poisoned_chunk(case), case.skip_prefix, args=args)

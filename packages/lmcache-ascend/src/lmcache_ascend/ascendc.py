@@ -38,7 +38,10 @@ def build_status() -> tuple[bool, str]:
     try:
         from lmcache_ascend import _build_info  # type: ignore[attr-defined]
     except ImportError:
-        return False, "AscendC kernels not built (package not built with CMake: pip install packages/lmcache-ascend)"
+        return (
+            False,
+            "AscendC kernels not built (package not built with CMake: pip install packages/lmcache-ascend)",
+        )
     if not _build_info.KERNELS_BUILT:
         return False, f"AscendC kernels not built: {_build_info.KERNELS_REASON}"
     return True, f"AscendC kernels for {_build_info.SOC_VERSION}, CANN {_build_info.CANN_PATH}"
@@ -68,7 +71,13 @@ class AscendCKernels:
         lib.lmc_ascend_check.restype = ctypes.c_char_p
         lib.lmc_ascend_check.argtypes = [i64p, ctypes.c_int64, i64p, i64p, ctypes.c_uint64, ctypes.c_int64]
         lib.lmc_ascend_launch.restype = ctypes.c_int
-        lib.lmc_ascend_launch.argtypes = [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        lib.lmc_ascend_launch.argtypes = [
+            ctypes.c_uint32,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
         self._lib = lib
         self._device = device
         self._block_dim = int(os.environ.get(BLOCK_DIM_ENV, DEFAULT_BLOCK_DIM))
@@ -116,17 +125,31 @@ class AscendCKernels:
                 t.record_stream(handle)
 
     def gather(
-        self, layout: KVLayout, kv: Sequence[torch.Tensor], slots: torch.Tensor, out: torch.Tensor, skip: int, stream: int
+        self,
+        layout: KVLayout,
+        kv: Sequence[torch.Tensor],
+        slots: torch.Tensor,
+        out: torch.Tensor,
+        skip: int,
+        stream: int,
     ) -> None:
         self._run(True, layout, kv, slots, out, skip, stream)
 
     def scatter(
-        self, layout: KVLayout, kv: Sequence[torch.Tensor], slots: torch.Tensor, src: torch.Tensor, skip: int, stream: int
+        self,
+        layout: KVLayout,
+        kv: Sequence[torch.Tensor],
+        slots: torch.Tensor,
+        src: torch.Tensor,
+        skip: int,
+        stream: int,
     ) -> None:
         self._run(False, layout, kv, slots, src, skip, stream)
 
 
-def _copy_rows(dst: list[torch.Tensor], src: list[torch.Tensor], skip: int, tokens: torch.Tensor | None) -> None:
+def _copy_rows(
+    dst: list[torch.Tensor], src: list[torch.Tensor], skip: int, tokens: torch.Tensor | None
+) -> None:
     """Copy the live token rows of each kind's section ``[num_layers, num_tokens, hidden_k]``."""
     for d, s in zip(dst, src, strict=True):
         if tokens is None:

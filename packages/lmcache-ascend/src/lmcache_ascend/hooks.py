@@ -33,11 +33,23 @@ class Kernels(Protocol):
     name: str
 
     def gather(
-        self, layout: KVLayout, kv: Sequence[torch.Tensor], slots: torch.Tensor, out: torch.Tensor, skip: int, stream: int
+        self,
+        layout: KVLayout,
+        kv: Sequence[torch.Tensor],
+        slots: torch.Tensor,
+        out: torch.Tensor,
+        skip: int,
+        stream: int,
     ) -> None: ...
 
     def scatter(
-        self, layout: KVLayout, kv: Sequence[torch.Tensor], slots: torch.Tensor, src: torch.Tensor, skip: int, stream: int
+        self,
+        layout: KVLayout,
+        kv: Sequence[torch.Tensor],
+        slots: torch.Tensor,
+        src: torch.Tensor,
+        skip: int,
+        stream: int,
     ) -> None: ...
 
 
@@ -64,7 +76,13 @@ class TorchOpsKernels:
         self._device = device
 
     def gather(
-        self, layout: KVLayout, kv: Sequence[torch.Tensor], slots: torch.Tensor, out: torch.Tensor, skip: int, stream: int
+        self,
+        layout: KVLayout,
+        kv: Sequence[torch.Tensor],
+        slots: torch.Tensor,
+        out: torch.Tensor,
+        skip: int,
+        stream: int,
     ) -> None:
         from lmcache_ascend import torch_ops
 
@@ -72,7 +90,13 @@ class TorchOpsKernels:
             torch_ops.gather(layout, kv, slots, out, skip)
 
     def scatter(
-        self, layout: KVLayout, kv: Sequence[torch.Tensor], slots: torch.Tensor, src: torch.Tensor, skip: int, stream: int
+        self,
+        layout: KVLayout,
+        kv: Sequence[torch.Tensor],
+        slots: torch.Tensor,
+        src: torch.Tensor,
+        skip: int,
+        stream: int,
     ) -> None:
         from lmcache_ascend import torch_ops
 

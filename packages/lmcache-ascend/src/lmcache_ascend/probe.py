@@ -23,9 +23,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from lmcache_core.plugin_api import BackendProbe, Priority
-
 from lmcache_ascend import UNVERIFIED
+from lmcache_core.plugin_api import BackendProbe, Priority
 
 #: Dotted paths of the plugin objects, imported only when this backend is chosen.
 PLUGIN = "lmcache_ascend.plugin:PLUGIN"
@@ -92,7 +91,9 @@ def probe(
     missing = []
     torch_npu = _find_torch_npu(search_path)
     if torch_npu is None:
-        missing.append(f"{TORCH_NPU} (not installed: importlib.util.find_spec found nothing; it must match CANN and torch)")
+        missing.append(
+            f"{TORCH_NPU} (not installed: importlib.util.find_spec found nothing, install the torch_npu that matches CANN and torch)"
+        )
     nodes, manager = _device_nodes(base)
     if not nodes:
         missing.append(f"NPU device nodes ({base / 'dev'}/davinci[0-9]* absent: no NPU or driver)")
@@ -100,7 +101,7 @@ def probe(
         missing.append(f"{base / 'dev' / 'davinci_manager'} (absent: Ascend driver not loaded)")
     cann, looked = _cann(base, env)
     if cann is None:
-        missing.append(f"CANN toolkit ({looked} not a directory; source CANN's set_env.sh)")
+        missing.append(f"CANN toolkit ({looked} not a directory, source CANN's set_env.sh)")
     if missing:
         return BackendProbe(
             available=False,

@@ -47,7 +47,9 @@ def _split(index: torch.Tensor, axes: tuple[Axis, ...]) -> torch.Tensor:
 class _Rows:
     """The live chunk tokens of one call and their slots, on the KV device."""
 
-    def __init__(self, layout: KVLayout, slot_mapping: torch.Tensor, skip_prefix: int, device: torch.device) -> None:
+    def __init__(
+        self, layout: KVLayout, slot_mapping: torch.Tensor, skip_prefix: int, device: torch.device
+    ) -> None:
         slots = slot_mapping[skip_prefix:].to(device)
         valid = slots >= 0
         self.all_live = bool(valid.all())
@@ -77,13 +79,19 @@ def _flat_planes(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> list[to
         kind = layout.plane_kind(p)
         base = as_bits(kv_caches[layout.plane_tensor[p]])
         flats.append(
-            base.as_strided((kind.extent(layout.num_blocks),), (1,), base.storage_offset() + layout.plane_offset[p])
+            base.as_strided(
+                (kind.extent(layout.num_blocks),), (1,), base.storage_offset() + layout.plane_offset[p]
+            )
         )
     return flats
 
 
 def gather(
-    layout: KVLayout, kv_caches: Sequence[torch.Tensor], slot_mapping: torch.Tensor, out: torch.Tensor, skip_prefix: int
+    layout: KVLayout,
+    kv_caches: Sequence[torch.Tensor],
+    slot_mapping: torch.Tensor,
+    out: torch.Tensor,
+    skip_prefix: int,
 ) -> None:
     """Copy the live tokens' rows of every plane into ``out`` (rows of skipped and -1 tokens untouched)."""
     device = kv_caches[0].device
@@ -95,7 +103,9 @@ def gather(
     for k, kind in enumerate(layout.kinds):
         index = rows.element_index(kind)
         staging = torch.empty(
-            (layout.num_layers, rows.count * kind.hidden), dtype=flats[k * layout.num_layers].dtype, device=device
+            (layout.num_layers, rows.count * kind.hidden),
+            dtype=flats[k * layout.num_layers].dtype,
+            device=device,
         )
         for layer in range(layout.num_layers):
             torch.index_select(flats[k * layout.num_layers + layer], 0, index, out=staging[layer])
@@ -108,7 +118,11 @@ def gather(
 
 
 def scatter(
-    layout: KVLayout, kv_caches: Sequence[torch.Tensor], slot_mapping: torch.Tensor, src: torch.Tensor, skip_prefix: int
+    layout: KVLayout,
+    kv_caches: Sequence[torch.Tensor],
+    slot_mapping: torch.Tensor,
+    src: torch.Tensor,
+    skip_prefix: int,
 ) -> None:
     """Copy the live tokens' chunk rows of ``src`` into every plane's slots; nothing else is written."""
     device = kv_caches[0].device
