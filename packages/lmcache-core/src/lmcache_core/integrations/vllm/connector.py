@@ -151,6 +151,24 @@ def cpu_attention_isa(
     return str(_get_attn_isa(model_dtype, int(kv.shape[2]), head_size, vllm_config.cache_config.cache_dtype))
 
 
+def tuple_layout_hints(spec: Any, layer: tuple[Any, ...]) -> LayoutHints:
+    """Hints for KV handed over as a tuple of tensors per layer (vllm-ascend), from the group's
+    ``kv_cache_spec`` and the first layer's tuple.
+
+    ``(K [NB, BS, H, D], V [NB, BS, H, Dv])`` is ``vllm_ascend`` (``num_kv_heads`` and ``head_size``
+    from the spec); an MLA spec (its class name has ``MLA``: vLLM's and vllm-ascend's MLA specs),
+    or three tensors, is ``vllm_ascend_mla``: ``(nope, rope)`` or DSA ``(nope, rope, indexer)``,
+    whose widths come from the tensors (the spec's ``head_size`` is nope + rope).
+    """
+    if len(layer) == 3 or "MLA" in type(spec).__name__:
+        return LayoutHints(kind="vllm_ascend_mla")
+    return LayoutHints(
+        kind="vllm_ascend",
+        num_kv_heads=getattr(spec, "num_kv_heads", None),
+        head_size=getattr(spec, "head_size", None),
+    )
+
+
 class LMCacheCoreConnector(KVConnectorBase_V1):
     """lmcache-core's KV connector for vLLM v1 (see the package docstring for the settings)."""
 
@@ -214,7 +232,9 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
 
     # ==== worker side ===========================================================================
 
-    def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
+    def register_kv_caches(self, kv_caches: dict[str, Any]) -> None:
+        """``kv_caches``: layer name -> its tensor, or a tuple of tensors per layer as vllm-ascend
+        hands them over (``(K, V)``, MLA ``(nope, rope)``, DSA ``(nope, rope, indexer)``)."""
         names = [n for n in self._group.layer_names if n in kv_caches]
         missing = [n for n in self._group.layer_names if n not in kv_caches]
         if missing:
@@ -225,7 +245,10 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
         head_size = getattr(spec, "head_size", None)
         first = tensors[0]
         kind = isa = None
-        if first.device.type == "cpu" and first.dim() == 4 and head_size is not None:
+        if isinstance(first, (tuple, list)):
+            tensors = [tuple(t) for t in tensors]
+            hints = tuple_layout_hints(spec, tensors[0])
+        elif first.device.type == "cpu" and first.dim() == 4 and head_size is not None:
             # vLLM CPU attention: its kernel decides the K/V order inside a block; the layout
             # describes that order, so chunks hold token rows like every other engine's.
             isa = cpu_attention_isa(self._vllm_config, names, first, int(head_size))
@@ -237,6 +260,17 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
             chunk_overhead_s=self.settings.chunk_overhead_s,
         )
         config = self.settings.engine_config(model_id=self._model_id, world_size=self._world, rank=self._rank)
+        engine = None
+        if self.settings.server is not None:  # server mode: the cache is lmcache-core serve's
+            from lmcache_core.integrations.vllm.server_engine import ServerEngine, make_client
+
+            client = make_client(
+                self.settings.server,
+                timeout=self.settings.server_timeout_s,
+                shm_dir=self.settings.server_shm_dir,
+                name=f"vllm-{self._engine_id[:16]}-r{self._rank}",
+            )
+            engine = ServerEngine(config, client, engine_name=self._engine_id)
         self._worker = WorkerSide(
             config,
             block_size=self._block_size,
@@ -244,8 +278,10 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
             stats=self._stats,
             address=lookup.address(self._engine_id, self._dp_rank, self._rank),
             key=lookup.authkey(self._engine_id),
+            engine=engine,
         )
-        hints = LayoutHints(kind=kind, num_kv_heads=num_kv_heads, head_size=head_size, isa=isa)
+        if not isinstance(first, (tuple, list)):
+            hints = LayoutHints(kind=kind, num_kv_heads=num_kv_heads, head_size=head_size, isa=isa)
         self._worker.register_kv_caches(tensors, hints)
 
     @property

@@ -60,7 +60,8 @@ SAMPLE_EVERY = 16
 class WorkerSide:
     """The worker connector's state for one rank.
 
-    ``address``/``key``: where to serve lookups (None: serve none, e.g. in tests).
+    ``address``/``key``: where to serve lookups (None: serve none, e.g. in tests). ``engine``:
+    what holds the cache (default: an in-process CacheEngine of ``config``).
     """
 
     def __init__(
@@ -72,13 +73,16 @@ class WorkerSide:
         stats: StatsRecorder,
         address: str | None = None,
         key: bytes | None = None,
+        engine: Any = None,
     ) -> None:
         self.config = config
         self.block_size = block_size
         self.cost = cost
         self.stats = stats
-        self.engine = CacheEngine(config)
-        self._kv: list[torch.Tensor] = []
+        #: the in-process CacheEngine, or a stand-in with its calls (server mode:
+        #: :class:`~.server_engine.ServerEngine`)
+        self.engine = engine if engine is not None else CacheEngine(config)
+        self._kv: list[Any] = []  # per layer: a tensor, or a tuple of tensors (Ascend)
         self._lock = threading.RLock()
         self._address = address
         self._key = key
@@ -96,8 +100,9 @@ class WorkerSide:
 
     # ---- set-up -----------------------------------------------------------------------------
 
-    def register_kv_caches(self, kv_caches: Sequence[torch.Tensor], hints: LayoutHints | None = None) -> None:
-        """Describe the layer tensors (layer order) and start answering lookups."""
+    def register_kv_caches(self, kv_caches: Sequence[Any], hints: LayoutHints | None = None) -> None:
+        """Describe the layer tensors (layer order; a tensor or a tuple of tensors per layer) and
+        start answering lookups."""
         with self._lock:
             self._kv = list(kv_caches)
             spec = self.engine.register_kv_caches(self._kv, hints)
@@ -166,7 +171,8 @@ class WorkerSide:
     def _wait_compute(self) -> None:
         """Host wait for everything enqueued so far on the KV device's compute stream."""
         backend = self.engine.backend
-        backend.synchronize(backend.record_event(backend.current_stream(self._kv[0].device)))
+        first = self._kv[0][0] if isinstance(self._kv[0], tuple) else self._kv[0]  # (K, V) per layer: Ascend
+        backend.synchronize(backend.record_event(backend.current_stream(first.device)))
 
     def _slots(self, block_ids: list[int], n: int) -> torch.Tensor:
         import torch
