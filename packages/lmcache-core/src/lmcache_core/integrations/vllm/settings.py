@@ -15,6 +15,10 @@ key                         default    meaning
 ``l2_gbps``                 0.5        prior of L2 -> engine bandwidth, 1e9 bytes/s (measured)
 ``chunk_overhead_s``        5e-5       fixed cost per loaded chunk, seconds
 ``lookup_timeout_s``        10.0       how long the scheduler waits for a worker's lookup answer
+``server``                 (none)     ``ipc:///path`` or ``tcp://127.0.0.1:PORT``: use the cache server
+                                       (``lmcache-core serve``) instead of a cache in each worker
+``server_timeout_s``       5.0        seconds to wait for the server's reply before recomputing
+``server_shm_dir``         /dev/shm   where the server's shared-memory segments are
 ``load_failure_policy``     recompute  ``recompute``: set vLLM's ``kv_load_failure_policy`` to
                                        ``recompute`` so blocks that fail to load are recomputed;
                                        ``vllm``: leave vLLM's setting (its default fails the
@@ -51,15 +55,22 @@ class ConnectorSettings:
     chunk_overhead_s: float = 5e-5
     lookup_timeout_s: float = 10.0
     load_failure_policy: str = "recompute"
+    server: str | None = None
+    server_timeout_s: float = 5.0
+    server_shm_dir: str = "/dev/shm"
 
     def __post_init__(self) -> None:
+        if self.server is not None and not (
+            isinstance(self.server, str) and self.server.startswith(("ipc://", "tcp://"))
+        ):
+            raise ValueError(f"server: expected ipc:///path or tcp://host:port, given {self.server!r}")
         if self.load_policy not in ("cost", "always"):
             raise ValueError(f"load_policy: expected one of ['always', 'cost'], given {self.load_policy!r}")
         if self.load_failure_policy not in ("recompute", "vllm"):
             raise ValueError(
                 f"load_failure_policy: expected one of ['recompute', 'vllm'], given {self.load_failure_policy!r}"
             )
-        for name in ("prefill_tokens_per_s", "l1_gbps", "l2_gbps", "lookup_timeout_s"):
+        for name in ("prefill_tokens_per_s", "l1_gbps", "l2_gbps", "lookup_timeout_s", "server_timeout_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"{name}: expected a positive number, given {v!r}")
@@ -81,7 +92,14 @@ class ConnectorSettings:
 
 
 _OWN = {f.name: f for f in fields(ConnectorSettings) if f.name != "engine"}
-_FLOATS = ("prefill_tokens_per_s", "l1_gbps", "l2_gbps", "chunk_overhead_s", "lookup_timeout_s")
+_FLOATS = (
+    "prefill_tokens_per_s",
+    "l1_gbps",
+    "l2_gbps",
+    "chunk_overhead_s",
+    "lookup_timeout_s",
+    "server_timeout_s",
+)
 _INTS = ("chunk_size", "l2_queue_items", "l2_batch", "l2_workers")
 _BOOLS = ("save_partial_chunks", "pinned", "l2_prefetch")
 _BYTES = ("l1_bytes", "l2_queue_bytes")
