@@ -161,6 +161,10 @@ class Backend:
         owner = self._kernel_owner(layout, family)
         if family != TORCH:
             src = numpy_view(src, kv_caches[0].dtype)
+        # read before the call: a functional backend may donate the inputs (deleted JAX arrays)
+        metas = (
+            [array_info(t, f"kv_caches[{i}]") for i, t in enumerate(kv_caches)] if owner.functional else []
+        )
         if not owner.functional:
             for i, t in enumerate(kv_caches):
                 if family != TORCH and not array_info(t, f"kv_caches[{i}]").writable:
@@ -178,7 +182,7 @@ class Backend:
         )
         if not owner.functional:
             return list(kv_caches)
-        return _check_functional_result(owner.name, kv_caches, result)
+        return _check_functional_result(owner.name, kv_caches, result, metas)
 
     def _device_call(self, hook: str, **kwargs: Any) -> Any:
         owner = self if self._implements(hook) or self.reference is None else self.reference
@@ -251,8 +255,11 @@ class Backend:
         return event
 
 
-def _check_functional_result(name: str, kv_caches: Sequence[Any], result: object) -> list[Any]:
-    """The arrays a functional backend's scatter returned, checked against the ones it was given."""
+def _check_functional_result(
+    name: str, kv_caches: Sequence[Any], result: object, metas: Sequence[Any] | None = None
+) -> list[Any]:
+    """The arrays a functional backend's scatter returned, checked against the ones it was given
+    (``metas``: their :class:`~lmcache_core.arrays.ArrayInfo`, read before the call)."""
     what = f"backend {name!r}: lmcache_scatter (functional) returned"
     if not isinstance(result, (list, tuple)) or len(result) != len(kv_caches):
         got = f"{len(result)} arrays" if isinstance(result, (list, tuple)) else type(result).__name__
@@ -264,7 +271,8 @@ def _check_functional_result(name: str, kv_caches: Sequence[Any], result: object
             raise RuntimeError(
                 f"{what} {type_text(new)} at [{i}], expected {type_text(old)} like kv_caches[{i}]"
             )
-        a, b = array_info(new, f"result[{i}]"), array_info(old, f"kv_caches[{i}]")
+        a = array_info(new, f"result[{i}]")
+        b = metas[i] if metas else array_info(old, f"kv_caches[{i}]")
         got_meta = (a.shape, a.strides, a.dtype, a.device)
         want_meta = (b.shape, b.strides, b.dtype, b.device)
         if got_meta != want_meta:
