@@ -90,6 +90,11 @@ int main(int argc, char** argv) {
   printf("lmcache-arm kernel (%s, memcpy from %zu B), vllm_flash_nhd 32 layers x 1 x 128 bf16, block 16, "
          "%lld-token chunk, random whole blocks\n", lmcache_arm::isa(), lmcache_arm::get_tuning().memcpy_min_bytes,
          static_cast<long long>(T));
+  lmcache_core::KVGeometry g{};  /* K and V alike: one head of D channels, token rows D apart */
+  g.num_kinds = 2; g.num_layers = L; g.num_blocks = NB; g.block_size = BS;
+  for (int k = 0; k < 2; ++k) {
+    g.kind[k] = lmcache_core::KVKindGeometry{1, D, es, BS * D, D, lmcache_core::kv_axis(BS, D), lmcache_core::kv_axis(D, 1)};
+  }
   const lmcache_arm::Tuning def = lmcache_arm::get_tuning();
   struct Variant { const char* name; lmcache_arm::Tuning t; };
   const Variant variants[] = {
@@ -122,8 +127,7 @@ int main(int argc, char** argv) {
         a.plane_tensor = plane_tensor.data();
         a.plane_offset = plane_offset.data();
         a.plane_table_len = 2 * L;
-        a.geometry = lmcache_core::KVGeometry{2, L, NB, BS, 1, D, BS * D, D, D, 1};
-        a.element_size = es;
+        a.geometry = g;
         a.slot_mapping = slots.data();
         a.num_tokens = T;
         a.chunk_address = reinterpret_cast<uintptr_t>(ring[call % ring_n].data());

@@ -59,7 +59,7 @@ def test_quick_plan_is_small_and_defaults_follow_the_host() -> None:
         ({"pool_mib": 0}, "pool_mib: expected an integer >= 1, given 0"),
         (
             {"shapes": ["nhd", "huge"]},
-            "shapes: expected names from ['mla', 'nhd', 'small_rows', 'vllm_cpu_amx', 'vllm_cpu_vec']",
+            "shapes: expected names from ['hnd', 'mla', 'nhd', 'small_rows', 'vllm_cpu_amx', 'vllm_cpu_vec']",
         ),
     ],
 )

@@ -21,11 +21,14 @@ MIB = 1 << 20
 
 
 def test_default_shapes_match_the_documented_cases() -> None:
-    nhd, small, mla, cpu, amx = (
-        SHAPES[n] for n in ("nhd", "small_rows", "mla", "vllm_cpu_vec", "vllm_cpu_amx")
+    nhd, small, hnd, mla, cpu, amx = (
+        SHAPES[n] for n in ("nhd", "small_rows", "hnd", "mla", "vllm_cpu_vec", "vllm_cpu_amx")
     )
     assert nhd.chunk_bytes == 32 * MIB and nhd.kind == "vllm_flash_nhd" and nhd.block_size == 16
     assert small.row_bytes == 256 and small.kind == "vllm_flash_nhd"
+    assert (
+        hnd.kind == "vllm_flash_hnd" and hnd.chunk_bytes == nhd.chunk_bytes
+    )  # the same bytes, per-head runs
     assert mla.kind == "mla" and mla.num_kv == 1 and mla.row_bytes == 576 * 2
     assert cpu.kind == "vllm_cpu" and cpu.block_size == 128 and cpu.row_bytes == 8 * 128 * 2
     assert amx.kind == "vllm_cpu_amx" and amx.block_size == 128 and amx.row_bytes == 8 * 128 * 2
@@ -35,7 +38,7 @@ def test_default_shapes_match_the_documented_cases() -> None:
 
 def test_unknown_shape_names_list_the_valid_ones() -> None:
     assert [s.name for s in get_shapes(["mla", "nhd"])] == ["mla", "nhd"]
-    valid = r"\['mla', 'nhd', 'small_rows', 'vllm_cpu_amx', 'vllm_cpu_vec'\]"
+    valid = r"\['hnd', 'mla', 'nhd', 'small_rows', 'vllm_cpu_amx', 'vllm_cpu_vec'\]"
     with pytest.raises(ValueError, match=rf"^shapes: expected names from {valid}, given \['huge'\]$"):
         get_shapes(["nhd", "huge"])
 

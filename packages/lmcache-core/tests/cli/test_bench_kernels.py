@@ -136,7 +136,7 @@ def test_no_progress_keeps_stderr_free_of_progress_lines() -> None:
         (("--threads", "0"), "--threads: expected an integer >= 1, given 0"),
         (
             ("--shapes", "nhd", "huge"),
-            "--shapes: expected names from ['mla', 'nhd', 'small_rows', 'vllm_cpu_amx', 'vllm_cpu_vec']",
+            "--shapes: expected names from ['hnd', 'mla', 'nhd', 'small_rows', 'vllm_cpu_amx', 'vllm_cpu_vec']",
         ),
         (("--backend", "no_such_backend"), "expected one of ["),
     ],

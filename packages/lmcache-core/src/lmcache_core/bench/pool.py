@@ -115,6 +115,17 @@ SHAPES: dict[str, ShapeSpec] = {
             256,
             "one kv head: 256 B rows, the small-copy worst case",
         ),
+        ShapeSpec(
+            "hnd",
+            "vllm_flash_hnd",
+            32,
+            8,
+            128,
+            "bfloat16",
+            16,
+            256,
+            "the same model on HND pages: one contiguous run per head (256 B), heads a block apart",
+        ),
         ShapeSpec("mla", "mla", 32, 1, 576, "bfloat16", 16, 256, "DeepSeek-style MLA latent (512 + 64 rope)"),
         ShapeSpec(
             "vllm_cpu_vec",
