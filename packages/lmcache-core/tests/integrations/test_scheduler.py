@@ -11,8 +11,10 @@ import uuid
 from typing import Any
 
 import pytest
+import torch
 
 from lmcache_core.integrations.vllm import lookup
+from lmcache_core.integrations.vllm.plan import LoadSpec, StepPlan, StoreSpec
 from lmcache_core.integrations.vllm.scheduler import SchedulerSide
 from lmcache_core.integrations.vllm.stats import StatsRecorder
 from lmcache_core.testing.require import import_module
@@ -262,3 +264,131 @@ def test_kv_role_producer_stores_only_consumer_loads_only() -> None:
     finally:
         lookup.unregister_local(addr)
         worker.close()
+
+
+def _wait_loaded(worker: Any, req_id: str, timeout_s: float = 30.0) -> None:
+    """Poll the worker's finished loads (vLLM's ``finished_recving``) as vLLM does each step."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = worker.take_finished_loads()
+        if done:
+            assert done == {req_id}
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"asynchronous load of {req_id} not reported within {timeout_s} s")
+
+
+@pytest.mark.parametrize("mode", ["l2", "always", "never"])
+def test_loads_from_l2_run_off_the_step_and_are_reported_finished(tmp_path, mode: str) -> None:
+    """Issue 16.1: an L2 hit answers load_async=True (setting ``l2``, ``always``); vLLM does not
+    schedule the request, so the load is planned at once with the blocks it allocated; the
+    worker's loader thread fills them and reports the request in finished_recving. ``never``
+    keeps the load synchronous, in the step that schedules the request."""
+    prompt = tokens(200, seed=11)
+    first = make_worker(make_kv(), tmp_path)
+    src = list(range(7))
+    step(first, StepPlan(stores=[StoreSpec("a", prompt, src, None)]))
+    assert first.engine.flush(30)
+    want = [t[src].clone() for t in first._kv]
+    first.close()
+
+    kv = make_kv(seed=3)
+    worker = make_worker(kv, tmp_path)  # a new engine: empty L1, the same L2
+    addr = lookup.address(str(uuid.uuid4()), 0, 0)
+    lookup.register_local(addr, worker.lookup)
+    sched = SchedulerSide(
+        lookup.LookupClient([addr], b"k", 5), chunk_size=CHUNK, block_size=BS, load_policy="always",
+        default_salt=None, stats=StatsRecorder(), load_async=mode,
+    )  # fmt: skip
+    try:
+        b = vllm_request("b", list(prompt))
+        dst = list(range(20, 27))
+        n, load_async = sched.get_num_new_matched_tokens(b, 0)
+        assert (n, load_async) == (199, mode != "never")
+        sched.update_state_after_alloc(b, blocks(dst), n)
+        if load_async:
+            # the step vLLM runs while the KV arrives schedules other requests, not b
+            plan = sched.build_connector_meta(output([], None, {}))
+            (load,) = plan.loads
+            assert (load.load_async, load.block_ids, load.matched_end) == (True, dst, 199)
+            step(worker, plan)
+            _wait_loaded(worker, "b")
+            assert worker.take_failed_blocks() == set()
+            # finished_recving: vLLM schedules b with 199 computed tokens; nothing more to load
+            plan = sched.build_connector_meta(new_step(b, dst, 199, 1))
+            assert plan.loads == [] and plan.stores == []
+        else:
+            plan = sched.build_connector_meta(new_step(b, dst, 199, 1))
+            assert [ld.load_async for ld in plan.loads] == [False]
+            step(worker, plan)
+            assert worker.take_finished_loads() == set()
+        for t, w in zip(kv, want, strict=True):  # whole blocks 0..5 (block 6 holds tokens 192..199)
+            assert torch.equal(t[dst[:6]], w[:6])
+        assert sched.stats.totals()["l2_matched_tokens"] == 199
+    finally:
+        lookup.unregister_local(addr)
+        worker.close()
+
+
+def test_l1_hits_load_synchronously_under_the_l2_setting(pair) -> None:
+    sched, worker = pair
+    prompt = tokens(130, seed=12)
+    a = vllm_request("a", prompt)
+    admit(sched, a, list(range(5)))
+    step(worker, sched.build_connector_meta(new_step(a, list(range(5)), 0, 130)))
+    assert sched.get_num_new_matched_tokens(vllm_request("b", list(prompt)), 0) == (129, False)
+
+
+def test_failed_asynchronous_load_reports_its_blocks_with_the_finished_request() -> None:
+    """A load that finds nothing (evicted since the lookup) fails: every block it should have
+    filled is in get_block_ids_with_load_errors by the time the request is finished_recving."""
+    kv = make_kv()
+    worker = make_worker(kv)
+    try:
+        spec = LoadSpec("r", tokens(150, seed=13), [4, 9, 2, 30, 31], 0, 149, None, load_async=True)
+        step(worker, StepPlan(loads=[spec]))
+        _wait_loaded(worker, "r")
+        assert worker.take_failed_blocks() == {4, 9, 2, 30, 31}
+        assert worker.stats.totals()["load_failed_tokens"] == 149
+    finally:
+        worker.close()
+
+
+def test_generated_tokens_are_stored_when_the_request_finishes(pair) -> None:
+    """Issue 16.3: a 100-token prompt plus 60 generated tokens: at request_finished the chunk the
+    reply completed (tokens 64..127) is planned for the next step and the blocks are held; the
+    next turn (history, reply, new user turn) hits on the reply too."""
+    sched, worker = pair
+    prompt = tokens(100, seed=14)
+    reply = tokens(60, seed=15)
+    a = vllm_request("a", prompt)
+    ids = [3, 17, 9, 40, 22]
+    admit(sched, a, ids)
+    step(worker, sched.build_connector_meta(new_step(a, ids, 0, 100)))
+    a.append_output_token_ids(reply)
+    a.num_computed_tokens = 159  # the last sampled token has no KV yet
+    assert sched.request_finished(a, ids) is True
+    plan = sched.build_connector_meta(output([], None, {}))  # the next step
+    (store,) = plan.stores
+    assert (store.finished, store.token_ids, store.block_ids) == (True, (prompt + reply)[:128], ids)
+    step(worker, plan)
+    assert worker.get_finished({"a"}) == {"a"}  # vLLM's finished_sending: the blocks are freed
+    turn2 = vllm_request("b", prompt + reply + tokens(30, seed=16))
+    assert admit(sched, turn2, list(range(30, 36))) == 128
+    # A reply that completes no chunk holds nothing; the setting off stores nothing.
+    c = vllm_request("c", tokens(64, seed=17))
+    admit(sched, c, [41, 42])
+    step(worker, sched.build_connector_meta(new_step(c, [41, 42], 0, 64)))
+    c.append_output_token_ids([5] * 10)
+    c.num_computed_tokens = 73
+    assert sched.request_finished(c, [41, 42, 43]) is False
+    sched.store_generated = False
+    d = vllm_request("d", tokens(64, seed=18))
+    admit(sched, d, [44, 45])
+    step(worker, sched.build_connector_meta(new_step(d, [44, 45], 0, 64)))
+    d.append_output_token_ids([5] * 70)
+    d.num_computed_tokens = 133
+    assert sched.request_finished(d, [44, 45, 46, 47, 48]) is False
+    assert sched.build_connector_meta(output([], None, {})).stores == []

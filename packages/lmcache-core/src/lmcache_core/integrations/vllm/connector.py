@@ -220,6 +220,8 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
                 stats=self._stats,
                 load=ktc.is_kv_consumer,
                 store=ktc.is_kv_producer,
+                load_async=self.settings.load_async,
+                store_generated=self.settings.store_generated,
             )
         else:
             from vllm.distributed.parallel_state import get_pp_group, get_tensor_model_parallel_rank
@@ -307,7 +309,7 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
             self.worker.load(plan)
 
     def wait_for_layer_load(self, layer_name: str) -> None:
-        return  # loads are complete when start_load_kv returns
+        return  # synchronous loads are complete when start_load_kv returns
 
     def save_kv_layer(
         self, layer_name: str, kv_layer: torch.Tensor, attn_metadata: AttentionMetadata, **kwargs: Any
@@ -319,11 +321,15 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
             self._worker.save(self._plan())
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
-        """``finished_sending``: finished requests whose stores have all completed (their blocks
-        were held for the copies: :meth:`request_finished` returned True for them)."""
+        """``(finished_sending, finished_recving)``: finished requests whose stores have all
+        completed (their blocks were held for the copies: :meth:`request_finished` returned True
+        for them), and requests whose asynchronous load has ended (loaded, or failed: the blocks
+        it did not fill are in :meth:`get_block_ids_with_load_errors` of the same step)."""
         if self._worker is None:
             return None, None
-        return self._worker.get_finished(set(finished_req_ids)) or None, None
+        sending = self._worker.get_finished(set(finished_req_ids))
+        recving = self._worker.take_finished_loads()
+        return sending or None, recving or None
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         return self._worker.take_failed_blocks() if self._worker is not None else set()
@@ -365,7 +371,7 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
         plan = self.sched.build_connector_meta(scheduler_output)
-        self._storing.update(s.req_id for s in plan.stores)
+        self._storing.update(s.req_id for s in plan.stores if not s.finished)
         return LMCacheCoreMetadata(plan)
 
     def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
@@ -374,14 +380,15 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
             self.sched.on_load_errors(set(invalid))
 
     def request_finished(self, request: Request, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
-        """True (vLLM keeps the blocks) for a request that had stores planned: its copies may
-        still be reading the blocks on the device. Every worker saw the same plans, so each
-        reports it in ``finished_sending`` once its stores completed (:meth:`get_finished`)."""
-        self.sched.request_finished(request)
+        """True (vLLM keeps the blocks) for a request that had stores planned (its copies may
+        still be reading the blocks on the device) or whose generated tokens completed chunks to
+        store (``store_generated``: planned for the next step). Every worker saw the same plans,
+        so each reports it in ``finished_sending`` once its stores completed (:meth:`get_finished`)."""
+        held = self.sched.request_finished(request, block_ids)
         if request.request_id in self._storing:
             self._storing.discard(request.request_id)
-            return True, None
-        return False, None
+            held = True
+        return held, None
 
     # ==== stats classes =========================================================================
 

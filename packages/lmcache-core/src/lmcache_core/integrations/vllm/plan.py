@@ -22,7 +22,9 @@ class LoadSpec:
     tokens vLLM counts as computed after the load (``len(token_ids)``, or one less when the whole
     prompt was cached: vLLM must compute at least its last token). A load that stops early is
     reported through ``get_block_ids_with_load_errors`` for the blocks of
-    ``[skip + loaded, matched_end)``.
+    ``[skip + loaded, matched_end)``. ``load_async``: run off the step by the worker's loader
+    thread and reported in ``finished_recving`` when done (vLLM does not schedule the request
+    meanwhile).
     """
 
     req_id: str
@@ -31,17 +33,21 @@ class LoadSpec:
     skip: int
     matched_end: int
     cache_salt: str | None
+    load_async: bool = False
 
 
 @dataclass
 class StoreSpec:
     """Store ``token_ids`` (a prefix of the prompt ending on a chunk boundary, or the whole
-    prompt); chunks already cached are only refreshed."""
+    prompt; for a finished request, prompt plus generated tokens up to a chunk boundary); chunks
+    already cached are only refreshed. ``finished``: the request has finished (vLLM holds its
+    blocks for this store)."""
 
     req_id: str
     token_ids: list[int]
     block_ids: list[int]
     cache_salt: str | None
+    finished: bool = False
 
 
 @dataclass

@@ -6,17 +6,26 @@ Per request:
 1. ``get_num_new_matched_tokens(request, num_computed)``: look the prompt up in every worker's
    cache engine (:mod:`.lookup`; chunk-granular, L1 then L2), keep the prefix that beats
    recomputing (:mod:`.policy`), cap it one token short of the prompt (vLLM computes at least the
-   last token) and answer ``(matched - num_computed, False)``: loads are synchronous.
+   last token) and answer ``(matched - num_computed, load_async)``. ``load_async`` (setting
+   ``load_async``): ``l2`` (default) when part of the load comes from L2, ``always``, or
+   ``never``. An asynchronous load runs in the worker's loader thread while vLLM keeps stepping
+   the other requests; vLLM holds the request in ``WAITING_FOR_REMOTE_KVS`` until the worker
+   reports it in ``finished_recving``.
 2. ``update_state_after_alloc``: once vLLM admitted the request with ``n > 0`` external tokens,
-   plan its load; count the lookup in the stats.
+   plan its load (an asynchronous one with the blocks vLLM just allocated: the request is not
+   scheduled this step); count the lookup in the stats.
 3. ``build_connector_meta``: a :class:`~.plan.StepPlan` with the loads admitted this step and a
    store for every request whose computed prompt tokens crossed a chunk boundary (or reached
    the end of the prompt).
 4. ``update_connector_output``: blocks that failed to load are recomputed by vLLM; the store
    marker of their request moves back so the recomputed chunks are stored.
-5. ``request_finished``: forget the request; blocks are freed at once (stores are synchronous).
+5. ``request_finished``: with ``store_generated`` (default on), the chunks the generated tokens
+   completed are stored in the next step's plan (:meth:`SchedulerSide.request_finished` returns
+   True: the connector holds the blocks until that store has read them), so a chat's next turn
+   (history plus this reply) hits on the reply too. Then the request is forgotten.
 
-Only prompt tokens are stored and looked up (not generated ones). Chunks hold token rows, so
+Prompt tokens are stored as they are computed, generated ones when the request finishes (only
+tokens whose KV was computed: all but the last sampled one). Chunks hold token rows, so
 a chunk may end inside a block: the prompt's last chunk (partial last block included) is stored
 too, and ``chunk_size`` need not be a multiple of the block size. Works on duck-typed vLLM objects (``request.request_id``, ``.prompt_token_ids``,
 ``.cache_salt``; ``SchedulerOutput``), so it imports no vLLM.
@@ -49,6 +58,11 @@ class _Request:
     cacheable: bool = True
     block_ids: list[int] = field(default_factory=list)
     stored_end: int = 0
+    loading_async: bool = False
+
+
+#: ``load_async`` settings: when a load is asynchronous.
+LOAD_ASYNC_MODES = ("l2", "always", "never")
 
 
 @dataclass
@@ -73,7 +87,11 @@ class SchedulerSide:
         stats: StatsRecorder,
         load: bool = True,
         store: bool = True,
+        load_async: str = "l2",
+        store_generated: bool = True,
     ) -> None:
+        if load_async not in LOAD_ASYNC_MODES:
+            raise ValueError(f"load_async: expected one of {list(LOAD_ASYNC_MODES)}, given {load_async!r}")
         self._client = client
         self.chunk_size = chunk_size
         self.block_size = block_size
@@ -81,7 +99,11 @@ class SchedulerSide:
         self._default_salt = default_salt
         self._load_enabled = load  # vLLM's kv_role: kv_consumer / kv_both load, kv_producer does not
         self._store_enabled = store  # kv_producer / kv_both store, kv_consumer does not
+        self.load_async = load_async
+        self.store_generated = store_generated
         self.stats = stats
+        self._async_loads: list[LoadSpec] = []  # admitted asynchronous loads, for the next plan
+        self._final_stores: list[StoreSpec] = []  # stores of finished requests, for the next plan
         self._requests: dict[str, _Request] = {}
         self._pending: dict[str, _Pending] = {}
         self._to_load: dict[str, _Pending] = {}
@@ -144,7 +166,14 @@ class SchedulerSide:
             decision.reason,
         )
         self._pending[request.request_id] = _Pending(decision, num_computed_tokens, matched_end, len(prompt))
-        return max(0, matched_end - num_computed_tokens), False
+        n = max(0, matched_end - num_computed_tokens)
+        return n, n > 0 and self._is_async(decision)
+
+    def _is_async(self, d: LoadDecision) -> bool:
+        """Whether a load of ``d`` runs off the step (see the module docstring)."""
+        if self.load_async == "always":
+            return True
+        return self.load_async == "l2" and d.l2_tokens > 0
 
     def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int) -> None:
         pending = self._pending.pop(request.request_id, None)
@@ -164,7 +193,17 @@ class SchedulerSide:
         )
         if num_external_tokens > 0:
             self._sources[request.request_id] = (l1, l2)
-            self._to_load[request.request_id] = pending
+            if self._is_async(d):  # vLLM does not schedule it this step: plan the load now
+                st = self._remember(request)
+                st.block_ids = list(blocks.get_block_ids()[0])
+                st.loading_async = True
+                self._to_load[request.request_id] = pending
+                spec = self._load_spec(request.request_id, st)
+                if spec is not None:
+                    spec.load_async = True
+                    self._async_loads.append(spec)
+            else:
+                self._to_load[request.request_id] = pending
 
     def hit_sources(self, request_id: str) -> tuple[int, int]:
         """(L1 tokens, L2 tokens) of the request's admitted load."""
@@ -203,12 +242,16 @@ class SchedulerSide:
     def build_connector_meta(self, scheduler_output: Any) -> StepPlan:
         so = scheduler_output
         plan = StepPlan(scheduled_tokens=int(getattr(so, "total_num_scheduled_tokens", 0)))
+        plan.loads.extend(self._async_loads)
+        plan.stores.extend(self._final_stores)
+        self._async_loads, self._final_stores = [], []
         for nr in so.scheduled_new_reqs:
             st = self._requests.get(nr.req_id)
             if st is None:  # not asked about (e.g. prompt embeddings): not cached
                 st = _Request(list(nr.prompt_token_ids or []), self._default_salt, cacheable=False)
                 self._requests[nr.req_id] = st
             st.block_ids = list(nr.block_ids[0]) if nr.block_ids else []
+            st.loading_async = False  # scheduled: an asynchronous load has arrived
             load = self._load_spec(nr.req_id, st)
             if load is not None:
                 plan.loads.append(load)
@@ -254,9 +297,33 @@ class SchedulerSide:
                     st.stored_end = min(st.stored_end, first)
                     break
 
-    def request_finished(self, request: Any) -> None:
+    def request_finished(self, request: Any, block_ids: list[int] | None = None) -> bool:
+        """Forget the request. With ``store_generated``, plan the store of the chunks its
+        generated tokens completed (prompt plus output up to the last token whose KV was
+        computed) into the next step's plan and return True: its blocks (``block_ids``, vLLM's
+        ids of the first group) must stay allocated until that store has read them."""
         rid = request.request_id
+        st = self._requests.get(rid)
+        held = False
+        if (
+            st is not None
+            and self.store_generated
+            and self._store_enabled
+            and st.cacheable
+            and not st.loading_async
+            and block_ids
+        ):
+            computed = int(getattr(request, "num_computed_tokens", 0))
+            all_ids = list(getattr(request, "all_token_ids", st.prompt))
+            end = min(computed, len(all_ids), len(block_ids) * self.block_size)
+            target = end // self.chunk_size * self.chunk_size
+            if target > max(st.stored_end, len(st.prompt) // self.chunk_size * self.chunk_size):
+                self._final_stores.append(
+                    StoreSpec(rid, all_ids[:target], list(block_ids), st.salt, finished=True)
+                )
+                held = True
         self._requests.pop(rid, None)
         self._pending.pop(rid, None)
         self._to_load.pop(rid, None)
         self._sources.pop(rid, None)
+        return held

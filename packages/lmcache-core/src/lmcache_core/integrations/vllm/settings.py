@@ -19,6 +19,11 @@ key                         default    meaning
                                        (``lmcache-core serve``) instead of a cache in each worker
 ``server_timeout_s``       5.0        seconds to wait for the server's reply before recomputing
 ``server_shm_dir``         /dev/shm   where the server's shared-memory segments are
+``load_async``              ``l2``     ``l2``: a load with chunks from L2 runs off the step (vLLM
+                                       keeps stepping other requests meanwhile); ``always``: every
+                                       load; ``never``: every load before the forward (synchronous)
+``store_generated``         true       at a request's end, store the chunks its generated tokens
+                                       completed (a chat's next turn hits on the reply too)
 ``load_failure_policy``     recompute  ``recompute``: set vLLM's ``kv_load_failure_policy`` to
                                        ``recompute`` so blocks that fail to load are recomputed;
                                        ``vllm``: leave vLLM's setting (its default fails the
@@ -58,8 +63,16 @@ class ConnectorSettings:
     server: str | None = None
     server_timeout_s: float = 5.0
     server_shm_dir: str = "/dev/shm"
+    load_async: str = "l2"
+    store_generated: bool = True
 
     def __post_init__(self) -> None:
+        if self.load_async not in ("l2", "always", "never"):
+            raise ValueError(
+                f"load_async: expected one of ['always', 'l2', 'never'], given {self.load_async!r}"
+            )
+        if not isinstance(self.store_generated, bool):
+            raise TypeError(f"store_generated: expected a bool, given {self.store_generated!r}")
         if self.server is not None and not (
             isinstance(self.server, str) and self.server.startswith(("ipc://", "tcp://"))
         ):
@@ -101,7 +114,7 @@ _FLOATS = (
     "server_timeout_s",
 )
 _INTS = ("chunk_size", "l2_queue_items", "l2_batch", "l2_workers")
-_BOOLS = ("save_partial_chunks", "pinned", "l2_prefetch")
+_BOOLS = ("save_partial_chunks", "pinned", "l2_prefetch", "store_generated")
 _BYTES = ("l1_bytes", "l2_queue_bytes")
 
 

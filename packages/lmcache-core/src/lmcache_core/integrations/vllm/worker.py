@@ -5,9 +5,12 @@ worker (tensor/pipeline-parallel rank), loads before the forward, stores after i
   by :func:`~lmcache_core.layout_registry.detect_layout` (``vllm_cpu*`` on CPU, by attention
   kernel; the flash layouts on GPU); the backend for their device is chosen; the lookup
   handler is served (:mod:`.lookup`).
-* ``load`` (vLLM's ``start_load_kv``): for each planned load, scatter the cached chunks into the
-  request's blocks. A load that stops early (chunk evicted, L2 object corrupt or unreachable,
-  backend error) reports the blocks it did not fill; vLLM recomputes them.
+* ``load`` (vLLM's ``start_load_kv``): for each planned synchronous load, scatter the cached
+  chunks into the request's blocks before the forward. Asynchronous loads (``LoadSpec.load_async``)
+  are queued to the loader thread, which runs them while vLLM steps the other requests;
+  ``take_finished_loads`` hands the ended ones to vLLM's ``finished_recving``. A load that stops
+  early (chunk evicted, L2 object corrupt or unreachable, backend error) reports the blocks it
+  did not fill (before the request is reported finished); vLLM recomputes them.
 * ``save`` (vLLM's ``wait_for_save``, called right after the forward is *enqueued*): queue the
   gathers of the chunks the step completed. They run on the engine's copy stream after the
   forward, on the device; the host does not wait. Each chunk is committed to L1 (and L2 by
@@ -33,6 +36,7 @@ stored too.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Sequence
@@ -97,6 +101,11 @@ class WorkerSide:
         self._load_time = 0.0
         self._chunk_nbytes = 0
         self._bytes_per_token = 0.0
+        self._loads: queue.SimpleQueue[LoadSpec | None] = queue.SimpleQueue()
+        self._loader: threading.Thread | None = None
+        self._loaded: set[str] = set()  # asynchronous loads ended, not yet reported
+        self._loading = 0  # asynchronous loads queued or running
+        self._load_lock = threading.Lock()
 
     # ---- set-up -----------------------------------------------------------------------------
 
@@ -124,6 +133,10 @@ class WorkerSide:
         )
 
     def close(self) -> None:
+        if self._loader is not None:
+            self._loads.put(None)
+            self._loader.join(timeout=60)
+            self._loader = None
         if self._address is not None:
             lookup_mod.unregister_local(self._address)
         if self._server is not None:
@@ -180,11 +193,58 @@ class WorkerSide:
         return torch.from_numpy(slot_mapping(block_ids, n, self.block_size))
 
     def load(self, plan: StepPlan) -> None:
-        """Scatter every planned load into vLLM's blocks (before the forward)."""
+        """Scatter every planned synchronous load into vLLM's blocks (before the forward); queue
+        the asynchronous ones to the loader thread."""
         t_all = time.perf_counter()
         for spec in plan.loads:
-            self._load_one(spec)
+            if spec.load_async:
+                self._queue_load(spec)
+            else:
+                self._load_one(spec)
         self._load_time += time.perf_counter() - t_all
+
+    def _queue_load(self, spec: LoadSpec) -> None:
+        with self._load_lock:
+            self._loading += 1
+            if self._loader is None:
+                self._loader = threading.Thread(target=self._run_loads, name="lmcache-loader", daemon=True)
+                self._loader.start()
+        self._loads.put(spec)
+
+    def _run_loads(self) -> None:
+        """The loader thread: asynchronous loads in arrival order, each reported when it ended."""
+        while True:
+            spec = self._loads.get()
+            if spec is None:
+                return
+            try:
+                self._load_one(spec)
+            except Exception:  # _load_one reports its own failures; this is a bug, keep serving
+                logger.exception("lmcache-core: asynchronous load of request %s", spec.req_id)
+                self._fail_blocks(spec, spec.skip)
+            with self._load_lock:
+                self._loading -= 1
+                self._loaded.add(spec.req_id)
+
+    def take_finished_loads(self) -> set[str]:
+        """Requests whose asynchronous load ended since the last call (vLLM's
+        ``finished_recving``); blocks that failed are already in :meth:`take_failed_blocks`."""
+        with self._load_lock:
+            out, self._loaded = self._loaded, set()
+        return out
+
+    def loads_in_flight(self) -> int:
+        with self._load_lock:
+            return self._loading
+
+    def _fail_blocks(self, spec: LoadSpec, good_end: int) -> set[int]:
+        first, last = good_end // self.block_size, (spec.matched_end - 1) // self.block_size
+        bad = set(spec.block_ids[first : last + 1])
+        with self._load_lock:
+            self._failed_blocks |= bad
+            if not spec.load_async:
+                self._failed_reqs.add(spec.req_id)
+        return bad
 
     def _load_one(self, spec: LoadSpec) -> None:
         n = len(spec.token_ids)
@@ -211,10 +271,7 @@ class WorkerSide:
         self.stats.inc(loads=1, loaded_tokens=loaded, loaded_bytes=nbytes, load_seconds=dt)
         self.stats.load_duration(dt)
         if loaded < expected and good_end < spec.matched_end:
-            first, last = good_end // self.block_size, (spec.matched_end - 1) // self.block_size
-            bad = set(spec.block_ids[first : last + 1])
-            self._failed_blocks |= bad
-            self._failed_reqs.add(spec.req_id)
+            bad = self._fail_blocks(spec, good_end)
             self.stats.inc(load_failed_tokens=spec.matched_end - good_end, load_failed_blocks=len(bad))
             logger.warning(
                 "lmcache-core: request %s loaded %d of %d tokens; %d blocks handed back to vLLM to recompute",
@@ -279,5 +336,6 @@ class WorkerSide:
 
     def take_failed_blocks(self) -> set[int]:
         """Blocks that failed to load since the last call (vLLM recomputes them)."""
-        out, self._failed_blocks = self._failed_blocks, set()
+        with self._load_lock:
+            out, self._failed_blocks = self._failed_blocks, set()
         return out
