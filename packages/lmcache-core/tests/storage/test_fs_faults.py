@@ -116,7 +116,7 @@ def test_a_host_without_xxhash_deletes_nothing_of_a_shared_cache(tmp_path):
 def test_a_newer_or_foreign_object_is_a_miss_and_untouched(tmp_path):
     with open_adapter(f"fs://{tmp_path}") as a:
         store(a, ["newer", "foreign", "ok"])
-        reheader(Path(a.path_of("newer")), 4, "<H", 2)  # version 2, valid for its writer
+        reheader(Path(a.path_of("newer")), 4, "<H", 3)  # version 3, valid for its writer
         Path(a.path_of("foreign")).write_bytes(b"PARQUET-or-anything" * 100)
         before = tree(tmp_path)
         results, bufs = load(a, ["newer", "foreign", "ok"])

@@ -110,7 +110,7 @@ def test_newer_object_is_a_miss_and_stays(s3_bucket):
     with open_adapter(url(s3_bucket)) as a:
         run(a, [1], 4096)
         body = bytearray(client.get_object(Bucket=name, Key=a.object_key("k1"))["Body"].read())
-        struct.pack_into("<H", body, 4, 2)  # a newer writer's version, with a valid header crc
+        struct.pack_into("<H", body, 4, 3)  # a newer writer's version, with a valid header crc
         used = 40 + 8 + 2 + 3 + 5
         struct.pack_into("<I", body, 36, 0)
         struct.pack_into("<I", body, 36, zlib.crc32(bytes(body[:used])))

@@ -4,7 +4,7 @@
 
     offset  size  field
     0       4     magic b"LMKV"
-    4       2     version (1)
+    4       2     version (1: plain payload; 2: encoded payload, serde record below)
     6       2     header_len: bytes before the payload (header + zero padding)
     8       8     payload_len (bytes)
     16      8     payload checksum (algorithm below; crc32 uses the low 32 bits)
@@ -17,7 +17,9 @@
     32      4     num_tokens covered by the chunk
     36      4     crc32 of the used header bytes, computed with this field zeroed
     40      8*n   shape (uint64 each)
-    ...           key, format tag, dtype (utf-8), then zero padding up to header_len
+    ...           key, format tag, dtype (utf-8)
+    version 2:    2 bytes serde record length, then the record (utf-8 JSON, see :class:`Serde`)
+    ...           zero padding up to header_len
     header_len    payload_len bytes of payload
 
 All integers are little-endian. The key is stored in full, so a reader can check it got the
@@ -36,10 +38,17 @@ Damaged versus unverifiable: :class:`CorruptObject` means proven damaged under t
 it. :class:`UnverifiableObject` (a subclass) means this reader cannot judge it: another magic
 (a foreign format), another version (a newer writer during a rolling upgrade), or a checksum
 algorithm it cannot compute. It is a miss and must be left untouched.
+
+Versions: a plain object (no codec chain) is written as version 1, readable by every reader. An
+object whose payload went through a codec chain (:mod:`lmcache_core.serde`) is version 2: its
+header also records the chain, each codec's parameters and the plain payload's length. A reader
+that predates version 2 sees ``newer_version`` (unverifiable: a miss, left in place), so it never
+hands encoded bytes on as KV. The payload checksum covers the stored (encoded) bytes.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from dataclasses import dataclass
@@ -51,7 +60,12 @@ if TYPE_CHECKING:
     from lmcache_core.layout import ChunkFormat
 
 MAGIC = b"LMKV"
-VERSION = 1
+#: The newest version this module reads and writes (1: plain payload, 2: with a serde record).
+VERSION = 2
+PLAIN_VERSION = 1
+VERSIONS = (1, 2)
+#: Largest serde record (JSON bytes) a header carries.
+MAX_SERDE = 1024
 XXH3_64 = 1
 CRC32 = 2
 ALGORITHMS = {"xxh3": XXH3_64, "crc32": CRC32}
@@ -126,13 +140,51 @@ def can_verify(algo: int) -> bool:
 
 
 @dataclass(frozen=True)
+class Serde:
+    """How a stored payload was encoded: the codec chain in the order it was applied, each
+    codec's parameters (text to text, what its decoder needs) and the plain payload's length in
+    bytes. Stored in a version-2 header as ``{"n": plain_len, "c": [[name, {param: value}]]}``."""
+
+    plain_len: int
+    chain: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+
+    def to_bytes(self) -> bytes:
+        doc = {"n": self.plain_len, "c": [[name, dict(params)] for name, params in self.chain]}
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Serde:
+        """Parse a record; :class:`CorruptObject` (``bad_header``) when it is not one."""
+        try:
+            doc = json.loads(raw.decode())
+            plain_len = doc["n"]
+            chain = tuple(
+                (str(name), tuple(sorted((str(k), str(v)) for k, v in params.items())))
+                for name, params in doc["c"]
+            )
+            if isinstance(plain_len, bool) or not isinstance(plain_len, int) or plain_len < 0:
+                raise ValueError(plain_len)
+            if not chain or not all(isinstance(n, str) and n for n, _ in chain):
+                raise ValueError("empty chain")
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+            raise CorruptObject("bad_header", f"serde record {raw[:80]!r}: {e}") from None
+        return cls(plain_len, chain)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.chain)
+
+
+@dataclass(frozen=True)
 class ObjectMeta:
-    """What a chunk is: format tag (e.g. a ``KVCacheSpec.tag``), dtype, shape and tokens covered."""
+    """What a chunk is: format tag (e.g. a ``KVCacheSpec.tag``), dtype, shape and tokens covered;
+    ``serde`` says how its payload was encoded (None: stored plain)."""
 
     fmt: str
     dtype: str
     shape: tuple[int, ...]
     num_tokens: int = 0
+    serde: Serde | None = None
 
 
 def chunk_meta(spec_tag: str, formats: Sequence[ChunkFormat], num_tokens: int) -> ObjectMeta:
@@ -165,24 +217,41 @@ class ObjectHeader:
     def total_len(self) -> int:
         return self.header_len + self.payload_len
 
+    @property
+    def plain_len(self) -> int:
+        """Bytes of the decoded payload (``payload_len`` when stored plain)."""
+        return self.payload_len if self.meta.serde is None else self.meta.serde.plain_len
+
+    def plain(self) -> ObjectHeader:
+        """This header as the caller of a load sees it once the payload is decoded: no serde
+        record, ``payload_len`` the plain length."""
+        if self.meta.serde is None:
+            return self
+        meta = ObjectMeta(self.meta.fmt, self.meta.dtype, self.meta.shape, self.meta.num_tokens)
+        return ObjectHeader(self.key, meta, self.plain_len, self.checksum, self.algorithm, self.header_len)
+
 
 def encode_header(
     key: str, meta: ObjectMeta, payload: Any, payload_len: int, algo: int, align: int = HEADER_ALIGN
 ) -> bytes:
-    """Header bytes for ``payload`` (a buffer of ``payload_len`` bytes), padded to ``align``."""
+    """Header bytes for ``payload`` (a buffer of ``payload_len`` bytes), padded to ``align``.
+    Version 1 when ``meta.serde`` is None, else version 2 with the serde record."""
     kb, fb, db = key.encode(), meta.fmt.encode(), meta.dtype.encode()
-    if len(kb) > 2048 or len(fb) > 1024 or len(db) > 64 or len(meta.shape) > 16:
+    sb = b"" if meta.serde is None else meta.serde.to_bytes()
+    if len(kb) > 2048 or len(fb) > 1024 or len(db) > 64 or len(meta.shape) > 16 or len(sb) > MAX_SERDE:
         raise ValueError(
-            f"key/meta: expected key <= 2048 bytes, format <= 1024, dtype <= 64, ndim <= 16, given "
-            f"{len(kb)}, {len(fb)}, {len(db)}, {len(meta.shape)}"
+            f"key/meta: expected key <= 2048 bytes, format <= 1024, dtype <= 64, ndim <= 16, serde "
+            f"record <= {MAX_SERDE}, given {len(kb)}, {len(fb)}, {len(db)}, {len(meta.shape)}, {len(sb)}"
         )
+    version = PLAIN_VERSION if meta.serde is None else VERSION
     used = FIXED_SIZE + 8 * len(meta.shape) + len(kb) + len(fb) + len(db)
+    used += 0 if meta.serde is None else 2 + len(sb)
     header_len = -(-used // align) * align
     if header_len > MAX_HEADER and align <= MAX_HEADER:
         raise ValueError(f"header: {header_len} bytes exceeds {MAX_HEADER}")
     out = bytearray(header_len)
     _FIXED.pack_into(
-        out, 0, MAGIC, VERSION, header_len, payload_len, checksum(algo, payload), algo, len(meta.shape),
+        out, 0, MAGIC, version, header_len, payload_len, checksum(algo, payload), algo, len(meta.shape),
         len(kb), len(fb), len(db), 0, meta.num_tokens, 0,
     )  # fmt: skip
     pos = FIXED_SIZE
@@ -191,6 +260,9 @@ def encode_header(
     for part in (kb, fb, db):
         out[pos : pos + len(part)] = part
         pos += len(part)
+    if meta.serde is not None:
+        struct.pack_into("<H", out, pos, len(sb))
+        out[pos + 2 : pos + 2 + len(sb)] = sb
     struct.pack_into("<I", out, _CRC_OFFSET, zlib.crc32(memoryview(out)[:used]))
     return bytes(out)
 
@@ -211,7 +283,7 @@ def header_size_needed(prefix: Any) -> int:
             raise CorruptObject("zeroed", "object starts with zero bytes")
         raise UnverifiableObject("foreign_format", f"magic {head!r}")
     version = struct.unpack_from("<H", prefix, 4)[0]
-    if version != VERSION:
+    if version not in VERSIONS:
         raise UnverifiableObject("newer_version" if version > VERSION else "other_version",
                                  f"{version}, this reader knows {VERSION}")  # fmt: skip
     return int(struct.unpack_from("<H", prefix, 6)[0])
@@ -225,10 +297,16 @@ def decode_header(data: Any, expect_key: str | None = None) -> ObjectHeader:
     header_len = header_size_needed(data)
     if len(data) < FIXED_SIZE or header_len < FIXED_SIZE:
         raise CorruptObject("bad_header", f"header_len {header_len}")
-    (_, _, _, payload_len, csum, algo, ndim, klen, flen, dlen, _, num_tokens, hcrc) = _FIXED.unpack_from(
-        data, 0
+    (_, version, _, payload_len, csum, algo, ndim, klen, flen, dlen, _, num_tokens, hcrc) = (
+        _FIXED.unpack_from(data, 0)
     )
     used = FIXED_SIZE + 8 * ndim + klen + flen + dlen
+    slen = 0
+    if version >= 2:
+        if used + 2 > min(header_len, len(data)):
+            raise CorruptObject("bad_header", f"serde length at {used} past the header ({header_len})")
+        slen = struct.unpack_from("<H", data, used)[0]
+        used += 2 + slen
     if used > header_len or len(data) < used:
         raise CorruptObject("bad_header", f"fields need {used} bytes, header has {header_len}")
     raw = bytearray(memoryview(data)[:used])
@@ -243,11 +321,13 @@ def decode_header(data: Any, expect_key: str | None = None) -> ObjectHeader:
     fmt = bytes(raw[pos : pos + flen]).decode()
     pos += flen
     dtype = bytes(raw[pos : pos + dlen]).decode()
+    pos += dlen
+    serde = Serde.from_bytes(bytes(raw[pos + 2 : pos + 2 + slen])) if version >= 2 else None
     if expect_key is not None and key != expect_key:
         raise CorruptObject("wrong_key", f"stored key {key!r}, asked for {expect_key!r}")
     if not can_verify(algo):  # before any payload byte is read or a buffer is asked for
         raise UnverifiableObject("unverifiable", f"checksum algorithm {algo} not available here")
-    meta = ObjectMeta(fmt, dtype, tuple(int(s) for s in shape), int(num_tokens))
+    meta = ObjectMeta(fmt, dtype, tuple(int(s) for s in shape), int(num_tokens), serde)
     return ObjectHeader(key, meta, int(payload_len), int(csum), int(algo), header_len)
 
 
