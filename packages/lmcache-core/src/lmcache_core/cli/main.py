@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "bench e2e": "lmcache_core.cli.bench_e2e",
     "bench import": "lmcache_core.cli.bench_import",
     "demo": "lmcache_core.cli.demo",
+    "serve": "lmcache_core.cli.serve",
+    "status": "lmcache_core.cli.status",
 }
 
 #: Help of the first word of two-word subcommands.

@@ -52,13 +52,25 @@ class L1Stats:
 class L1Pool:
     """LRU chunk store in host memory under ``capacity_bytes``.
 
-    ``allocate(nbytes)`` returns a new uint8 host buffer ``[nbytes]``.
+    ``allocate(nbytes)`` returns a new uint8 host buffer ``[nbytes]``. Optional, for pools whose
+    buffers live in memory the pool must hand back (the cache server's shared memory):
+    ``free(buffer)`` is called when the pool drops a buffer for good; ``listener(entry, +1/-1)``
+    when an entry enters or leaves the pool (called with the pool's lock held: it must not call
+    the pool).
     """
 
-    def __init__(self, capacity_bytes: int, allocate: Callable[[int], torch.Tensor]) -> None:
+    def __init__(
+        self,
+        capacity_bytes: int,
+        allocate: Callable[[int], torch.Tensor],
+        free: Callable[[torch.Tensor], None] | None = None,
+        listener: Callable[[L1Entry, int], None] | None = None,
+    ) -> None:
         if isinstance(capacity_bytes, bool) or not isinstance(capacity_bytes, int) or capacity_bytes <= 0:
             raise ValueError(f"capacity_bytes: expected a positive int, given {capacity_bytes!r}")
         self._allocate = allocate
+        self._free_buffer = free
+        self._listener = listener
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, L1Entry] = OrderedDict()  # oldest first
         self._free: dict[int, list[torch.Tensor]] = {}
@@ -148,6 +160,7 @@ class L1Pool:
             if old is not None and old.pins == 0:  # a racing writer stored it first; keep one copy
                 del self._entries[key]
                 self._free.setdefault(old.nbytes, []).append(old.buffer)
+                self._changed(old, -1)
             elif old is not None:  # the other copy is in use: keep it, recycle ours
                 old.pins += pins
                 self._entries.move_to_end(key)
@@ -155,6 +168,7 @@ class L1Pool:
                 return old
             entry = L1Entry(key, buffer, num_tokens, pins)
             self._entries[key] = entry
+            self._changed(entry, 1)
             return entry
 
     def release(self, buffer: torch.Tensor) -> None:
@@ -168,8 +182,21 @@ class L1Pool:
             for key in [k for k, e in self._entries.items() if e.pins == 0]:
                 entry = self._entries.pop(key)
                 self._stats.used_bytes -= entry.nbytes
+                self._changed(entry, -1)
+                if self._free_buffer is not None:
+                    self._free_buffer(entry.buffer)
             while self._drop_one_free():
                 pass
+
+    def evict_matching(self, match: Callable[[L1Entry], bool]) -> bool:
+        """Evict the least recently used unpinned entry for which ``match(entry)`` is true (its
+        buffer goes to the free list); False when there is none. O(entries)."""
+        with self._lock:
+            for key, entry in self._entries.items():
+                if entry.pins == 0 and match(entry):
+                    self._evict(key, entry)
+                    return True
+            return False
 
     def stats(self) -> L1Stats:
         with self._lock:
@@ -183,17 +210,27 @@ class L1Pool:
     def _drop_one_free(self) -> bool:
         for size, buffers in self._free.items():
             if buffers:
-                buffers.pop()
+                buffer = buffers.pop()
                 self._stats.used_bytes -= size
+                if self._free_buffer is not None:
+                    self._free_buffer(buffer)
                 return True
         return False
 
     def _evict_one(self) -> bool:
         for key, entry in self._entries.items():
             if entry.pins == 0:
-                del self._entries[key]
-                self._free.setdefault(entry.nbytes, []).append(entry.buffer)
-                self._stats.evictions += 1
-                self._stats.evicted_bytes += entry.nbytes
+                self._evict(key, entry)
                 return True
         return False
+
+    def _evict(self, key: Hashable, entry: L1Entry) -> None:
+        del self._entries[key]
+        self._free.setdefault(entry.nbytes, []).append(entry.buffer)
+        self._stats.evictions += 1
+        self._stats.evicted_bytes += entry.nbytes
+        self._changed(entry, -1)
+
+    def _changed(self, entry: L1Entry, sign: int) -> None:
+        if self._listener is not None:
+            self._listener(entry, sign)

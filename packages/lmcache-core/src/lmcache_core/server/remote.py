@@ -1,0 +1,378 @@
+"""RemoteCacheEngine: :class:`~lmcache_core.cache_engine.CacheEngine`'s calls, served by a cache server.
+
+Same signatures and :class:`~lmcache_core.cache_engine.CacheResult`s as CacheEngine (store,
+lookup, retrieve, poll_stores, wait_stores, stores_in_flight, flush, close), so an engine's
+connector swaps one for the other. The KV stays where it is: this process detects the layout,
+chooses the backend for the KV's device, and the backend gathers straight into the server's
+shared-memory slots (store) or scatters from them (retrieve); messages carry tokens and slot
+handles only.
+
+When the server is unreachable (:class:`~lmcache_core.server.client.ServerUnavailable`) or
+refuses a lease, a call does nothing and returns an empty result: a lookup misses, a retrieve
+loads nothing, a store stores nothing; the engine recomputes and the client reconnects with
+back-off. Bad arguments still raise (ValueError/TypeError), as in CacheEngine.
+
+Stores are synchronous here: the gather is waited for on the host before the commit (the server
+must never publish a slot still being written). Device hosts without a host-visible KV use the
+GPU IPC path instead (issue 15, item 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from lmcache_core.arrays import array_info, torch_twins
+from lmcache_core.cache_engine import CacheResult, KVGroups, _as_groups, _first_array, _nest_like
+from lmcache_core.config import CacheEngineConfig
+from lmcache_core.layout import ChunkFormat, KVCacheSpec
+from lmcache_core.layout_registry import LayoutHints, detect_layout, flatten_kv_caches
+from lmcache_core.server.client import CacheClient, ServerError, ServerUnavailable
+from lmcache_core.tokens import as_token_array
+
+if TYPE_CHECKING:
+    import torch
+
+    from lmcache_core.backend import Backend
+    from lmcache_core.server import protocol as p
+
+logger = logging.getLogger(__name__)
+
+#: What a call against an unreachable or refusing server turns into a miss.
+_SERVER_FAILURES = (ServerUnavailable, ServerError)
+
+
+class RemoteCacheEngine:
+    """One engine rank's cache, kept by the server at ``endpoint``.
+
+    ``config``: the engine's settings (model_id, world_size, rank, cache_salt, backend;
+    ``chunk_size``/``l1_bytes``/``l2_*`` are the server's and ignored here). ``chunk_formats``:
+    for a process that never sees KV (a scheduler): register with these and look up.
+    ``engine``: a name shown in the server's status. ``client``: an existing CacheClient
+    (tests, a shared connection); otherwise one is made with ``client_options``.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        config: CacheEngineConfig | None = None,
+        *,
+        backend: Backend | None = None,
+        layout_hints: LayoutHints | Sequence[LayoutHints] | None = None,
+        chunk_formats: Sequence[ChunkFormat] | None = None,
+        engine: str = "",
+        client: CacheClient | None = None,
+        **client_options: Any,
+    ) -> None:
+        self.config = config or CacheEngineConfig()
+        self.engine_name = engine
+        self.client = client or CacheClient(endpoint, name=engine, **client_options)
+        self._backend = backend
+        self._hints = layout_hints
+        self._spec: KVCacheSpec | None = None
+        self._formats: tuple[ChunkFormat, ...] | None = tuple(chunk_formats) if chunk_formats else None
+        self._registered_formats: tuple[ChunkFormat, ...] | None = None
+        self._fingerprint: tuple[Any, ...] | None = None
+        self._stream = 0
+        self._device: Any = None
+        self.failures = 0  # calls turned into misses because of the server
+        if self._formats:
+            self._register(self._formats)
+
+    # ---- set-up ----------------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            raise RuntimeError("backend: not chosen yet; call register_kv_caches first")
+        return self._backend
+
+    @property
+    def spec(self) -> KVCacheSpec:
+        if self._spec is None:
+            raise RuntimeError("spec: no KV caches registered; call register_kv_caches first")
+        return self._spec
+
+    def _register(self, formats: tuple[ChunkFormat, ...]) -> bool:
+        c = self.config
+        try:
+            self.client.register(
+                self.engine_name or c.model_id,
+                rank=c.rank,
+                world_size=c.world_size,
+                model_id=c.model_id,
+                formats=formats,
+            )
+        except _SERVER_FAILURES as e:
+            logger.warning("cache server: register failed (%s); serving without the cache for now", e)
+            self.failures += 1
+            return False
+        self._registered_formats = formats
+        return True
+
+    def _ready(self) -> bool:
+        """Registered with the server (again, after it came back)."""
+        if self._formats is None:
+            return False
+        if self._registered_formats != self._formats or not self.client.session:
+            return self._register(self._formats)
+        return True
+
+    def register_kv_caches(
+        self, kv_caches: KVGroups, hints: LayoutHints | Sequence[LayoutHints] | None = None
+    ) -> KVCacheSpec:
+        """Detect each group's layout, choose the backend, register the chunk formats."""
+        groups = _as_groups(kv_caches)
+        hints = hints if hints is not None else self._hints
+        if hints is None or isinstance(hints, LayoutHints):
+            group_hints = [hints or LayoutHints()] * len(groups)
+        else:
+            group_hints = list(hints)
+            if len(group_hints) != len(groups):
+                raise ValueError(
+                    f"hints: expected one LayoutHints per layer group ({len(groups)}), given {len(group_hints)}"
+                )
+        spec = KVCacheSpec(
+            tuple(detect_layout(torch_twins(g), h) for g, h in zip(groups, group_hints, strict=True))
+        )
+        first = array_info(_first_array(groups), "kv_caches[0]")
+        if self._backend is None:
+            from lmcache_core.selection import select_backend
+
+            self._backend = select_backend(first.device_type, self.config.backend, first.family).backend
+        if self._device is None:
+            self._device = _first_array(groups).device if first.family == "torch" else first.device
+            self._stream = self.backend.new_stream(self._device)
+        formats = tuple(g.chunk_format for g in spec.groups)
+        if self._formats is not None and "+".join(f.tag for f in formats) != "+".join(
+            f.tag for f in self._formats
+        ):
+            raise ValueError(
+                f"kv_caches: expected chunk format {'+'.join(f.tag for f in self._formats)}, given {spec.tag}"
+            )
+        self._spec = spec
+        self._formats = formats
+        self._fingerprint = tuple(
+            (array_info(t, "kv_caches").address, tuple(t.shape)) for g in groups for t in _flat(g)
+        )
+        self._ready()
+        return spec
+
+    def _prepare(
+        self, kv_caches: KVGroups, slot_mapping: Any, num_tokens: int
+    ) -> tuple[list[list[torch.Tensor]], list[Any]]:
+        groups = _as_groups(kv_caches)
+        fp = tuple((array_info(t, "kv_caches").address, tuple(t.shape)) for g in groups for t in _flat(g))
+        if self._spec is None or fp != self._fingerprint:
+            self.register_kv_caches(groups)
+        slots = list(slot_mapping) if isinstance(slot_mapping, (list, tuple)) else [slot_mapping]
+        if len(slots) != len(groups):
+            raise ValueError(
+                f"slot_mapping: expected one int64 tensor per layer group ({len(groups)}), given {len(slots)}"
+            )
+        for i, sm in enumerate(slots):
+            if not hasattr(sm, "shape") or len(sm.shape) != 1 or sm.shape[0] != num_tokens:
+                shape = tuple(sm.shape) if hasattr(sm, "shape") else type(sm).__name__
+                raise ValueError(
+                    f"slot_mapping[{i}]: expected a 1-D tensor of {num_tokens} slots (one per token), given {shape}"
+                )
+        return [flatten_kv_caches(g) for g in groups], slots
+
+    def _views(self, buffer: torch.Tensor, num_tokens: int) -> list[torch.Tensor]:
+        """Each group's chunk inside a slot's uint8 bytes (typed 4-D when its sections are alike)."""
+        import torch
+
+        views, offset = [], 0
+        for g in self.spec.groups:
+            fmt = g.chunk_format
+            n = fmt.nbytes(num_tokens)
+            part = buffer[offset : offset + n]
+            if fmt.is_uniform:
+                part = part.view(getattr(torch, fmt.dtype)).view(fmt.shape(num_tokens))
+            views.append(part)
+            offset += n
+        return views
+
+    def _miss(self, what: str, error: Exception) -> None:
+        self.failures += 1
+        logger.warning("cache server: %s failed (%s); treated as a miss", what, error)
+
+    # ---- the three operations --------------------------------------------------------------------
+
+    def lookup(self, tokens: Any, *, cache_salt: str | None = None) -> CacheResult:
+        """The longest cached prefix of ``tokens`` on the server (L1, then L2 with prefetch)."""
+        t0 = time.perf_counter()
+        as_token_array(tokens)  # bad input raises here, not on the server
+        if not self._ready():
+            return CacheResult(seconds=time.perf_counter() - t0)
+        salt = cache_salt if cache_salt is not None else self.config.cache_salt
+        try:
+            r = self.client.lookup(tokens, salt, prefetch=self.config.l2_prefetch)
+        except _SERVER_FAILURES as e:
+            self._miss("lookup", e)
+            return CacheResult(seconds=time.perf_counter() - t0)
+        return CacheResult(
+            r.tokens, r.nbytes, r.chunks, r.l2_tokens, r.l2_bytes, r.l2_chunks, time.perf_counter() - t0
+        )
+
+    def store(
+        self,
+        tokens: Any,
+        kv_caches: KVGroups,
+        slot_mapping: Any,
+        *,
+        cache_salt: str | None = None,
+        owner: Any = None,
+    ) -> CacheResult:
+        """Gather the KV of ``tokens``' chunks not cached yet straight into server slots, then
+        publish them. Stops at the first chunk with a ``-1`` slot, or when the server's L1 (or
+        the salt's quota) is full."""
+        t0 = time.perf_counter()
+        arr = as_token_array(tokens)
+        groups, slots = self._prepare(kv_caches, slot_mapping, len(arr))
+        if not self._ready():
+            return CacheResult(seconds=time.perf_counter() - t0)
+        stop = len(arr)
+        for sm in slots:
+            bad = (sm < 0).nonzero()
+            if len(bad):
+                stop = min(stop, int(bad[0]))
+        salt = cache_salt if cache_salt is not None else self.config.cache_salt
+        try:
+            lease = self.client.prepare_store(arr, salt, stop=stop)
+        except _SERVER_FAILURES as e:
+            self._miss("store", e)
+            return CacheResult(seconds=time.perf_counter() - t0)
+        if not lease.slots:
+            self._end(lease.lease)
+            return CacheResult(seconds=time.perf_counter() - t0)
+        filled = 0
+        try:
+            self.backend.order_after_compute(self._stream, self._device)
+            for slot in lease.slots:
+                views = self._views(self.client.view(slot), slot.end - slot.start)
+                for layout, kv, sm, view in zip(self.spec.groups, groups, slots, views, strict=True):
+                    self.backend.gather(layout, kv, sm[slot.start : slot.end], view, 0, self._stream)
+                filled += 1
+            self.backend.synchronize(self.backend.record_event(self._stream))
+        except BaseException:
+            self._end(lease.lease)
+            raise
+        try:
+            done = self.client.commit_store(lease.lease, filled)
+        except _SERVER_FAILURES as e:
+            self._miss("store commit", e)
+            return CacheResult(seconds=time.perf_counter() - t0)
+        return CacheResult(done.tokens, done.nbytes, done.chunks, seconds=time.perf_counter() - t0)
+
+    def _end(self, lease: int) -> None:
+        try:
+            self.client.release(lease)
+        except _SERVER_FAILURES as e:
+            logger.debug("release of lease %d: %s", lease, e)
+
+    def retrieve(
+        self,
+        tokens: Any,
+        kv_caches: KVGroups,
+        slot_mapping: Any,
+        skip_leading_tokens: int = 0,
+        *,
+        cache_salt: str | None = None,
+    ) -> CacheResult:
+        """Scatter the server's cached prefix of ``tokens`` into the engine's pages, straight
+        from its shared memory. A server that is gone or lets the lease expire while this reads
+        makes the result empty (tokens 0): the engine must recompute those tokens."""
+        t0 = time.perf_counter()
+        if (
+            isinstance(skip_leading_tokens, bool)
+            or not isinstance(skip_leading_tokens, int)
+            or skip_leading_tokens < 0
+        ):
+            raise ValueError(
+                f"skip_leading_tokens: expected a non-negative int, given {skip_leading_tokens!r}"
+            )
+        arr = as_token_array(tokens)
+        groups, slots = self._prepare(kv_caches, slot_mapping, len(arr))
+        empty = CacheResult(seconds=0.0, kv_caches=_nest_like(kv_caches, groups))
+        if not self._ready():
+            return empty
+        salt = cache_salt if cache_salt is not None else self.config.cache_salt
+        try:
+            lease: p.PrepareReply = self.client.prepare_retrieve(arr, salt, skip=skip_leading_tokens)
+        except _SERVER_FAILURES as e:
+            self._miss("retrieve", e)
+            return empty
+        if not lease.slots:
+            self._end(lease.lease)
+            return empty
+        try:
+            self.backend.order_after_compute(self._stream, self._device)
+            for slot in lease.slots:
+                skip = max(0, skip_leading_tokens - slot.start)
+                views = self._views(self.client.view(slot), slot.end - slot.start)
+                for g, (layout, sm, view) in enumerate(zip(self.spec.groups, slots, views, strict=True)):
+                    groups[g] = self.backend.scatter(
+                        layout, groups[g], sm[slot.start : slot.end], view, skip, self._stream
+                    )
+            self.backend.synchronize(self.backend.record_event(self._stream))
+        except BaseException:
+            self._end(lease.lease)
+            raise
+        try:
+            done = self.client.commit_retrieve(lease.lease)
+        except _SERVER_FAILURES as e:  # the slots may have changed while read: nothing loaded
+            self._miss("retrieve commit", e)
+            return empty
+        l2 = [s for s in lease.slots if s.l2]
+        l2_tokens = sum(s.end - max(s.start, skip_leading_tokens) for s in l2)
+        return CacheResult(
+            done.tokens,
+            done.nbytes,
+            done.chunks,
+            l2_tokens,
+            sum(s.nbytes for s in l2),
+            len(l2),
+            time.perf_counter() - t0,
+            kv_caches=_nest_like(kv_caches, groups),
+        )
+
+    # ---- CacheEngine's other calls ---------------------------------------------------------------
+
+    def poll_stores(self) -> int:
+        """Stores complete before :meth:`store` returns: nothing is ever in flight."""
+        return 0
+
+    def wait_stores(self) -> int:
+        return 0
+
+    def stores_in_flight(self, owner: Any = None) -> int:
+        return 0
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Write-behind is the server's; nothing to wait for here."""
+        return True
+
+    def server_status(self) -> dict[str, Any]:
+        """The server's status document (raises ServerUnavailable when it is unreachable)."""
+        return self.client.stats()
+
+    def close(self) -> None:
+        if self._backend is not None and self._stream:
+            stream, self._stream = self._stream, 0
+            self._backend.destroy_stream(stream)
+        self.client.close()
+
+    def __enter__(self) -> RemoteCacheEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _flat(group: Any) -> list[Any]:
+    if isinstance(group, (list, tuple)):
+        return [t for item in group for t in _flat(item)]
+    return [group]
