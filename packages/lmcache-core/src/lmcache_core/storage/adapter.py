@@ -30,6 +30,15 @@ synchronous batch primitives; this base class adds, for every adapter alike:
 Per-key failures that leave the tier usable (disk full, permission denied, an object over a
 server's size limit) come back as ``FAILED`` results with a short reason (``ENOSPC``, ``EACCES``).
 
+Codecs: a tier's ``serde`` URL parameter (``?serde=fp8,zstd,aesgcm:key_file=/etc/kv.key``, see
+:mod:`lmcache_core.serde`) is its codec chain. :meth:`L2Adapter.store` encodes each payload
+before the primitive sees it (the header then records the chain) and :meth:`L2Adapter.load`
+decodes after the primitive verified the stored bytes, both in the calling thread: the tiers'
+write-behind and load threads, never the engine's step. Primitives see encoded objects only;
+callers see plain headers and plain bytes only. An object this tier cannot decode (a codec it
+lacks, another key, failed authentication) is ``UNVERIFIABLE`` with the reason: a miss, left
+in place, remembered as a bad key.
+
 Payloads are any C-contiguous buffers (``bytes``, ``memoryview``, numpy arrays; a CPU torch
 tensor through ``tensor.numpy()``); adapters never import torch.
 """
@@ -228,6 +237,65 @@ class _Slot:
             return OpResult(Status.TIMEOUT, "deadline", buffer=self.held)
 
 
+class _Decoding:
+    """One load request through the tier's codec chain: the stored payload goes to a scratch
+    buffer, the caller's buffer gets the decoded bytes."""
+
+    __slots__ = ("chain", "header", "reason", "req", "scratch", "target")
+
+    def __init__(self, chain: Any, req: LoadRequest) -> None:
+        self.chain = chain
+        self.req = req
+        self.header: ObjectHeader | None = None
+        self.target: Any = None
+        self.scratch: Any = None
+        self.reason = ""
+
+    def alloc(self, header: ObjectHeader) -> Any:
+        serde = header.meta.serde
+        if serde is None:
+            return self.req.alloc(header)
+        from lmcache_core.serde.codec import CodecError
+
+        try:
+            self.chain.check(serde)
+        except CodecError as e:
+            self.reason = e.reason
+            return None  # decline before any payload byte is read
+        target = self.req.alloc(header.plain())
+        if target is None:
+            return None
+        import numpy as np
+
+        self.header, self.target = header, target
+        self.scratch = np.empty(header.payload_len, np.uint8)
+        return self.scratch
+
+    def abandon(self, buffer: Any) -> None:
+        if self.req.abandon is not None:
+            self.req.abandon(self.target if buffer is self.scratch and self.target is not None else buffer)
+
+    def finish(self, r: OpResult) -> OpResult:
+        """The caller's result of the primitive's result ``r`` (decoding a verified payload)."""
+        if self.reason and r.status is Status.REJECTED:
+            return OpResult(Status.UNVERIFIABLE, self.reason)
+        if self.scratch is None or self.header is None:
+            return r
+        if r.status is Status.TIMEOUT:
+            return OpResult(r.status, r.reason, r.header, self.target if r.buffer is not None else None)
+        if r.status is not Status.HIT:
+            return OpResult(r.status, r.reason, r.header, r.buffer)
+        from lmcache_core.serde.codec import CodecError
+
+        h, meta = self.header, self.header.meta
+        assert meta.serde is not None
+        try:
+            self.chain.decode(meta.serde, self.scratch, h.key, meta.fmt, meta.dtype, meta.shape, self.target)
+        except CodecError as e:
+            return OpResult(Status.UNVERIFIABLE, e.reason)
+        return OpResult(Status.HIT, "", h.plain(), self.target)
+
+
 class L2Adapter(abc.ABC):
     """Base of every L2 adapter. Construct through :func:`lmcache_core.storage.open_adapter`.
 
@@ -237,8 +305,9 @@ class L2Adapter(abc.ABC):
     lines of one kind, default 30), ``timeout`` (deadline in seconds per key, or per call for a
     batched tier, default 5), ``timeout_strikes`` (timed-out calls in a row that mark the tier
     unavailable, default 3), ``max_stuck`` (calls left stalled past their deadline before the
-    tier counts as down, default 8), ``bad_keys`` (keys remembered as bad, default 4096; 0 = off)
-    and ``bad_key_ttl`` (seconds, default 600).
+    tier counts as down, default 8), ``bad_keys`` (keys remembered as bad, default 4096; 0 = off),
+    ``bad_key_ttl`` (seconds, default 600) and ``serde`` (the codec chain, default none:
+    :func:`lmcache_core.serde.parse_chain`).
     """
 
     #: URL schemes this class serves (documentation; the entry point names decide).
@@ -267,6 +336,9 @@ class L2Adapter(abc.ABC):
         self.metrics.gauge("available", lambda: 0.0 if self.health.down else 1.0)
         self.metrics.gauge("bad_keys", lambda: float(len(self.bad)))
         self.metrics.gauge("stuck_calls", lambda: float(self._io.stuck))
+        from lmcache_core.serde.chain import parse_chain
+
+        self.serde = parse_chain(url.text_param("serde", ""))
 
     # ---- to implement --------------------------------------------------------------------------
 
@@ -310,11 +382,21 @@ class L2Adapter(abc.ABC):
     def store(self, items: Sequence[StoreItem]) -> list[OpResult]:
         """Store a batch; one result per item, in order."""
         items = list(items)
-        slots = [_Slot(i.payload, i.abandon) for i in items]
-        down = [OpResult(Status.UNAVAILABLE)] * len(items)
-        results = self._run("store", items, self._store, down, OpResult(Status.FAILED), slots)
+        plain = items
+        if self.serde:
+            items = [self._encode(i) for i in items]
+        todo = [i for i, item in enumerate(items) if isinstance(item, StoreItem)]
+        batch = [items[i] for i in todo]
+        slots = [_Slot(i.payload, i.abandon) for i in batch]
+        down = [OpResult(Status.UNAVAILABLE)] * len(batch)
+        got = self._run("store", batch, self._store, down, OpResult(Status.FAILED), slots)
+        results: list[OpResult] = [r if isinstance(r, OpResult) else OpResult(Status.FAILED) for r in items]
+        for i, r in zip(todo, got, strict=True):
+            if items[i] is not plain[i] and r.buffer is not None:  # an encoded copy is held, not L1's
+                r = OpResult(r.status, r.reason, r.header, None)
+            results[i] = r
         m = self.metrics
-        for item, r in zip(items, results, strict=True):
+        for item, r in zip(plain, results, strict=True):
             if r.status is Status.OK:
                 m.inc("store_ok")
                 m.inc("store_bytes", nbytes_of(item.payload))
@@ -325,6 +407,25 @@ class L2Adapter(abc.ABC):
                 m.failure("store", r.reason or "error")
                 self.log.warning(f"store:{r.reason}", f"store of {item.key} failed ({r.reason})")
         return results
+
+    def _encode(self, item: StoreItem) -> StoreItem | OpResult:
+        """``item`` with its payload through the chain (the header meta records it); a FAILED
+        result when a codec raised."""
+        t0 = time.perf_counter()
+        try:
+            meta = item.meta
+            got = self.serde.encode(item.payload, item.key, meta.fmt, meta.dtype, meta.shape)
+        except Exception as e:  # a codec's bug or a library error: this item is not stored
+            self.log.warning(f"encode:{type(e).__name__}", f"encoding {item.key} failed: {type(e).__name__}: {e}")
+            return OpResult(Status.FAILED, f"encode:{type(e).__name__}")
+        self.metrics.observe("encode", time.perf_counter() - t0)
+        if got is None:
+            return item
+        data, serde = got
+        self.metrics.inc("encoded_plain_bytes", serde.plain_len)
+        self.metrics.inc("encoded_bytes", data.nbytes)
+        meta = ObjectMeta(meta.fmt, meta.dtype, meta.shape, meta.num_tokens, serde)
+        return StoreItem(item.key, data, meta)
 
     def lookup(self, keys: Sequence[str]) -> list[bool]:
         """Whether each key is present; False for every key while the tier is unavailable, and
@@ -349,12 +450,18 @@ class L2Adapter(abc.ABC):
         todo = [i for i, r in enumerate(requests) if self.bad.reason(r.key) is None]
         if len(todo) < len(requests):
             self.metrics.inc("bad_key_skips", len(requests) - len(todo))
-        slots = [_Slot(None, requests[i].abandon, requests[i].alloc) for i in todo]
+        decoding = [_Decoding(self.serde, requests[i]) for i in todo]
+        slots = [_Slot(None, d.abandon, d.alloc) for d in decoding]
         wrapped = [LoadRequest(requests[i].key, s.alloc) for i, s in zip(todo, slots, strict=True)]
         down = [OpResult(Status.UNAVAILABLE)] * len(todo)
         got = self._run("load", wrapped, self._load, down, OpResult(Status.FAILED), slots)
-        for i, r in zip(todo, got, strict=True):
-            out[i] = r
+        t0 = time.perf_counter()
+        decoded = 0
+        for i, d, r in zip(todo, decoding, got, strict=True):
+            out[i] = d.finish(r)
+            decoded += d.scratch is not None and r.status is Status.HIT
+        if decoded:
+            self.metrics.observe("decode", (time.perf_counter() - t0) / decoded, decoded)
         m = self.metrics
         for req, r in zip(requests, out, strict=True):
             if r.status is Status.HIT:

@@ -24,7 +24,7 @@ LATENCY_BUCKETS = (
     2.5, 5.0, 10.0,
 )  # fmt: skip
 
-OPS = ("store", "lookup", "load", "delete")
+OPS = ("store", "lookup", "load", "delete", "encode", "decode")
 
 
 @dataclass

@@ -12,6 +12,10 @@ batched lookup per tier); :meth:`L2Tiers.prefetch` starts L2 -> L1 loads of foun
 buffers reserved from L1, committed when verified. :meth:`L2Tiers.fetch` is what retrieve calls
 on an L1 miss: it waits for that chunk's prefetch, or loads it now, and returns it pinned.
 
+Codecs (a tier's ``serde`` chain, :mod:`lmcache_core.serde`) run inside the adapter's store and
+load, so on the write-behind threads and the load threads here (a fetch that loads now waits
+for a load thread): never on the engine's step. L1 always holds plaintext.
+
 Several tiers stack in order (first = nearest): every tier receives every stored chunk; a
 lookup takes each chunk from the first tier that has it.
 
@@ -437,12 +441,29 @@ class L2Tiers:
             if buffer is None:
                 return None
             req = LoadRequest(ref.name, self._alloc(ref, buffer), self._release_later(buffer))
-            result = self.adapters[t].load([req])[0]
+            result = self._load_off_thread(t, req)
             if result.status is Status.HIT:
                 return l1.commit(ref.key, buffer, ref.meta.num_tokens, pins=1)
             if not _held(result):
                 l1.release(buffer)
         return None
+
+    def _load_off_thread(self, tier: int, req: LoadRequest) -> OpResult:
+        """Load ``req`` on the tier's load threads (where its codecs decode), waiting for it: the
+        calling thread (the engine's step) runs no codec. The adapter bounds the call by its
+        deadline (a key past it comes back ``TIMEOUT``, its buffer handed to ``abandon``)."""
+        adapter = self.adapters[tier]
+        if not adapter.serde:
+            return adapter.load([req])[0]
+        try:
+            fut = adapter.submit_load([req])
+        except RuntimeError:  # closed
+            return OpResult(Status.UNAVAILABLE)
+        try:
+            return fut.result()[0]
+        except Exception as e:  # load raised: the call is over, nothing holds the buffer
+            logger.error("L2 %s: fetch of %s failed: %s: %s", adapter.name, req.key, type(e).__name__, e)
+            return OpResult(Status.FAILED, type(e).__name__)
 
     # ---- the rest ----------------------------------------------------------------------------
 

@@ -18,6 +18,12 @@ finishes, so host time around the forward would make recompute look 10-100x chea
 The worker therefore times sampled steps between two waits for the compute stream
 (:meth:`~lmcache_core.integrations.vllm.worker.WorkerSide.begin_step`). Plain Python: no torch,
 no vLLM.
+
+An L2 tier's bandwidth is measured in *plain* bytes (the chunk as it lands in the engine's KV)
+per second of the whole load: reading the stored object and running its codec chain
+(:mod:`lmcache_core.serde`: decompression, decryption, fp8/int8 dequantization), which happen
+inside that load. A compressed tier therefore looks faster by its ratio and slower by its
+decode time, and ``nbytes`` in the saving above is the plain size too.
 """
 
 from __future__ import annotations
