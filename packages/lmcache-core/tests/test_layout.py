@@ -223,6 +223,15 @@ class TestPlaneKinds:
         assert nope.dtype == rope.dtype == torch.bfloat16
         assert rope.view(torch.uint8).data_ptr() == buf.data_ptr() + 61 * 3 * 512 * 2
 
+    def test_a_section_that_would_start_misaligned_is_refused(self) -> None:
+        # one fp8 layer-row of 3 bytes before a bf16 section: odd offsets for odd token counts
+        with pytest.raises(
+            ValueError, match=r"sections\[1\] \(v, bfloat16\): expected to start on a multiple"
+        ):
+            ChunkFormat(1, (ChunkSection("k", 3, "float8_e4m3fn", 1), ChunkSection("v", 4, "bfloat16", 2)))
+        ok = ChunkFormat(1, (ChunkSection("k", 4, "bfloat16", 2), ChunkSection("v", 3, "float8_e4m3fn", 1)))
+        assert ok.section_offsets(3) == (0, 3 * 4 * 2)
+
     def test_uniform_format_keeps_todays_tag_and_bytes(self) -> None:
         fmt = make_layout().chunk_format
         assert fmt.is_uniform and fmt.tag == "kv2.L2.h24.float16"

@@ -72,7 +72,8 @@ class ChunkFormat:
 
     Section ``k`` is ``[num_layers, num_tokens, hidden_k]`` elements of ``dtype_k``
     (``hidden_k = heads_k * width_k``, real channels only, padding never stored); the sections lie
-    back to back in kind order. When every section has the same ``hidden`` and dtype the bytes are
+    back to back in kind order, and each starts on a multiple of its element size for any token
+    count (a format where it would not is refused). When every section has the same ``hidden`` and dtype the bytes are
     exactly the 4-D ``[num_kv, num_layers, num_tokens, hidden]`` tensor (``num_kv`` 2 for K and V,
     1 for an MLA latent), which :meth:`shape` gives. The chunk never depends on the paging layout.
     """
@@ -84,6 +85,18 @@ class ChunkFormat:
         if not 1 <= len(self.sections) <= MAX_KINDS:
             raise ValueError(f"sections: expected 1 to {MAX_KINDS}, given {len(self.sections)}")
         object.__setattr__(self, "sections", tuple(ChunkSection(*s) for s in self.sections))
+        # Sections lie back to back, so each must start on a multiple of its element size for every
+        # token count (a typed view of it, or an element copy, needs it); a token's bytes of the
+        # sections before section k must be a multiple of its element size.
+        before = 0
+        for k, s in enumerate(self.sections):
+            if (self.num_layers * before) % s.element_size:
+                raise ValueError(
+                    f"sections[{k}] ({s.name}, {s.dtype}): expected to start on a multiple of its "
+                    f"element size {s.element_size} bytes, given sections before it of "
+                    f"{self.num_layers * before} bytes per token; order kinds by descending element size"
+                )
+            before += s.hidden * s.element_size
 
     @classmethod
     def uniform(cls, num_kv: int, num_layers: int, hidden: int, dtype: str, element_size: int) -> ChunkFormat:
