@@ -9,7 +9,7 @@ from lmcache_core.storage.object_format import Serde
 from .conftest import DTYPES, KEY, kv, values
 
 SHAPE = (2, 3, 16, 64)
-LOSSLESS = ["zstd", "lz4", "zstd:level=5:shuffle=0", "aesgcm", "zstd,aesgcm", "lz4,aesgcm"]
+LOSSLESS = ["zstd", "lz4", "zstd:level=5:shuffle=0:blocksize=0", "aesgcm", "zstd,aesgcm", "lz4,aesgcm"]
 LOSSY = ["fp8", "fp8:format=e5m2:head_size=32", "fp8:scaling=none", "int8", "int8:group=7", "fp8,zstd",
          "int8:group=32,lz4", "fp8,zstd,aesgcm", "int8,lz4,aesgcm"]  # fmt: skip
 
@@ -87,7 +87,7 @@ def test_tensor_codecs_skip_chunks_they_do_not_apply_to():
         ("brotli", "unknown codec 'brotli'; known: aesgcm, fp8, int8, lz4, zstd"),
         ("zstd:level", "expected option=value"),
         ("zstd:level=0", "expected an integer in 1..9"),
-        ("zstd:speed=1", "unknown option(s) speed; valid: level, shuffle, threads"),
+        ("zstd:speed=1", "unknown option(s) speed; valid: blocksize, level, shuffle, threads"),
         ("fp8:format=e3m4", "expected one of ['e4m3', 'e5m2']"),
         ("aesgcm", "key_file is required"),
         (",zstd", "expected codec names"),

@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "bench kernels": "lmcache_core.cli.bench_kernels",
     "bench l2": "lmcache_core.cli.bench_l2",
     "bench e2e": "lmcache_core.cli.bench_e2e",
+    "bench serde": "lmcache_core.cli.bench_serde",
+    "bench serve": "lmcache_core.cli.bench_serve",
     "bench import": "lmcache_core.cli.bench_import",
     "demo": "lmcache_core.cli.demo",
     "serve": "lmcache_core.cli.serve",

