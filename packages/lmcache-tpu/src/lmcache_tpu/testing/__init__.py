@@ -1,5 +1,5 @@
-"""Test helpers (used by the package's tests and its benchmark): JAX engine arrays from the core's
-layout registry with random bits, and bit views; imports JAX and torch."""
+"""Test support for the package's tests (no product module imports it): JAX engine
+arrays from the core's layout registry with random bits, and bit views; imports JAX and torch."""
 
 from __future__ import annotations
 
