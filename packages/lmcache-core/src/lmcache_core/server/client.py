@@ -91,7 +91,8 @@ class CacheClient:
     ``endpoint``: ``ipc:///run/lmcache/server.sock`` or ``tcp://host:port``. ``auth_key``: the
     shared key (bytes, or a path via :func:`lmcache_core.server.auth.read_key_file`) a server
     off 127.0.0.1 requires. ``timeout``: seconds to wait for a reply. ``shm_dir``: where the
-    server's segments are (the same directory as the server's ``shm_dir``).
+    server's segments are as this process sees them (default: the server's ``shm_dir``, from its
+    hello reply).
 
     Typical use by an engine worker::
 
@@ -112,7 +113,7 @@ class CacheClient:
         backoff_min: float = 0.5,
         backoff_max: float = 30.0,
         heartbeat: bool = True,
-        shm_dir: str = "/dev/shm",
+        shm_dir: str | None = None,
         name: str = "",
     ) -> None:
         if not isinstance(endpoint, str) or not endpoint.startswith(("ipc://", "tcp://")):
@@ -359,12 +360,20 @@ class CacheClient:
 
     def view(self, slot: p.Slot) -> torch.Tensor:
         """uint8 tensor ``[slot.nbytes]`` over ``slot`` in the server's shared memory (the
-        segment is mapped on first use and kept)."""
+        segment is mapped on first use and kept). :class:`ServerError` (``segment_unavailable``)
+        when the segment cannot be mapped (another user's, another mount namespace, gone)."""
         seg = self._segments.get(slot.segment)
         if seg is None:
             if not slot.segment or "/" in slot.segment or slot.segment.startswith("."):
                 raise ValueError(f"slot.segment: expected a segment file name, given {slot.segment!r}")
-            seg = _Segment(os.path.join(self.shm_dir, slot.segment))
+            hello = self.hello
+            directory = self.shm_dir or (hello.shm_dir if hello is not None else "/dev/shm")
+            try:
+                seg = _Segment(os.path.join(directory, slot.segment))
+            except OSError as e:
+                raise ServerError(
+                    "segment_unavailable", f"cannot map {slot.segment!r} in {directory}: {e.strerror}"
+                ) from None
             with self._lock:
                 self._segments.setdefault(slot.segment, seg)
                 seg = self._segments[slot.segment]

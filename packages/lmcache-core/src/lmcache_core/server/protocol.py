@@ -45,6 +45,7 @@ ERROR_CODES = {
     "lease_unknown": "the lease does not exist (released, expired or from another connection)",
     "lease_expired": "the lease expired (no heartbeat in time); its slots may have been reused",
     "shutting_down": "the server is stopping",
+    "segment_unavailable": "(client side) a slot's shared-memory segment cannot be mapped",
     "internal": "the server failed on this request (logged there); it keeps serving",
 }
 
@@ -187,7 +188,9 @@ class Error(Reply, tag="error"):
 
 class HelloReply(Reply, tag="hello"):
     """Server version and the timing a client must keep: heartbeat at least every
-    ``heartbeat_seconds``; leases die ``lease_seconds`` after the last request."""
+    ``heartbeat_seconds``; leases die ``lease_seconds`` after the last request. ``shm_dir``:
+    where the server's segments are (a client in another mount namespace may map them
+    elsewhere)."""
 
     version: int = PROTOCOL_VERSION
     server: str = ""
@@ -196,6 +199,7 @@ class HelloReply(Reply, tag="hello"):
     heartbeat_seconds: float = 1.0
     lease_seconds: float = 5.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    shm_dir: str = "/dev/shm"
 
 
 class RegisterReply(Reply, tag="register"):

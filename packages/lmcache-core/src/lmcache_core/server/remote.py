@@ -257,6 +257,10 @@ class RemoteCacheEngine:
                     self.backend.gather(layout, kv, sm[slot.start : slot.end], view, 0, self._stream)
                 filled += 1
             self.backend.synchronize(self.backend.record_event(self._stream))
+        except _SERVER_FAILURES as e:
+            self._end(lease.lease)
+            self._miss("store", e)
+            return CacheResult(seconds=time.perf_counter() - t0)
         except BaseException:
             self._end(lease.lease)
             raise
@@ -318,6 +322,10 @@ class RemoteCacheEngine:
                         layout, groups[g], sm[slot.start : slot.end], view, skip, self._stream
                     )
             self.backend.synchronize(self.backend.record_event(self._stream))
+        except _SERVER_FAILURES as e:  # nothing usable was loaded
+            self._end(lease.lease)
+            self._miss("retrieve", e)
+            return empty
         except BaseException:
             self._end(lease.lease)
             raise

@@ -149,6 +149,7 @@ class CacheService:
             config.effective_segment_bytes,
             config.l1_bytes + 2 * config.effective_segment_bytes,  # room for fragmentation
         )
+        self.arena.add_segment()
         self._acct = threading.Lock()  # guards _salt_bytes (L1's listener runs on L2 threads too)
         self._salt_bytes: dict[str, int] = {}  # committed L1 bytes per salt tag
         self._leased_bytes: dict[str, int] = {}  # reserved by store leases per salt tag
@@ -222,6 +223,7 @@ class CacheService:
                         raise RequestError("hello_first", "send hello (with the protocol version) first")
                     session.last_seen = time.monotonic()
                     reply = getattr(self, "_" + str(type(request).__struct_config__.tag))(session, request)
+                    session.last_seen = time.monotonic()  # a slow request (an L2 load) is no silence
         except RequestError as e:
             reply = self.error(e.code, str(e))
         except Exception as e:
@@ -242,7 +244,7 @@ class CacheService:
             )
         old = self._sessions.pop(peer, None)
         if old is not None:
-            self._drop_session(old, expired=False)
+            self._drop_session(old)
         self._sessions[peer] = Session(next(self._ids), peer, req.client, time.monotonic())
         c = self.config
         return p.HelloReply(
@@ -252,6 +254,7 @@ class CacheService:
             heartbeat_seconds=c.heartbeat_seconds,
             lease_seconds=c.lease_seconds,
             max_message_bytes=c.max_message_bytes,
+            shm_dir=c.shm_dir,
         )
 
     def _register(self, s: Session, req: p.Register) -> p.AnyReply:
@@ -464,30 +467,35 @@ class CacheService:
         return p.CommitReply(chunks=len(lease.items), tokens=tokens, nbytes=nbytes)
 
     def _release(self, s: Session, req: p.Release) -> p.AnyReply:
-        self._end_lease(self._take_lease(s, req.lease), quarantine=False)
+        self._end_lease(self._take_lease(s, req.lease))
         return p.Ack()
 
-    def _end_lease(self, lease: Lease, quarantine: bool) -> None:
+    def _end_lease(self, lease: Lease, quarantine_until: float | None = None) -> None:
+        """Unpin a retrieve lease's entries; free a store lease's buffers (or quarantine them
+        until ``quarantine_until``, monotonic seconds)."""
         if lease.kind == "retrieve":
             for it in lease.items:
                 assert it.entry is not None
                 self.l1.unpin(it.entry)
             return
-        until = time.monotonic() + self.config.lease_seconds
         for it in lease.items:
             self._unstore(lease, it)
-            if quarantine:
-                self._quarantine.append((until, it.buffer))
+            if quarantine_until is not None:
+                self._quarantine.append((quarantine_until, it.buffer))
             else:
                 self.l1.release(it.buffer)
 
     # ---- expiry ----------------------------------------------------------------------------------
 
-    def _drop_session(self, s: Session, expired: bool) -> None:
+    def _drop_session(self, s: Session, expired_at: float | None = None) -> None:
+        """End the session's leases; ``expired_at`` (monotonic seconds): it went silent, so its
+        store buffers are quarantined for ``lease_seconds`` from then."""
+        expired = expired_at is not None
+        until = None if expired_at is None else expired_at + self.config.lease_seconds
         for lease_id in sorted(s.leases):
             lease = self._leases.pop(lease_id, None)
             if lease is not None:
-                self._end_lease(lease, quarantine=expired)
+                self._end_lease(lease, until)
                 if expired:
                     self._expired.append(lease_id)
                     self.counters.leases_expired += 1
@@ -506,7 +514,7 @@ class CacheService:
                         "session %d (%s %s rank %d): silent for %.1f s; reclaiming %d leases",
                         s.id, s.client, s.engine, s.rank, now - s.last_seen, len(s.leases),
                     )  # fmt: skip
-                self._drop_session(s, expired=True)
+                self._drop_session(s, now)
                 self.counters.sessions_expired += 1
             while self._quarantine and self._quarantine[0][0] <= now:
                 self.l1.release(self._quarantine.popleft()[1])
@@ -549,7 +557,9 @@ class CacheService:
                         "idle_seconds": round(now - s.last_seen, 3),
                     }
                     for s in self._sessions.values()
+                    if s.registered
                 ],
+                "connections": len(self._sessions),
                 "l1": {
                     "capacity_bytes": l1.capacity_bytes,
                     "used_bytes": l1.used_bytes,
@@ -598,7 +608,7 @@ class CacheService:
         with self._lock:
             self.closing = True
             for s in list(self._sessions.values()):
-                self._drop_session(s, expired=False)
+                self._drop_session(s)
             self._sessions.clear()
         drained = True
         deadline = self.config.drain_seconds if drain_seconds is None else drain_seconds

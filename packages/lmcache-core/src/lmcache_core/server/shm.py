@@ -121,6 +121,11 @@ class ShmArena:
         with self._lock:
             return sum(s.size for s in self._segments)
 
+    def add_segment(self) -> str:
+        """Make a segment now (at start, so the first store does not wait for it); its name."""
+        with self._lock:
+            return self._new_segment(self.segment_bytes).name
+
     def allocate(self, nbytes: int) -> torch.Tensor:
         """A uint8 tensor ``[nbytes]`` in shared memory, aligned to :data:`ALIGN` bytes."""
         if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
