@@ -55,8 +55,9 @@ def read_key_file(path: str) -> bytes:
 def _keypair(key: bytes, role: str) -> tuple[bytes, bytes]:
     """``(public, secret)`` Z85 Curve25519 keys of ``role`` derived from ``key``."""
     import zmq
+    from zmq.utils import z85
 
-    secret = zmq.utils.z85.encode(
+    secret = z85.encode(
         hashlib.sha256(b"lmcache-core/server-auth/" + role.encode() + b"\0" + key).digest()
     )
     return zmq.curve_public(secret), secret
