@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow
 LENGTHS = [300, 280, 330, 260, 310, 270]
 SALTS = ["p1", "p2", "p3", "p4", "p5", "p6"]
 PROMPTS = prompts(5, LENGTHS)
+CONVERSATION = prompts(6, [300, 20])
 
 
 def cached(n: int) -> int:
@@ -78,6 +79,15 @@ def engine_a(tiny_model: Path, workdir: Path, redis: Redis) -> dict[str, Any]:
         "steps": [
             _gen("first", list(range(len(PROMPTS)))),
             _gen("again", [0]),
+            # store_generated: turn 2 (turn 1, its 70-token reply, 20 new tokens) hits on the
+            # reply too: 300 + 70 - 1 tokens have KV, 320 of them in whole chunks.
+            {
+                "op": "chat",
+                "name": "conv",
+                "conversations": [CONVERSATION],
+                "answer_tokens": 70,
+                "salts": ["conv"],
+            },
             {"op": "flush", "name": "flushed"},
             {"op": "metrics", "name": "m"},
         ],
@@ -139,7 +149,7 @@ def engine_b(tiny_model: Path, workdir: Path, tampered: dict[str, int]) -> dict[
 def engine_c(tiny_model: Path, workdir: Path, redis: Redis, engine_a: dict[str, Any]) -> dict[str, Any]:
     spec = {
         "model": str(tiny_model),
-        "connector": _connector([redis.url]),
+        "connector": {**_connector([redis.url]), "load_async": "never"},  # synchronous loads
         "llm": {"max_num_seqs": 1},
         "steps": [
             _gen("from_redis", [0]),
@@ -181,6 +191,15 @@ def test_b_fresh_engine_loads_the_prefix_from_filesystem_l2(
     assert got["num_cached_tokens"] == cached(LENGTHS[0])
     assert_same_output(got, reference(engine_a, 0), "prompt 1 loaded from the filesystem L2 by a new engine")
     assert engine_b["metrics"]["m"]["vllm:lmcache_core_l2_matched_tokens"] >= cached(LENGTHS[0])
+    # Issue 16.1: loads from L2 ran off the step (load_async "l2"), one per prompt
+    assert engine_b["metrics"]["m"]["vllm:lmcache_core_async_loads"] == 3
+
+
+def test_generated_tokens_are_cached_for_the_next_turn(engine_a: dict[str, Any]) -> None:
+    """Issue 16.3: the reply of turn 1 completed chunk 4 (tokens 256..319): turn 2 loads it."""
+    turn1, turn2 = engine_a["results"]["conv"][0]
+    assert turn1["num_cached_tokens"] == 0
+    assert turn2["num_cached_tokens"] == 320  # prompt-only storing would give 256
 
 
 def test_c_corrupt_l2_object_is_recomputed(
@@ -203,6 +222,7 @@ def test_d_redis_stopped_mid_run_requests_complete(
     assert_same_output(got, reference(engine_a, 0), "prompt 1 loaded from Redis")
     assert engine_c["metrics"]["before_stop"]["vllm:lmcache_core_l2_matched_tokens"] >= cached(LENGTHS[0])
     assert res["redis_gone"] is True
+    assert engine_c["metrics"]["m"]["vllm:lmcache_core_async_loads"] == 0  # load_async "never"
     for got, i in zip(res["during_stop"], [3, 4, 1, 2], strict=True):
         assert len(got["tokens"]) == 48
         first8 = {**got, "tokens": got["tokens"][:8], "logprobs": got["logprobs"][:8]}

@@ -377,6 +377,26 @@ def test_generated_tokens_are_stored_when_the_request_finishes(pair) -> None:
     assert worker.get_finished({"a"}) == {"a"}  # vLLM's finished_sending: the blocks are freed
     turn2 = vllm_request("b", prompt + reply + tokens(30, seed=16))
     assert admit(sched, turn2, list(range(30, 36))) == 128
+    # The next turn looked up before the step that stores the reply: the planned store counts,
+    # and the step stores it before it loads (one step, as vLLM runs it).
+    e = vllm_request("e", tokens(100, seed=19))
+    admit(sched, e, [18, 19, 20, 21, 23])
+    step(worker, sched.build_connector_meta(new_step(e, [18, 19, 20, 21, 23], 0, 100)))
+    e.append_output_token_ids(reply)
+    e.num_computed_tokens = 159
+    assert sched.request_finished(e, [18, 19, 20, 21, 23]) is True
+    f = vllm_request("f", list(e.all_token_ids) + tokens(30, seed=20))
+    assert admit(sched, f, [24, 25, 26, 27, 28, 29]) == 128
+    assert sched.hit_sources("f") == (128, 0)
+    plan = sched.build_connector_meta(new_step(f, [24, 25, 26, 27, 28, 29], 128, 62))
+    assert [s.finished for s in plan.stores] == [True, False] and len(plan.loads) == 1
+    for t in worker._kv:
+        t[[24, 25, 26, 27]] = 0.0
+    step(worker, plan)
+    assert worker.take_failed_blocks() == set()
+    for t in worker._kv:
+        assert torch.equal(t[[24, 25, 26, 27]], t[[18, 19, 20, 21]])
+    assert worker.get_finished({"e"}) == {"e"}
     # A reply that completes no chunk holds nothing; the setting off stores nothing.
     c = vllm_request("c", tokens(64, seed=17))
     admit(sched, c, [41, 42])
@@ -390,5 +410,5 @@ def test_generated_tokens_are_stored_when_the_request_finishes(pair) -> None:
     step(worker, sched.build_connector_meta(new_step(d, [44, 45], 0, 64)))
     d.append_output_token_ids([5] * 70)
     d.num_computed_tokens = 133
-    assert sched.request_finished(d, [44, 45, 46, 47, 48]) is False
+    assert sched.request_finished(d, [44, 45, 46, 47, 43]) is False
     assert sched.build_connector_meta(output([], None, {})).stores == []

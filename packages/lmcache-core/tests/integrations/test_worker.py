@@ -55,7 +55,7 @@ STORED = 192  # whole blocks of the 200-token prompt
 
 def step(w: WorkerSide, plan: StepPlan) -> None:
     """One engine step as vLLM drives it: metadata bound, loads, forward, stores."""
-    w.begin_step()
+    w.begin_step(plan)
     w.load(plan)
     w.save(plan)
 

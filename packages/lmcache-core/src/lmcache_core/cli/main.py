@@ -24,10 +24,12 @@ COMMANDS: dict[str, str] = {
     "bench l2": "lmcache_core.cli.bench_l2",
     "bench e2e": "lmcache_core.cli.bench_e2e",
     "bench serde": "lmcache_core.cli.bench_serde",
+    "bench serve": "lmcache_core.cli.bench_serve",
     "bench import": "lmcache_core.cli.bench_import",
     "demo": "lmcache_core.cli.demo",
     "serve": "lmcache_core.cli.serve",
     "status": "lmcache_core.cli.status",
+    "bench server": "lmcache_core.cli.bench_server",
 }
 
 #: Help of the first word of two-word subcommands.

@@ -20,9 +20,10 @@ Per request:
 4. ``update_connector_output``: blocks that failed to load are recomputed by vLLM; the store
    marker of their request moves back so the recomputed chunks are stored.
 5. ``request_finished``: with ``store_generated`` (default on), the chunks the generated tokens
-   completed are stored in the next step's plan (:meth:`SchedulerSide.request_finished` returns
-   True: the connector holds the blocks until that store has read them), so a chat's next turn
-   (history plus this reply) hits on the reply too. Then the request is forgotten.
+   completed are stored at the start of the next step (:meth:`SchedulerSide.request_finished`
+   returns True: the connector holds the blocks until that store has read them), so a chat's
+   next turn (history plus this reply) hits on the reply too, even when it is looked up before
+   that step ran (the planned store counts as cached). Then the request is forgotten.
 
 Prompt tokens are stored as they are computed, generated ones when the request finishes (only
 tokens whose KV was computed: all but the last sampled one). Chunks hold token rows, so
@@ -150,6 +151,7 @@ class SchedulerSide:
             return 0, False
         hit = min(int(a["hit"]) for a in answers)
         l1 = min(int(a["l1"]) for a in answers)
+        hit, l1 = self._with_final_stores(st, hit, l1)
         est = CostEstimates.from_dict(answers[0]["estimates"])
         chunks = chunk_sources(
             hit, l1, self.chunk_size, num_computed_tokens, float(answers[0]["bytes_per_token"])
@@ -168,6 +170,25 @@ class SchedulerSide:
         self._pending[request.request_id] = _Pending(decision, num_computed_tokens, matched_end, len(prompt))
         n = max(0, matched_end - num_computed_tokens)
         return n, n > 0 and self._is_async(decision)
+
+    def _with_final_stores(self, st: _Request, hit: int, l1: int) -> tuple[int, int]:
+        """Extend the workers' hit by the stores of finished requests planned for the next step:
+        the workers run them at the start of that step, before its loads (and the new request is
+        admitted, at the earliest, in that step), so a chat's next turn hits on the reply just
+        generated. Chunk-granular: the common prefix with the planned tokens, in whole chunks."""
+        for spec in self._final_stores:
+            if spec.cache_salt != st.salt:
+                continue
+            n = min(len(spec.token_ids), len(st.prompt))
+            common = 0
+            while common < n and spec.token_ids[common] == st.prompt[common]:
+                common += 1
+            end = common // self.chunk_size * self.chunk_size
+            if end > hit:
+                if l1 >= hit:  # everything before is in L1 too: the run stays in L1
+                    l1 = end
+                hit = end
+        return hit, l1
 
     def _is_async(self, d: LoadDecision) -> bool:
         """Whether a load of ``d`` runs off the step (see the module docstring)."""

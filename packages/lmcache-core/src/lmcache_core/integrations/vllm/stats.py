@@ -8,7 +8,7 @@ numbers under :data:`COUNTERS`, and a list of per-load seconds under ``load_dura
 Scheduler side: ``lookups``, ``lookup_tokens`` (prompt tokens looked up), ``hit_tokens`` (cached
 tokens past what vLLM holds), ``matched_tokens`` (tokens handed to vLLM to load), of which
 ``l1_matched_tokens`` / ``l2_matched_tokens``, ``declined_tokens`` (hit but cheaper to
-recompute), ``lookup_errors`` (a worker did not answer). Worker side: ``loads``,
+recompute), ``lookup_errors`` (a worker did not answer). Worker side: ``loads``, ``async_loads``,
 ``loaded_tokens``, ``loaded_bytes``, ``load_seconds``, ``load_failed_tokens``,
 ``load_failed_blocks``, ``stores``, ``stored_tokens``, ``stored_bytes``, ``store_seconds``.
 Worker numbers are summed over tensor-parallel ranks (bytes and seconds of every rank).
@@ -29,6 +29,7 @@ COUNTERS: dict[str, str] = {
     "declined_tokens": "hit tokens recomputed because loading them was estimated slower",
     "lookup_errors": "lookups a worker did not answer (treated as misses)",
     "loads": "requests whose cached prefix was loaded",
+    "async_loads": "loads run off the step (vLLM kept stepping other requests meanwhile)",
     "loaded_tokens": "tokens loaded into vLLM's KV (summed over ranks)",
     "loaded_bytes": "bytes loaded into vLLM's KV (summed over ranks)",
     "load_seconds": "seconds spent loading (summed over ranks)",

@@ -164,7 +164,8 @@ class WorkerSide:
     def begin_step(self, plan: StepPlan | None = None) -> None:
         """The step's metadata arrived: the forward is about to be enqueued.
 
-        Commits the stores that completed since the last step. A sampled step (see
+        Commits the stores that completed since the last step, and queues the stores of finished
+        requests (their blocks are held; the step's loads may read those chunks). A sampled step (see
         :data:`SAMPLE_FIRST`) waits for the compute stream here and again in :meth:`save`, so the
         time between is the device's time for this step's loads and forward.
         """
@@ -174,6 +175,12 @@ class WorkerSide:
         if not self._kv:
             return
         self.engine.poll_stores()
+        final = [s for s in plan.stores if s.finished] if plan is not None else []
+        for spec in final:  # finished requests' held blocks: nothing writes them, store them now
+            self._store_reqs.add(spec.req_id)
+            self._store_one(spec)
+        if final and plan is not None and plan.loads:
+            self.engine.wait_stores()  # this step's loads may read the chunks just stored
         self._steps += 1
         tokens = plan.scheduled_tokens if plan is not None else 0
         big = tokens >= self.cost.min_prefill_tokens
@@ -222,6 +229,7 @@ class WorkerSide:
             except Exception:  # _load_one reports its own failures; this is a bug, keep serving
                 logger.exception("lmcache-core: asynchronous load of request %s", spec.req_id)
                 self._fail_blocks(spec, spec.skip)
+            self.stats.inc(async_loads=1)
             with self._load_lock:
                 self._loading -= 1
                 self._loaded.add(spec.req_id)
@@ -295,6 +303,8 @@ class WorkerSide:
             self._timed_steps += 1
             self._step_start = None
         for spec in plan.stores:
+            if spec.finished:
+                continue  # stored at the start of the step (begin_step)
             self._store_reqs.add(spec.req_id)
             if spec.req_id in self._failed_reqs:
                 logger.debug("request %s: not stored this step (its load failed)", spec.req_id)
