@@ -67,8 +67,11 @@ def engine_r(tiny_model: Path, workdir: Path, engine_w: dict[str, Any]) -> dict[
                 path.unlink()
     spec = {
         "model": str(tiny_model),
-        "connector": {"chunk_size": CHUNK, "l1_bytes": "256M",
-                      "l2_urls": [f"fs://{workdir / name}" for name in TIERS]},  # fmt: skip
+        "connector": {
+            "chunk_size": CHUNK,
+            "l1_bytes": "256M",
+            "l2_urls": [f"fs://{workdir / name}" for name in TIERS],
+        },
         "steps": [step for i in range(3) for step in (_gen(f"p{i}", i), {"op": "metrics", "name": f"m{i}"})],
     }
     return run_engine(spec, workdir, "engine_r")
@@ -78,7 +81,9 @@ def compare(got: dict[str, Any], want: dict[str, Any]) -> tuple[int, float]:
     """(greedy tokens equal to the reference before the first difference, largest difference of
     a logprob both runs list at those positions)."""
     same, worst = 0, 0.0
-    for g_tok, w_tok, g, w in zip(got["tokens"], want["tokens"], got["logprobs"], want["logprobs"], strict=True):
+    for g_tok, w_tok, g, w in zip(
+        got["tokens"], want["tokens"], got["logprobs"], want["logprobs"], strict=True
+    ):
         common = set(g) & set(w)
         worst = max([worst, *(abs(g[t] - w[t]) for t in common)])
         if g_tok != w_tok:

@@ -25,7 +25,7 @@ import os
 import stat
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -61,7 +61,9 @@ def load_master_key(path: str) -> bytes:
     except (ValueError, UnicodeDecodeError):
         key = raw
     if len(key) < 32:
-        raise ValueError(f"serde aesgcm: option key_file: expected at least 32 bytes of key, given {len(key)}")
+        raise ValueError(
+            f"serde aesgcm: option key_file: expected at least 32 bytes of key, given {len(key)}"
+        )
     return key
 
 
@@ -77,14 +79,16 @@ def salt_of(key: str) -> str:
 
 def associated_data(info: ChunkInfo) -> bytes:
     shape = "x".join(str(s) for s in info.shape)
-    return b"\0".join(p.encode() for p in ("lmcache-core/aesgcm/v1", info.key, info.fmt, info.dtype, shape, info.inner))
+    return b"\0".join(
+        p.encode() for p in ("lmcache-core/aesgcm/v1", info.key, info.fmt, info.dtype, shape, info.inner)
+    )
 
 
 class AesGcm(Codec):
     name = "aesgcm"
     stage = CIPHER
     lossless = True
-    options = {"key_file": ""}
+    options: ClassVar[dict[str, str]] = {"key_file": ""}
 
     def __init__(self, options: Mapping[str, str] | None = None, *, reading: bool = False) -> None:
         super().__init__(options)

@@ -25,7 +25,6 @@ from lmcache_core.serde.registry import codec_class
 from lmcache_core.storage.object_format import Serde
 
 
-
 def parse_chain(text: str) -> Chain:
     """A chain from its text form (see the module docstring); ValueError naming the bad part."""
     if not isinstance(text, str):
@@ -85,7 +84,9 @@ class Chain:
 
     # ---- encode --------------------------------------------------------------------------------
 
-    def encode(self, data: Any, key: str, fmt: str, dtype: str, shape: tuple[int, ...]) -> tuple[Any, Serde] | None:
+    def encode(
+        self, data: Any, key: str, fmt: str, dtype: str, shape: tuple[int, ...]
+    ) -> tuple[Any, Serde] | None:
         """Encode ``data`` (any C-contiguous buffer: the plain chunk) for object ``key`` whose
         header meta is ``fmt``/``dtype``/``shape``. Returns (encoded uint8 array, its record),
         or None when no codec applied (store it plain)."""

@@ -67,7 +67,9 @@ def int_option(codec: str, name: str, raw: str, minimum: int, maximum: int) -> i
     except ValueError:
         value = minimum - 1
     if not minimum <= value <= maximum:
-        raise ValueError(f"serde {codec}: option {name}: expected an integer in {minimum}..{maximum}, given {raw!r}")
+        raise ValueError(
+            f"serde {codec}: option {name}: expected an integer in {minimum}..{maximum}, given {raw!r}"
+        )
     return value
 
 

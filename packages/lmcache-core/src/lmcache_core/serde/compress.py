@@ -27,7 +27,7 @@ from lmcache_core.serde.codec import BYTES, ChunkInfo, Codec, CodecError, int_op
 class _Blosc(Codec):
     stage = BYTES
     lossless = True
-    options = {"level": "1", "shuffle": "1", "threads": "1", "blocksize": "1048576"}
+    options: ClassVar[dict[str, str]] = {"level": "1", "shuffle": "1", "threads": "1", "blocksize": "1048576"}
     codec: ClassVar[Any] = None
 
     def __init__(self, options: Mapping[str, str] | None = None) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -30,14 +30,18 @@ class Fp8(Codec):
     name = "fp8"
     stage = TENSOR
     lossless = False
-    options = {"format": "e4m3", "head_size": "128", "scaling": "head"}
+    options: ClassVar[dict[str, str]] = {"format": "e4m3", "head_size": "128", "scaling": "head"}
 
     def __init__(self, options: Mapping[str, str] | None = None) -> None:
         super().__init__(options)
         if self.config["format"] not in FORMATS:
-            raise ValueError(f"serde fp8: option format: expected one of {sorted(FORMATS)}, given {self.config['format']!r}")
+            raise ValueError(
+                f"serde fp8: option format: expected one of {sorted(FORMATS)}, given {self.config['format']!r}"
+            )
         if self.config["scaling"] not in ("head", "none"):
-            raise ValueError(f"serde fp8: option scaling: expected head or none, given {self.config['scaling']!r}")
+            raise ValueError(
+                f"serde fp8: option scaling: expected head or none, given {self.config['scaling']!r}"
+            )
         self.head_size = int_option("fp8", "head_size", self.config["head_size"], 1, 1 << 20)
 
     def encode(self, data: Any, info: ChunkInfo) -> tuple[Any, dict[str, str]] | None:
@@ -78,8 +82,15 @@ class Fp8(Codec):
             heads = -1
         numel = kv * layers * tokens * hidden
         nscale = kv * layers * heads * 4
-        if heads < 0 or (heads and hidden % heads) or data.nbytes != nscale + numel or out_len != numel * ITEMSIZE[info.dtype]:
-            raise CodecError("bad_encoding", f"fp8: {data.nbytes} bytes for heads={heads}, chunk {info.shape}")
+        if (
+            heads < 0
+            or (heads and hidden % heads)
+            or data.nbytes != nscale + numel
+            or out_len != numel * ITEMSIZE[info.dtype]
+        ):
+            raise CodecError(
+                "bad_encoding", f"fp8: {data.nbytes} bytes for heads={heads}, chunk {info.shape}"
+            )
         values = torch.from_numpy(np.take(_lut(fmt), data[nscale:]))  # float32, 3-6x torch's fp8 cast
         if heads == 0:
             return into(out, values, info.dtype, out_len)

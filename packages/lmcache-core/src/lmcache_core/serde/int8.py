@@ -12,7 +12,7 @@ Recorded: ``group``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -24,7 +24,7 @@ class Int8(Codec):
     name = "int8"
     stage = TENSOR
     lossless = False
-    options = {"group": "64"}
+    options: ClassVar[dict[str, str]] = {"group": "64"}
 
     def __init__(self, options: Mapping[str, str] | None = None) -> None:
         super().__init__(options)
@@ -65,7 +65,9 @@ class Int8(Codec):
         numel = out_len // size
         groups = -(-numel // g)
         if data.nbytes != groups * (4 + g):
-            raise CodecError("bad_encoding", f"int8: {data.nbytes} bytes for {numel} elements in groups of {g}")
+            raise CodecError(
+                "bad_encoding", f"int8: {data.nbytes} bytes for {numel} elements in groups of {g}"
+            )
         scale = torch.from_numpy(data[: groups * 4].copy()).view(torch.float32).view(groups, 1)
         q = torch.from_numpy(data[groups * 4 :]).view(torch.int8).view(groups, g)
         x = (q.float() * scale).view(-1)[:numel]

@@ -53,7 +53,9 @@ def codec_class(name: str) -> type[Codec]:
     except ImportError as e:
         extra = EXTRAS.get(name)
         hint = f"; install it with pip install 'lmcache-core[{extra}]'" if extra else ""
-        raise ImportError(f"serde codec {name!r} needs {e.name or module_name}, which is not installed{hint}") from e
+        raise ImportError(
+            f"serde codec {name!r} needs {e.name or module_name}, which is not installed{hint}"
+        ) from e
     cls = getattr(module, attr, None)
     if not (isinstance(cls, type) and issubclass(cls, Codec)):
         raise TypeError(f"serde entry point {name!r} ({target}): expected a Codec subclass, given {cls!r}")

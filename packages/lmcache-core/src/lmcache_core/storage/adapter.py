@@ -381,18 +381,16 @@ class L2Adapter(abc.ABC):
 
     def store(self, items: Sequence[StoreItem]) -> list[OpResult]:
         """Store a batch; one result per item, in order."""
-        items = list(items)
-        plain = items
-        if self.serde:
-            items = [self._encode(i) for i in items]
-        todo = [i for i, item in enumerate(items) if isinstance(item, StoreItem)]
-        batch = [items[i] for i in todo]
+        plain = list(items)
+        encoded: list[StoreItem | OpResult] = [self._encode(i) for i in plain] if self.serde else list(plain)
+        todo = [i for i, item in enumerate(encoded) if isinstance(item, StoreItem)]
+        batch = [item for item in encoded if isinstance(item, StoreItem)]
         slots = [_Slot(i.payload, i.abandon) for i in batch]
         down = [OpResult(Status.UNAVAILABLE)] * len(batch)
         got = self._run("store", batch, self._store, down, OpResult(Status.FAILED), slots)
-        results: list[OpResult] = [r if isinstance(r, OpResult) else OpResult(Status.FAILED) for r in items]
+        results = [r if isinstance(r, OpResult) else OpResult(Status.FAILED) for r in encoded]
         for i, r in zip(todo, got, strict=True):
-            if items[i] is not plain[i] and r.buffer is not None:  # an encoded copy is held, not L1's
+            if encoded[i] is not plain[i] and r.buffer is not None:  # an encoded copy is held, not L1's
                 r = OpResult(r.status, r.reason, r.header, None)
             results[i] = r
         m = self.metrics
@@ -416,7 +414,9 @@ class L2Adapter(abc.ABC):
             meta = item.meta
             got = self.serde.encode(item.payload, item.key, meta.fmt, meta.dtype, meta.shape)
         except Exception as e:  # a codec's bug or a library error: this item is not stored
-            self.log.warning(f"encode:{type(e).__name__}", f"encoding {item.key} failed: {type(e).__name__}: {e}")
+            self.log.warning(
+                f"encode:{type(e).__name__}", f"encoding {item.key} failed: {type(e).__name__}: {e}"
+            )
             return OpResult(Status.FAILED, f"encode:{type(e).__name__}")
         self.metrics.observe("encode", time.perf_counter() - t0)
         if got is None:
