@@ -74,6 +74,24 @@ def test_store_is_idempotent_and_stops_at_missing_kv():
     assert eng.store(tokens, src, slots).tokens == 0 and eng.stats.store_skipped_present == 2
 
 
+def test_store_skips_leading_tokens_whose_slots_are_unknown():
+    """A caller holding only a prompt's last pages stores them under the whole prefix's keys."""
+    src, hints = kv_pool()
+    dst, _ = kv_pool(fill=False)
+    eng = CacheEngine(CacheEngineConfig(chunk_size=16, l1_bytes=1 << 22), layout_hints=hints)
+    tokens = list(range(48))
+    slots = slots_for(48, 8, 32, seed=3)
+    slots[:16] = -1
+    assert eng.store(tokens, src, slots).tokens == 0  # stops at the chunk with -1 slots
+    assert eng.store(tokens, src, slots, skip_leading_tokens=16).tokens == 32
+    assert eng.lookup(tokens).tokens == 0  # the first chunk is not cached
+    assert eng.retrieve(tokens, dst, slots, skip_leading_tokens=16).tokens == 32
+    layout = eng.spec.groups[0]
+    assert torch.equal(gather_all(layout, src, slots[16:]), gather_all(layout, dst, slots[16:]))
+    with pytest.raises(ValueError, match="skip_leading_tokens: expected a non-negative int, given -1"):
+        eng.store(tokens, src, slots, skip_leading_tokens=-1)
+
+
 def test_retrieve_skips_leading_tokens_and_stops_at_miss():
     src, hints = kv_pool()
     dst, _ = kv_pool(fill=False)

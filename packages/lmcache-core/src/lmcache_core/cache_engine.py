@@ -150,6 +150,15 @@ def _nest_like(kv_caches: Any, groups: list[list[Any]]) -> Any:
     return [list(g) for g in groups] if _is_grouped(kv_caches) else list(groups[0])
 
 
+def _check_skip(skip_leading_tokens: Any) -> None:
+    if (
+        isinstance(skip_leading_tokens, bool)
+        or not isinstance(skip_leading_tokens, int)
+        or skip_leading_tokens < 0
+    ):
+        raise ValueError(f"skip_leading_tokens: expected a non-negative int, given {skip_leading_tokens!r}")
+
+
 class CacheEngine:
     """Chunked KV cache for one engine process (one tensor-parallel rank).
 
@@ -357,6 +366,7 @@ class CacheEngine:
         *,
         cache_salt: str | None = None,
         owner: Any = None,
+        skip_leading_tokens: int = 0,
     ) -> CacheResult:
         """Queue copies of the KV of ``tokens`` out of the engine's pages into L1, chunk by chunk.
 
@@ -367,11 +377,16 @@ class CacheEngine:
         :meth:`wait_stores` call runs; ``owner`` (a request id) names the chunks for
         :meth:`stores_in_flight`. Chunks already cached or in flight are only refreshed. Storing
         stops at the first chunk with a ``-1`` slot (its KV is not in the engine) or when L1 cannot
-        make room. Returns the tokens, bytes and chunks newly queued (:class:`CacheResult`).
+        make room. Chunks that end at or before ``skip_leading_tokens`` are not stored (their
+        slots may be ``-1``): a caller holding only the pages of a prompt's later chunks stores
+        those under the keys of the whole prefix. Returns the tokens, bytes and chunks newly
+        queued (:class:`CacheResult`).
         """
         t0 = time.perf_counter()
+        _check_skip(skip_leading_tokens)
         groups, slots = self._prepare(kv_caches, slot_mapping, len(as_token_array(tokens)))
         _, chunks = self._keys(tokens, cache_salt)
+        chunks = [c for c in chunks if c[1] > skip_leading_tokens]
         assert self._l1 is not None
         self.poll_stores()
         stored = stored_bytes = stored_chunks = 0
@@ -507,14 +522,7 @@ class CacheEngine:
         (:attr:`CacheResult.kv_caches`: new arrays with a functional backend) (:class:`CacheResult`).
         """
         t0 = time.perf_counter()
-        if (
-            isinstance(skip_leading_tokens, bool)
-            or not isinstance(skip_leading_tokens, int)
-            or skip_leading_tokens < 0
-        ):
-            raise ValueError(
-                f"skip_leading_tokens: expected a non-negative int, given {skip_leading_tokens!r}"
-            )
+        _check_skip(skip_leading_tokens)
         groups, slots = self._prepare(kv_caches, slot_mapping, len(as_token_array(tokens)))
         _, chunks = self._keys(tokens, cache_salt)
         assert self._l1 is not None
