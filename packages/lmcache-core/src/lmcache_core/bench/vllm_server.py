@@ -57,6 +57,15 @@ class CpuBinding:
         }
 
 
+def binding_from_log(text: str) -> str:
+    """The OpenMP binding a vLLM CPU engine logged ("OpenMP thread binding info"): the
+    ``VLLM_CPU_OMP_THREADS_BIND`` it read, ``reserve_cpu_num`` and each rank's core ids."""
+    found = re.findall(
+        r"(VLLM_CPU_OMP_THREADS_BIND=[^\n,]*|reserve_cpu_num=\d+|local_rank=\d+, core ids=\[[^\]]*\])", text
+    )
+    return "; ".join(dict.fromkeys(found)) or "(vLLM logged no binding)"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -170,12 +179,7 @@ class VllmServer:
 
     def binding_report(self) -> str:
         """The OpenMP binding vLLM logged for this server (``core ids``, ``reserve_cpu_num``)."""
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        found = re.findall(
-            r"(VLLM_CPU_OMP_THREADS_BIND=[^\n]*|reserve_cpu_num=\d+|local_rank=\d+, core ids=\[[^\]]*\])",
-            text,
-        )
-        return "; ".join(dict.fromkeys(found)) or "(vLLM logged no binding)"
+        return binding_from_log(self.log_path.read_text(errors="replace") if self.log_path.exists() else "")
 
     def stop(self) -> None:
         """SIGINT to the server's session, then SIGKILL after 30 s."""

@@ -5,16 +5,24 @@ The main job on embedded defaults, no server needed:
 1. builds a small random-weight Llama locally (:mod:`lmcache_core.bench.tiny_llama`; 4 layers,
    hidden 512, float32) under ``~/.cache/lmcache-core/models``;
 2. runs ``--conversations`` chats of ``--turns`` turns on three vLLM engines, one after the
-   other, each in its own process, with vLLM's own prefix cache off. Turn ``k``'s prompt is the
-   whole history: a system prompt, every earlier user turn and every earlier generated answer,
-   then user turn ``k``; answers are greedy.
+   other, each in its own process, with **vLLM's own prefix cache on** (as vLLM is run) and a KV
+   space of ``--kv-blocks`` blocks (default: the longest conversation, plus 2 blocks), smaller
+   than the conversations' histories together. The users take turns (turn ``k`` of every chat
+   before turn ``k + 1`` of any), so each user's history is evicted from vLLM's KV by the
+   others' before their next turn. Turn ``k``'s prompt is the whole history: a system prompt,
+   every earlier user turn and every earlier generated answer, then user turn ``k``; answers
+   are greedy. Every engine gets the same CPU binding (``VLLM_CPU_OMP_THREADS_BIND``,
+   ``VLLM_CPU_NUM_OF_RESERVED_CPU``: vLLM reserves one more CPU when a connector is set), and the
+   binding each logged is printed.
 
-   * **plain vLLM**: no connector; every turn prefills its whole history;
+   * **plain vLLM**: no connector; a turn reuses what is left of its history in vLLM's KV;
    * **lmcache-core**: the connector with L1 in RAM and a filesystem L2 under
      ``~/.cache/lmcache-core/demo/l2`` (emptied first unless ``--keep-l2``); from turn 2 on, the
-     history up to the previous prompt comes from L1;
+     whole history (the previous reply included) comes from vLLM's KV or L1;
    * **replay**: a second engine instance with the connector and an empty L1 replays the same
      conversations; every turn, the first included, loads from the filesystem L2.
+
+   While an engine starts and runs, a progress line is printed every 10 s.
 
 3. prints per turn: prompt tokens, TTFT of each engine (vLLM's own ``first_token_latency``),
    hit tokens and bytes loaded; checks every answer is identical across the three engines; and
@@ -64,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--plot", default=None, help="PNG path (default <home>/demo/ttft_per_turn.png)")
     parser.add_argument("--keep-l2", action="store_true", help="do not empty the demo's L2 directory first")
+    parser.add_argument(
+        "--kv-blocks",
+        type=int,
+        default=0,
+        help="vLLM KV space in 32-token blocks (default: longest chat + 2)",
+    )
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -122,29 +136,41 @@ def _conversations(args: argparse.Namespace) -> list[list[list[int]]]:
 def _engines(
     args: argparse.Namespace, model: Path, l2: Path, convs: list[list[list[int]]]
 ) -> list[dict[str, Any]]:
+    from lmcache_core.bench.vllm_server import CpuBinding, binding_from_log
     from lmcache_core.integrations.vllm.runner import EngineFailed, run_subprocess
 
     longest = args.system_tokens + args.turns * (args.turn_tokens + args.answer_tokens)
-    llm = {"max_model_len": longest + 64, "max_num_batched_tokens": max(2048, longest + 64)}
-    chat = {"op": "chat", "name": "chat", "conversations": convs, "answer_tokens": args.answer_tokens}
+    blocks = args.kv_blocks or -(-(longest + 64) // 32) + 2
+    llm = {"max_model_len": longest + 64, "max_num_batched_tokens": max(2048, longest + 64),
+           "enable_prefix_caching": True, "num_gpu_blocks_override": blocks}  # fmt: skip
+    env = CpuBinding.default().env()
+    chat = {"op": "chat", "name": "chat", "conversations": convs, "answer_tokens": args.answer_tokens,
+            "interleave": True}  # fmt: skip
     warm = {"op": "generate", "name": "warmup", "prompts": [list(range(3, 3 + args.turn_tokens))],
             "max_tokens": 2, "logprobs": 0, "salts": ["demo-warmup"]}  # fmt: skip
     connector = {"chunk_size": args.chunk_size, "l1_bytes": args.l1_bytes, "l2_urls": [f"fs://{l2}"]}
     specs: list[dict[str, Any]] = [
-        {"model": str(model), "connector": None, "llm": llm, "steps": [warm, chat]},
+        {"model": str(model), "connector": None, "llm": llm, "env": env, "steps": [warm, chat]},
         {
             "model": str(model),
             "connector": connector,
             "llm": llm,
+            "env": env,
             "steps": [warm, chat, {"op": "metrics", "name": "m"}],
         },
         {
             "model": str(model),
             "connector": connector,
             "llm": llm,
+            "env": env,
             "steps": [chat, {"op": "metrics", "name": "m"}],
         },
     ]
+    print(
+        f"vLLM KV space: {blocks} blocks of 32 tokens ({blocks * 32} tokens) for {len(convs)} chats of up to "
+        f"{longest} tokens; CPU binding for every engine: {env}",
+        file=sys.stderr,
+    )
     reports = []
     workdir = l2.parent / "logs"
     for name, spec in zip(ENGINES, specs, strict=True):
@@ -153,12 +179,21 @@ def _engines(
             file=sys.stderr,
         )
         t0 = time.perf_counter()
+
+        def waiting(seconds: float, last: str, name: str = name) -> None:
+            print(f"[{name}] {seconds:.0f} s (engines take minutes to start here): {last}", file=sys.stderr)
+
         try:
-            reports.append(run_subprocess(spec, workdir, name.split()[0].replace("-", "_"), timeout=1800))
+            reports.append(
+                run_subprocess(
+                    spec, workdir, name.split()[0].replace("-", "_"), timeout=1800, on_wait=waiting
+                )
+            )
         except EngineFailed as e:
             raise CLIError(str(e)) from None
         print(
-            f"[{name}] done in {time.perf_counter() - t0:.0f} s (engine start {reports[-1]['startup_s']:.0f} s)",
+            f"[{name}] done in {time.perf_counter() - t0:.0f} s (engine start {reports[-1]['startup_s']:.0f} s); "
+            f"CPU binding: {binding_from_log(reports[-1]['log'])}",
             file=sys.stderr,
         )
     return reports
@@ -216,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
                     "prompt": turn[0]["prompt_tokens"],
                     "ttft_ms": {name: x["ttft_s"] * 1e3 for name, x in zip(ENGINES, turn, strict=True)},
                     "hits": [turn[1]["num_cached_tokens"], turn[2]["num_cached_tokens"]],
+                    "plain_hit": turn[0]["num_cached_tokens"],
                     "same": same_turn,
                 }
             )
@@ -225,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"lmcache-core: chunk {args.chunk_size} tokens, L1 {args.l1_bytes} in RAM, L2 fs://{l2}; "
-        f"KV {bpt:.0f} bytes/token; vLLM's own prefix cache off\n"
+        f"KV {bpt:.0f} bytes/token; vLLM's own prefix cache on in every engine\n"
     )
     table = [
         [
@@ -233,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
             str(r["turn"] + 1),
             str(r["prompt"]),
             *(f"{r['ttft_ms'][n]:.0f}" for n in ENGINES),
+            str(r["plain_hit"]),
             str(r["hits"][0]),
             f"{r['hits'][0] * bpt / 2**20:.1f}",
             str(r["hits"][1]),
@@ -243,11 +280,15 @@ def run(args: argparse.Namespace) -> int:
     ]
     print(
         format_table(
-            ["conv", "turn", "prompt", "TTFT plain ms", "TTFT lmcache ms", "TTFT replay ms", "hit", "MiB",
+            ["conv", "turn", "prompt", "TTFT plain ms", "TTFT lmcache ms", "TTFT replay ms", "plain hit", "hit", "MiB",
              "replay hit", "replay MiB", "same answer"],
             table,
         )
     )  # fmt: skip
+    print(
+        "\nplain hit: prompt tokens vLLM's own prefix cache still held (the rest of the history was "
+        "evicted by the other chats); hit: the same with lmcache-core (vLLM's KV plus L1)"
+    )
     later = [r for r in rows if r["turn"] > 0]
     med = {n: statistics.median(r["ttft_ms"][n] for r in later) for n in ENGINES}
     med_all = {n: statistics.median(r["ttft_ms"][n] for r in rows) for n in ENGINES}

@@ -25,7 +25,9 @@ start costs ~35 s on a small CPU host, so a process serves a whole scenario)::
 time to first token (``first_token_latency`` from vLLM's request stats). ``stop_pid_after_s``
 sends SIGTERM to a process the caller started (e.g. a Redis server) while the batch runs.
 ``chat`` runs conversations turn by turn: turn ``k``'s prompt is the whole history (every earlier
-user turn and generated answer) plus user turn ``k``. ``flush`` waits for L2 write-behind (in
+user turn and generated answer) plus user turn ``k``; with ``"interleave": true`` turn ``k`` of
+every conversation runs before turn ``k + 1`` of any (users taking turns: their histories
+compete for vLLM's KV space). ``flush`` waits for L2 write-behind (in
 process only). ``metrics`` records vLLM's Prometheus metrics named ``vllm:lmcache_core_*``,
 ``vllm:prefix_cache*`` and ``vllm:external_prefix_cache*``. ``{"op": "wait_port_closed", "port":
 6379}`` waits until a server the caller stopped no longer accepts connections on 127.0.0.1.
@@ -129,23 +131,23 @@ def _chat(llm: Any, step: dict[str, Any]) -> list[list[dict[str, Any]]]:
     params = SamplingParams(max_tokens=int(step.get("answer_tokens", 16)), temperature=0.0, ignore_eos=True)
     convs = step["conversations"]
     salts = step.get("salts") or [None] * len(convs)
-    out = []
-    for turns, salt in zip(convs, salts, strict=True):
-        history: list[int] = []
-        rows = []
-        for user in turns:
-            history = history + list(user)
-            p = TokensPrompt(prompt_token_ids=list(history))
-            if salt is not None:
-                p["cache_salt"] = salt
-            t0 = time.perf_counter()
-            res = llm.generate([p], params, use_tqdm=False)[0]
-            wall = time.perf_counter() - t0
-            row = _one(res, 0)
-            row["wall_s"] = wall
-            rows.append(row)
-            history = history + row["tokens"]
-        out.append(rows)
+    histories: list[list[int]] = [[] for _ in convs]
+    out: list[list[dict[str, Any]]] = [[] for _ in convs]
+    order = [(c, k) for c, turns in enumerate(convs) for k in range(len(turns))]
+    if step.get("interleave"):
+        order.sort(key=lambda ck: (ck[1], ck[0]))
+    for c, k in order:
+        histories[c] = histories[c] + list(convs[c][k])
+        p = TokensPrompt(prompt_token_ids=list(histories[c]))
+        if salts[c] is not None:
+            p["cache_salt"] = salts[c]
+        t0 = time.perf_counter()
+        res = llm.generate([p], params, use_tqdm=False)[0]
+        wall = time.perf_counter() - t0
+        row = _one(res, 0)
+        row["wall_s"] = wall
+        out[c].append(row)
+        histories[c] = histories[c] + row["tokens"]
     return out
 
 
@@ -228,10 +230,17 @@ class EngineFailed(RuntimeError):
     """The engine process exited without a report; the message ends with its log's tail."""
 
 
-def run_subprocess(spec: dict[str, Any], workdir: Path, name: str, timeout: float = 900.0) -> dict[str, Any]:
+def run_subprocess(
+    spec: dict[str, Any],
+    workdir: Path,
+    name: str,
+    timeout: float = 900.0,
+    on_wait: Any = None,
+) -> dict[str, Any]:
     """Run ``spec`` in a new process (``workdir/<name>.json``, ``.out.json``, ``.log``).
 
-    Returns the report plus ``"log"`` (the process's stdout and stderr).
+    Returns the report plus ``"log"`` (the process's stdout and stderr). ``on_wait(seconds,
+    last_log_line)`` is called about every 10 s while it runs (a progress line).
     """
     import subprocess
 
@@ -243,30 +252,41 @@ def run_subprocess(spec: dict[str, Any], workdir: Path, name: str, timeout: floa
     for k, v in DEFAULT_ENV.items():
         env.setdefault(k, v)
     with open(log_path, "wb") as log:
-        try:
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "lmcache_core.integrations.vllm.runner",
-                    str(spec_path),
-                    str(out_path),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                timeout=timeout,
-                check=False,
-            )
-            rc: int | str = proc.returncode
-        except subprocess.TimeoutExpired:
-            rc = f"a time-out after {timeout:.0f} s"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lmcache_core.integrations.vllm.runner", str(spec_path), str(out_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        t0 = time.monotonic()
+        rc: int | str | None = None
+        while rc is None:
+            try:
+                rc = proc.wait(10.0)
+            except subprocess.TimeoutExpired:
+                if time.monotonic() - t0 > timeout:
+                    proc.kill()
+                    proc.wait()
+                    rc = f"a time-out after {timeout:.0f} s"
+                elif on_wait is not None:
+                    on_wait(time.monotonic() - t0, _last_line(log_path))
     if rc != 0 or not out_path.exists():
         tail = log_path.read_text(errors="replace")[-4000:]
         raise EngineFailed(f"engine {name} ended with {rc} (log {log_path}); log tail:\n{tail}")
     report: dict[str, Any] = json.loads(out_path.read_text())
     report["log"] = log_path.read_text(errors="replace")
     return report
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a log (its last 4 KiB), shortened."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            lines = [x for x in f.read().decode(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return lines[-1][-120:] if lines else ""
 
 
 def main(argv: list[str] | None = None) -> int:
