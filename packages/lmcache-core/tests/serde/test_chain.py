@@ -69,6 +69,30 @@ def test_fp8_scales_beat_a_plain_cast_on_small_heads(dtype):
     assert errs["fp8:head_size=8"] < errs["fp8:scaling=none"] * 0.8
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fp8_power_of_two_scales_round_normal_values_as_a_plain_cast_and_fix_the_range(dtype):
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(3)
+    signs = torch.where(torch.rand(SHAPE, generator=g) < 0.5, -1.0, 1.0)
+
+    def errors(lo: float, hi: float) -> dict[str, torch.Tensor]:
+        x = (torch.exp2(torch.empty(SHAPE).uniform_(lo, hi, generator=g)) * signs).to(getattr(torch, dtype))
+        raw = x.contiguous().view(torch.uint8).numpy().reshape(-1)
+        out = {}
+        for spec in ("fp8", "fp8:scaling=none"):
+            _, _, dec = round_trip(parse_chain(spec), raw, dtype)
+            out[spec] = (values(dec, dtype, SHAPE).float() - x.float()).abs()
+        return out
+
+    # magnitudes 2**-5 .. 2**8: every head's max is near 2**8, so the scale is 1 and nothing changes
+    inside = errors(-5, 8)
+    assert torch.equal(inside["fp8"], inside["fp8:scaling=none"])
+    # 2**-12 .. 2**10: a plain cast saturates the largest values at 448; the scales bring them in range
+    wide = errors(-12, 10)
+    assert wide["fp8"].max().item() < wide["fp8:scaling=none"].max().item() / 10
+    assert wide["fp8"].mean().item() < wide["fp8:scaling=none"].mean().item()
+
+
 def test_tensor_codecs_skip_chunks_they_do_not_apply_to():
     raw = kv("float16")
     chain = parse_chain("fp8,zstd")

@@ -3,9 +3,11 @@
 Applies to uniform chunks (header shape ``[num_kv, num_layers, num_tokens, hidden]`` in float32,
 float16 or bfloat16); any other chunk is left to the next codec. ``hidden`` is cut into heads of
 ``head_size`` channels (option, default 128; one group per (K/V, layer) when ``hidden`` is not a
-multiple). Each head's scale is its absolute maximum over the chunk's tokens divided by the
-format's largest value (448 for e4m3, 57344 for e5m2), so every value is in range and the
-small ones keep their relative precision. A chunk with non-finite values is stored without fp8.
+multiple). Each head's scale is the power of two that brings its absolute maximum over the
+chunk's tokens into ``(fmax / 2, fmax]`` (fmax 448 for e4m3, 57344 for e5m2): every value is in
+range where a plain cast would saturate, values that are normal fp8 numbers either way round
+exactly as in a plain cast (scaling by a power of two is exact), and a head of small values leaves
+fp8's subnormal range. On KV whose heads all peak near ``fmax / 2 .. fmax`` the two are identical. A chunk with non-finite values is stored without fp8.
 
 Encoded bytes: the scales (float32 ``[num_kv, num_layers, heads]``), then the values
 (``[num_kv, num_layers, num_tokens, hidden]``, one byte each). Recorded: ``format``, ``heads``.
@@ -61,7 +63,9 @@ class Fp8(Codec):
         amax = xs.abs().amax(dim=(2, 4))  # [kv, layers, heads]
         if not bool(torch.isfinite(amax).all()):
             return None
-        scale = torch.where(amax > 0, amax / fmax, torch.ones_like(amax))
+        # a power of two: dividing and multiplying by it are exact, so a value that is normal in fp8
+        # either way rounds exactly as a plain cast would
+        scale = torch.where(amax > 0, torch.exp2(torch.ceil(torch.log2(amax / fmax))), torch.ones_like(amax))
         q = (xs / scale[:, :, None, :, None]).clamp_(-fmax, fmax).to(f8)
         out = np.empty(scale.numel() * 4 + q.numel(), np.uint8)
         out[: scale.numel() * 4] = scale.contiguous().view(torch.uint8).numpy().reshape(-1)
