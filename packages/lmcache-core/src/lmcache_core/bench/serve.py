@@ -130,6 +130,9 @@ def _hits(delta: dict[str, float]) -> dict[str, float]:
         "l2_matched_tokens": delta["vllm:lmcache_core_l2_matched_tokens_total"],
         "load_failed_tokens": delta["vllm:lmcache_core_load_failed_tokens_total"],
         "preemptions": delta["vllm:num_preemptions_total"],
+        "stores": delta["vllm:lmcache_core_stores_total"],
+        "store_seconds": delta["vllm:lmcache_core_store_seconds_total"],
+        "async_loads": delta["vllm:lmcache_core_async_loads_total"],
         "prompt_tokens": delta["vllm:prompt_tokens_total"],
     }
 

@@ -211,6 +211,9 @@ METRICS = (
     "vllm:lmcache_core_declined_tokens_total",
     "vllm:lmcache_core_load_failed_tokens_total",
     "vllm:lmcache_core_stored_tokens_total",
+    "vllm:lmcache_core_store_seconds_total",
+    "vllm:lmcache_core_stores_total",
+    "vllm:lmcache_core_async_loads_total",
     "vllm:num_preemptions_total",
     "vllm:prompt_tokens_total",
 )
