@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lmcache_core.bench.kernels import MIB, MIN_POOL, POOL_LLC_FACTOR, QUICK_POOL, QUICK_REPEATS
 from lmcache_core.bench.pool import QUICK_LAYERS, QUICK_TOKENS, SHAPES
@@ -140,8 +140,55 @@ def render(report: KernelsReport) -> str:
     return "\n".join(lines)
 
 
+def render_plugin(doc: dict[str, Any]) -> str:
+    """A plugin kernel bench's report (:mod:`lmcache_core.bench.array_kernels`) as text."""
+    lines = [
+        f"lmcache-core bench kernels: backend {doc['backend']}, median of {doc['repeats']} runs (min-max), "
+        f"{doc['date']}",
+        f"roof: {doc['roof']}, same bytes",
+        "GB/s = chunk bytes / seconds (1e9 B/s, each byte counted once)",
+        "",
+    ]
+    rows = [
+        [
+            r["case"],
+            r["op"],
+            f"{r['chunk_bytes'] / MIB:.2f}",
+            _stats(r["kernel_gbps"]),
+            _stats(r["roof_gbps"]),
+            f"{r['ratio_kernel_roof']:.2f}",
+            "yes" if r["verified"] else "NO",
+        ]
+        for r in doc["results"]
+    ]
+    headers = ["case", "op", "chunk MiB", "kernel GB/s", "roof GB/s", "kern/roof", "bit-exact"]
+    lines.append(format_table(headers, rows, indent="  "))
+    lines += [f"note: {n}" for n in doc["notes"]]
+    return "\n".join(lines)
+
+
+def _stats(s: dict[str, Any]) -> str:
+    return f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})"
+
+
+def _run_plugin(args: argparse.Namespace) -> int:
+    from lmcache_core.bench import array_kernels
+
+    quick = bool(args.quick)
+    repeats = args.repeats or (QUICK_REPEATS if quick else 10)
+    doc = array_kernels.run(
+        args.backend, quick=quick, repeats=repeats, warmup=args.warmup, pool_mib=args.pool_mib, seed=args.seed
+    )
+    print(json.dumps(doc, indent=2) if args.json else render_plugin(doc))
+    sys.stdout.flush()
+    return 0 if doc["all_verified"] else 1
+
+
 def run(args: argparse.Namespace) -> int:
-    from lmcache_core.bench import kernels
+    from lmcache_core.bench import array_kernels, kernels
+
+    if args.backend is not None and args.backend in array_kernels.available():
+        return _run_plugin(args)
     from lmcache_core.cli.progress import Progress
     from lmcache_core.selection import select_backend
 
