@@ -85,3 +85,27 @@ def test_same_process_handler_is_called_directly() -> None:
         lookup.unregister_local(addr)
     with pytest.raises(lookup.LookupUnavailable):
         lookup.LookupClient([addr], b"unused", timeout=1).lookup([1], None)
+
+
+def test_malformed_frames_get_an_error_reply_and_the_server_keeps_serving(child_server: str) -> None:
+    from multiprocessing.connection import Client
+
+    addr = lookup.address(child_server, 0, 0)
+    key = lookup.authkey(child_server)
+    with Client(addr, family="AF_UNIX", authkey=key) as conn:
+        for junk in [
+            b"",
+            b"\xc1",
+            b"\x80\x03]q\x00.",
+            lookup._ENC.encode({"tokens": b"\0\0\0", "salt": None}),
+        ]:
+            conn.send_bytes(junk)  # empty, invalid msgpack, a pickle's header, tokens not uint32
+            assert conn.poll(5), junk
+            reply = lookup._DEC_REPLY.decode(conn.recv_bytes())
+            assert reply.answer is None and reply.error, junk
+        conn.send_bytes(lookup._ENC.encode(lookup.LookupRequest(lookup._pack([2, 3]), "s")))
+        assert conn.poll(5)
+        assert lookup._DEC_REPLY.decode(conn.recv_bytes()).answer == {"hit": 1, "salt": "s", "n": 2}
+    client = lookup.LookupClient([addr], key, timeout=5)
+    assert client.lookup([4], None) == [{"hit": 1, "salt": None, "n": 1}]
+    client.close()

@@ -9,12 +9,14 @@ process per worker). Both cases are served the same way:
 * every worker registers a lookup handler under an address made of vLLM's ``engine_id``, the
   data-parallel rank and its own rank, in a process-wide table (:func:`register_local`) and on a
   Unix socket (:class:`LookupServer`, ``multiprocessing.connection`` with an auth key derived
-  from the engine id, in a directory only this user can enter);
+  from the engine id, in a directory only this user can enter). Only byte frames cross the socket
+  (``send_bytes``/``recv_bytes``): a :class:`LookupRequest` and a :class:`LookupReply`, msgspec
+  Structs encoded as msgpack and decoded against their type, never pickle;
 * the scheduler (:class:`LookupClient`) calls the handler directly when it is in the table (same
   process) and over the socket otherwise, and takes the smallest answer over all ranks.
 
 A worker that does not answer within ``timeout`` seconds counts as a miss: the request is
-computed, never wrong. Plain Python: no torch, no vLLM.
+computed, never wrong. Plain Python and msgspec (a dependency of vLLM): no torch, no vLLM.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +75,41 @@ def unregister_local(addr: str) -> None:
         _LOCAL.pop(addr, None)
 
 
+#: The largest frame either side reads (bytes): a prompt of 16 Mi tokens, with room for the rest.
+MAX_FRAME = 64 << 20
+
+#: One value of an answer: a number, a string, None or a dict of numbers (the cost estimates).
+AnswerValue = int | float | str | None | dict[str, float]
+
+
+class LookupRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Scheduler -> worker: ``tokens`` is the prompt, ``[num_tokens]`` uint32 in native byte order
+    (both ends run on one host); ``salt`` is the request's cache_salt."""
+
+    tokens: bytes
+    salt: str | None
+
+
+class LookupReply(msgspec.Struct, forbid_unknown_fields=True):
+    """Worker -> scheduler: the handler's answer, or ``error`` (``"Type: message"``) when it raised."""
+
+    answer: dict[str, AnswerValue] | None = None
+    error: str | None = None
+
+
+_ENC = msgspec.msgpack.Encoder()
+_DEC_REQUEST = msgspec.msgpack.Decoder(LookupRequest)
+_DEC_REPLY = msgspec.msgpack.Decoder(LookupReply)
+
+
 def _pack(tokens: Sequence[int]) -> bytes:
     return array("I", tokens).tobytes()
 
 
 def _unpack(data: bytes) -> list[int]:
     a = array("I")
+    if len(data) % a.itemsize:
+        raise ValueError(f"tokens: expected a multiple of {a.itemsize} bytes, given {len(data)}")
     a.frombytes(data)
     return a.tolist()
 
@@ -114,19 +147,24 @@ class LookupServer:
         with conn:
             while not self._closed:
                 try:
-                    op, payload, salt = conn.recv()
-                except (EOFError, OSError):
+                    frame = conn.recv_bytes(MAX_FRAME)
+                except (EOFError, OSError):  # closed, or a frame over MAX_FRAME (stream unusable)
                     return
                 try:
-                    if op != "lookup":
-                        raise ValueError(f"op: expected 'lookup', given {op!r}")
-                    answer: dict[str, Any] = self._handler(_unpack(payload), salt)
-                except Exception as e:
-                    logger.exception("lookup handler failed")
-                    answer = {"error": f"{type(e).__name__}: {e}"}
+                    request = _DEC_REQUEST.decode(frame)
+                except msgspec.DecodeError as e:
+                    logger.warning("lookup server %s: malformed request: %s", self.addr, e)
+                    reply = LookupReply(error=f"malformed request: {e}")
+                else:
+                    try:
+                        reply = LookupReply(answer=self._handler(_unpack(request.tokens), request.salt))
+                    except Exception as e:
+                        logger.exception("lookup handler failed")
+                        reply = LookupReply(error=f"{type(e).__name__}: {e}")
                 try:
-                    conn.send(answer)
-                except OSError:
+                    conn.send_bytes(_ENC.encode(reply))
+                except (OSError, TypeError) as e:  # TypeError: an answer msgpack cannot carry
+                    logger.warning("lookup server %s: reply not sent: %s", self.addr, e)
                     return
 
     def close(self) -> None:
@@ -165,19 +203,19 @@ class LookupClient:
             if conn is None:
                 conn = Client(addr, family="AF_UNIX", authkey=self._key)
                 self._conns[addr] = conn
-            conn.send(("lookup", _pack(tokens), salt))
+            conn.send_bytes(_ENC.encode(LookupRequest(_pack(tokens), salt)))
             if not conn.poll(self._timeout):
                 raise LookupUnavailable(f"worker at {addr} did not answer within {self._timeout} s")
-            answer: dict[str, Any] = conn.recv()
-        except (OSError, EOFError, AuthenticationError) as e:
+            reply = _DEC_REPLY.decode(conn.recv_bytes(MAX_FRAME))
+        except (OSError, EOFError, AuthenticationError, msgspec.DecodeError) as e:
             self._drop(addr)
             raise LookupUnavailable(f"worker at {addr} unreachable: {type(e).__name__}: {e}") from e
         except LookupUnavailable:
             self._drop(addr)  # a late answer must not be read as the next one's
             raise
-        if "error" in answer:
-            raise LookupUnavailable(f"worker at {addr} failed the lookup: {answer['error']}")
-        return answer
+        if reply.error is not None or reply.answer is None:
+            raise LookupUnavailable(f"worker at {addr} failed the lookup: {reply.error}")
+        return reply.answer
 
     def _drop(self, addr: str) -> None:
         conn = self._conns.pop(addr, None)
