@@ -296,3 +296,14 @@ def test_unreachable_server_is_a_clean_miss(dirs) -> None:
     with pytest.raises(ServerUnavailable):
         e.client.stats()
     e.close()
+
+
+def test_a_session_the_server_forgot_reconnects_by_itself(server) -> None:
+    e = engine(server.endpoint, "A", heartbeat=False)
+    src = kv(8)
+    assert e.store(TOKENS, src, SLOTS).chunks == 4
+    first = e.client.connects
+    wait_for(lambda: not status(server.endpoint)["engines"], 10, "the silent session dropped")
+    assert e.lookup(TOKENS).tokens == 56, "hello_first -> hello, register again, and the lookup is answered"
+    assert e.client.connects == first + 1 and e.failures == 0
+    e.close()

@@ -7,7 +7,8 @@ For each client count N (default 1, 2, 4): N worker processes
 phases): store ``prompts`` distinct prompts, retrieve them all into a second KV, look each up
 ``lookups`` times. Once against one ``lmcache-core serve`` process (shared-memory L1: the worker's
 backend gathers into and scatters from the server's slots), once with a CacheEngine in each
-worker (private L1). GB/s of a phase = all workers' chunk bytes / (last end - first start).
+worker (private L1); the two alternate round by round, so load from elsewhere on the host hits
+both alike. GB/s of a phase = all workers' chunk bytes / (last end - first start).
 Every worker checks that what it retrieved equals what it stored, byte for byte.
 
 Targets (issue 15): the shared-memory path at >= 0.8x in-process throughput; lookup p99 < 1 ms.
@@ -188,14 +189,15 @@ def measure(
             time.sleep(0.1)
         for n in clients:
             row: dict[str, Any] = {"clients": n}
-            for mode in ("server", "inproc"):
-                runs = []
-                for r in range(params.rounds):
+            runs: dict[str, list[dict[str, Any]]] = {"server": [], "inproc": []}
+            for r in range(params.rounds):
+                for mode in runs:  # interleaved, so a load spike on the host hits both alike
                     say(f"{n} client(s), {mode}, round {r + 1}/{params.rounds}")
                     # every run stores new prompts (its seed differs), so nothing is present yet
                     run_id += 1
-                    runs.append(_run_workers(n, mode, params, f"{endpoint}#{run_id}"))
-                row[mode] = _median(runs)
+                    runs[mode].append(_run_workers(n, mode, params, f"{endpoint}#{run_id}"))
+            for mode, got in runs.items():
+                row[mode] = _median(got)
             s, i = row["server"], row["inproc"]
             row["ratio"] = {k: s[k] / i[k] for k in ("store_gbps", "retrieve_gbps")}
             results.append(row)

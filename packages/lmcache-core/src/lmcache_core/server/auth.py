@@ -57,9 +57,7 @@ def _keypair(key: bytes, role: str) -> tuple[bytes, bytes]:
     import zmq
     from zmq.utils import z85
 
-    secret = z85.encode(
-        hashlib.sha256(b"lmcache-core/server-auth/" + role.encode() + b"\0" + key).digest()
-    )
+    secret = z85.encode(hashlib.sha256(b"lmcache-core/server-auth/" + role.encode() + b"\0" + key).digest())
     return zmq.curve_public(secret), secret
 
 

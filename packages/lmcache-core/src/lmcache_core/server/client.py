@@ -207,13 +207,16 @@ class CacheClient:
         self._backoff = self.backoff_min
         logger.info("connected to %s (server %s)", self.endpoint, hello.server)
 
-    def _drop(self) -> None:
-        """Close the socket and back off before the next try."""
+    def _drop(self, backoff: bool = True) -> None:
+        """Close the socket; with ``backoff``, wait before the next try."""
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
-        self._retry_at = time.monotonic() + self._backoff
-        self._backoff = min(self.backoff_max, self._backoff * 2)
+        if backoff:
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(self.backoff_max, self._backoff * 2)
+        else:
+            self._retry_at = 0.0
 
     def _call(self, request: p.Request) -> p.AnyReply:
         """Send ``request`` and return its reply (an :class:`~lmcache_core.server.protocol.Error`
@@ -245,8 +248,19 @@ class CacheClient:
             return reply
 
     def request(self, request: p.Request) -> p.AnyReply:
-        """Send any request (connecting first if needed) and return its reply."""
+        """Send any request (connecting first if needed) and return its reply. A server that no
+        longer knows this connection (it restarted on the same address, or dropped the session
+        after ``lease_seconds`` of silence) answers ``hello_first``: the client then connects
+        again at once (hello, register) and sends the request once more."""
         with self._lock:
+            self._ensure()
+            try:
+                return self._call(request)
+            except ServerError as e:
+                if e.code != "hello_first":
+                    raise
+                logger.info("%s: the server lost this session; connecting again", self.endpoint)
+            self._drop(backoff=False)
             self._ensure()
             return self._call(request)
 

@@ -149,7 +149,10 @@ class CacheService:
             config.effective_segment_bytes,
             config.l1_bytes + 2 * config.effective_segment_bytes,  # room for fragmentation
         )
-        self.arena.add_segment()
+        # the whole budget is made (and committed) now: growing later would stall every client
+        # behind the zeroing of a new segment
+        for _ in range(-(-config.l1_bytes // self.arena.segment_bytes)):
+            self.arena.add_segment()
         self._acct = threading.Lock()  # guards _salt_bytes (L1's listener runs on L2 threads too)
         self._salt_bytes: dict[str, int] = {}  # committed L1 bytes per salt tag
         self._leased_bytes: dict[str, int] = {}  # reserved by store leases per salt tag
@@ -294,6 +297,8 @@ class CacheService:
             raise RequestError("bad_request", str(e)) from None
         scope = s.scopes.get(salt)
         if scope is None:
+            if len(s.scopes) >= 1024:  # a client cycling through salts must not grow this forever
+                s.scopes.clear()
             scope = KeyScope(s.model_id, s.spec_tag, s.world_size, s.rank, salt_tag(salt))
             s.scopes[salt] = scope
         return [(a, b, scope.key(h)) for a, b, h in self._chunker.prefix_hashes(arr, salt)]
