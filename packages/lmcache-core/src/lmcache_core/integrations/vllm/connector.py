@@ -264,9 +264,10 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
         config = self.settings.engine_config(model_id=self._model_id, world_size=self._world, rank=self._rank)
         engine = None
         if self.settings.server is not None:  # server mode: the cache is lmcache-core serve's
-            from lmcache_core.integrations.vllm.server_engine import ServerEngine, make_client
+            from lmcache_core.integrations.vllm.server_engine import ServerEngine
+            from lmcache_core.server.client import CacheClient
 
-            client = make_client(
+            client = CacheClient(
                 self.settings.server,
                 timeout=self.settings.server_timeout_s,
                 shm_dir=self.settings.server_shm_dir,

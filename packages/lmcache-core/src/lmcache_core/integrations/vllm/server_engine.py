@@ -47,31 +47,10 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two warnings about an unreachable server.
 WARN_EVERY_S = 30.0
-#: Reconnection: tries per attempt, pause between them, back-off between attempts (seconds).
-CONNECT_TRIES = 5
-CONNECT_PAUSE_S = 0.02
+#: Reconnection: back-off between attempts (seconds), doubling from the least to the most. An
+#: attempt against a server that is down waits the client's ``timeout`` for the hello's reply.
 BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 8.0
-
-
-def make_client(endpoint: str, **kwargs: Any) -> CacheClient:
-    """A :class:`~lmcache_core.server.client.CacheClient` whose requests wait (up to its
-    ``timeout``) for a fresh connection to come up before sending.
-
-    Work-around, asked of the client's owner in /tmp/issues/server_requests.md: the client sends
-    each request with ``NOBLOCK`` on a socket with ``IMMEDIATE`` set, so the hello on a socket just
-    connected fails with "not connected" before ZMQ has finished connecting, every time.
-    """
-    from lmcache_core.server.client import CacheClient
-
-    class _WaitingClient(CacheClient):
-        def _call(self, request: Any) -> Any:
-            sock = self._sock
-            if sock is not None:
-                sock.poll(int(self.timeout * 1000), self._zmq.POLLOUT)  # a peer is connected
-            return super()._call(request)
-
-    return _WaitingClient(endpoint, **kwargs)
 
 
 class ServerEngine:
@@ -137,9 +116,8 @@ class ServerEngine:
     # ---- failure handling -------------------------------------------------------------------------
 
     def _reachable(self) -> bool:
-        """Connected, or connected now: a few quick tries once the back-off has passed (a fresh
-        ZMQ connection may not be up for the first send), then back-off doubling to
-        ``BACKOFF_MAX_S``. False at once while backing off."""
+        """Connected, or connected now (one try once the back-off has passed: hello, register
+        again), else back-off doubling to ``BACKOFF_MAX_S``. False at once while backing off."""
         from lmcache_core.server.client import ServerError, ServerUnavailable
 
         if self.client.connected:
@@ -147,16 +125,14 @@ class ServerEngine:
         now = time.monotonic()
         if now < self._next_try:
             return False
-        for _ in range(CONNECT_TRIES):
-            try:
-                self.client.connect()
-                self._backoff = BACKOFF_MIN_S
-                return True
-            except ServerUnavailable:
-                time.sleep(CONNECT_PAUSE_S)
-            except ServerError as e:  # e.g. a protocol version the server does not speak
-                logger.warning("lmcache-core server %s refused the connection: %s", self.client.endpoint, e)
-                break
+        try:
+            self.client.connect()
+            self._backoff = BACKOFF_MIN_S
+            return True
+        except ServerUnavailable:
+            pass
+        except ServerError as e:  # e.g. a protocol version the server does not speak
+            logger.warning("lmcache-core server %s refused the connection: %s", self.client.endpoint, e)
         self._next_try = time.monotonic() + self._backoff
         self._backoff = min(BACKOFF_MAX_S, self._backoff * 2)
         return False
