@@ -155,3 +155,27 @@ def test_server_killed_means_misses_then_hits_from_l2_after_restart(server: Serv
         assert torch.equal(ra, rb)
     a.close()
     b.close()
+
+
+def test_server_down_at_engine_start_registers_once_it_is_up(tmp_path: Path) -> None:
+    server = Server(tmp_path)  # not started: the engine registers its KV while nobody listens
+    a, kv_a = _engine(server, "engine-a", 1)
+    slots = torch.arange(len(TOKENS), dtype=torch.int64)
+    assert a.lookup(TOKENS).tokens == 0 and a.store(TOKENS, kv_a, slots).tokens == 0
+    assert a.unavailable >= 1
+    server.start()
+    try:
+        b, kv_b = _engine(server, "engine-b", 2)
+        deadline = time.monotonic() + 15
+        stored = a.store(TOKENS, kv_a, slots)
+        while stored.tokens == 0 and time.monotonic() < deadline:  # back-off, then hello + register
+            time.sleep(0.3)
+            stored = a.store(TOKENS, kv_a, slots)
+        assert stored.tokens == len(TOKENS)
+        assert b.retrieve(TOKENS, kv_b, slots).tokens == len(TOKENS)
+        for ra, rb in zip(_rows(kv_a, 64), _rows(kv_b, 64), strict=True):
+            assert torch.equal(ra, rb)
+        a.close()
+        b.close()
+    finally:
+        server.stop()

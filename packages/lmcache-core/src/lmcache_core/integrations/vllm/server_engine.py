@@ -69,6 +69,7 @@ class ServerEngine:
         self.unavailable = 0  # calls answered "nothing" because the server was unreachable
         self._next_try = 0.0
         self._backoff = BACKOFF_MIN_S
+        self._registered = False  # the client remembers the registration once it went through
 
     # ---- set-up ---------------------------------------------------------------------------------
 
@@ -88,7 +89,7 @@ class ServerEngine:
         self, kv_caches: Sequence[torch.Tensor], hints: LayoutHints | None = None
     ) -> KVCacheSpec:
         """Detect the layout, choose the backend, and register this rank with the server (if it
-        is unreachable now, the client registers on its first successful call)."""
+        is unreachable now, the first call that reaches it registers first)."""
         from lmcache_core.selection import select_backend
 
         self._kv = list(flatten_kv_caches(list(kv_caches)))
@@ -96,19 +97,20 @@ class ServerEngine:
         first = self._kv[0]
         if self._backend is None:
             self._backend = select_backend(first.device.type, self.config.backend, "torch").backend
-        formats = [g.chunk_format for g in self._spec.groups]
-        self._guard(
-            "register",
-            lambda: self.client.register(
-                self.engine_name,
-                rank=self.config.rank,
-                world_size=self.config.world_size,
-                model_id=self.config.model_id,
-                formats=formats,
-            ),
-            None,
-        )
+        self._registered = False
+        self._guard("register", lambda: None, None)  # registers when the server is reachable
         return self._spec
+
+    def _register(self) -> None:
+        """Register this rank (the client sends it again by itself on every reconnect)."""
+        self.client.register(
+            self.engine_name,
+            rank=self.config.rank,
+            world_size=self.config.world_size,
+            model_id=self.config.model_id,
+            formats=[g.chunk_format for g in self.spec.groups],
+        )
+        self._registered = True
 
     def close(self) -> None:
         self.client.close()
@@ -144,6 +146,8 @@ class ServerEngine:
         try:
             if not self._reachable():
                 raise ServerUnavailable(f"{self.client.endpoint}: unreachable (backing off)")
+            if not self._registered and self._spec is not None:
+                self._register()
             return call()
         except (ServerUnavailable, ServerError) as e:
             self.unavailable += 1

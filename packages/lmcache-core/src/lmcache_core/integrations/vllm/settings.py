@@ -15,10 +15,11 @@ key                         default    meaning
 ``l2_gbps``                 0.5        prior of L2 -> engine bandwidth, 1e9 bytes/s (measured)
 ``chunk_overhead_s``        5e-5       fixed cost per loaded chunk, seconds
 ``lookup_timeout_s``        10.0       how long the scheduler waits for a worker's lookup answer
-``server``                 (none)     ``ipc:///path`` or ``tcp://127.0.0.1:PORT``: use the cache server
-                                       (``lmcache-core serve``) instead of a cache in each worker
-``server_timeout_s``       5.0        seconds to wait for the server's reply before recomputing
-``server_shm_dir``         /dev/shm   where the server's shared-memory segments are
+``server``                  (none)     ``ipc:///path`` or ``tcp://127.0.0.1:PORT``: use the cache
+                                       server (``lmcache-core serve``) instead of a cache in each
+                                       worker
+``server_timeout_s``        5.0        seconds to wait for the server's reply before recomputing
+``server_shm_dir``          /dev/shm   where the server's shared-memory segments are
 ``load_async``              ``l2``     ``l2``: a load with chunks from L2 runs off the step (vLLM
                                        keeps stepping other requests meanwhile); ``always``: every
                                        load; ``never``: every load before the forward (synchronous)
