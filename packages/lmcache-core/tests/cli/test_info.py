@@ -83,7 +83,8 @@ def test_json_report_describes_versions_host_backends_and_selection() -> None:
     selected = report["selected"]
     assert selected["error"] is None and selected["why"]
     assert selected["device"] == "cpu" or report["accelerator"]["available"]
-    # the selected one is an available backend serving that device, with the top priority among them
+    # the selected one is an available backend serving that device and torch tensors (the report
+    # selects for torch KV), with the top priority among them
     chosen = _by_name(report)[selected["backend"]]
     assert chosen["available"]
     rivals = [
@@ -92,6 +93,7 @@ def test_json_report_describes_versions_host_backends_and_selection() -> None:
         if b["available"]
         and b["load_error"] is None
         and ("*" in b["device_types"] or selected["device"] in b["device_types"])
+        and "torch" in b["array_types"]
     ]
     assert chosen["priority"] == max(rivals)
 

@@ -81,6 +81,7 @@ def _backend_entry(found: DiscoveredBackend) -> dict[str, Any]:
         "probe_error": found.error,
         "priority": found.probe.priority if found.probe else None,
         "device_types": list(found.probe.device_types) if found.probe else None,
+        "array_types": list(found.probe.array_types) if found.probe else None,
         "plugin": found.probe.plugin if found.probe else None,
         "capabilities": None,
         "load_error": None,
@@ -221,13 +222,16 @@ def render(report: dict[str, Any]) -> str:
             "yes" if b["available"] else "no",
             "-" if b["priority"] is None else b["priority"],
             "-" if b["device_types"] is None else ",".join(b["device_types"]),
+            "-" if b["array_types"] is None else ",".join(b["array_types"]),
             _status(b),
         ]
         for b in report["backends"]
     ]
     lines.append(
         format_table(
-            ["name", "distribution", "available", "priority", "devices", "status"], rows, indent="  "
+            ["name", "distribution", "available", "priority", "devices", "arrays", "status"],
+            rows,
+            indent="  ",
         )
     )
     for b in report["backends"]:
