@@ -80,7 +80,9 @@ def server(tmp_path: Path) -> Iterator[Server]:
     s.stop()
 
 
-def _engine(server: Server, name: str, fill: int) -> tuple[ServerEngine, list[torch.Tensor]]:
+def _engine(
+    server: Server, name: str, fill: int, chunk: int = CHUNK
+) -> tuple[ServerEngine, list[torch.Tensor]]:
     kv, hints = allocate_example(
         "vllm_flash_nhd",
         num_layers=2,
@@ -93,7 +95,7 @@ def _engine(server: Server, name: str, fill: int) -> tuple[ServerEngine, list[to
     gen = torch.Generator().manual_seed(fill)
     for t in kv:
         t.copy_(torch.randn(t.shape, generator=gen))
-    config = CacheEngineConfig(chunk_size=CHUNK, l1_bytes=1 << 20, model_id="tiny")
+    config = CacheEngineConfig(chunk_size=chunk, l1_bytes=1 << 20, model_id="tiny")
     client = CacheClient(
         server.endpoint, timeout=2.0, backoff_min=0.2, backoff_max=0.5, shm_dir=str(server.shm)
     )
@@ -179,3 +181,17 @@ def test_server_down_at_engine_start_registers_once_it_is_up(tmp_path: Path) -> 
         b.close()
     finally:
         server.stop()
+
+
+def test_an_engine_with_another_chunk_size_is_not_served(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, kv_a = _engine(server, "engine-a", 1, chunk=32)
+    slots = torch.arange(len(TOKENS), dtype=torch.int64)
+    assert a.store(TOKENS, kv_a, slots).tokens == 0
+    assert a.lookup(TOKENS).tokens == 0 and a.unavailable >= 2
+    assert "the server's chunk_size is 16, this engine's 32" in caplog.text
+    b, _ = _engine(server, "engine-b", 2)
+    assert b.lookup(TOKENS).tokens == 0  # nothing was stored
+    a.close()
+    b.close()

@@ -102,7 +102,18 @@ class ServerEngine:
         return self._spec
 
     def _register(self) -> None:
-        """Register this rank (the client sends it again by itself on every reconnect)."""
+        """Register this rank (the client sends it again by itself on every reconnect). A server
+        whose ``chunk_size`` differs from this engine's is refused (:class:`ServerError`
+        ``chunk_size``): the scheduler plans loads and stores in this engine's chunks."""
+        from lmcache_core.server.client import ServerError
+
+        hello = self.client.hello
+        if hello is not None and hello.chunk_size and hello.chunk_size != self.config.chunk_size:
+            raise ServerError(
+                "chunk_size",
+                f"the server's chunk_size is {hello.chunk_size}, this engine's {self.config.chunk_size};"
+                " set the connector's chunk_size to the server's",
+            )
         self.client.register(
             self.engine_name,
             rank=self.config.rank,
