@@ -1,9 +1,9 @@
 """Server mode of the vLLM worker: the cache lives in ``lmcache-core serve``, not in the worker.
 
 :class:`ServerEngine` stands in for the worker's :class:`~lmcache_core.cache_engine.CacheEngine`
-(the calls :class:`~.worker.WorkerSide` makes: ``register_kv_caches``, ``lookup``, ``store``,
-``retrieve``, ``poll_stores``, ``stores_in_flight``, ``close``), over a
-:class:`~lmcache_core.server.client.CacheClient`:
+(the calls :class:`~.worker.WorkerSide` and the runner make: ``register_kv_caches``, ``lookup``,
+``store``, ``retrieve``, ``poll_stores``, ``wait_stores``, ``stores_in_flight``, ``flush``,
+``close``), over a :class:`~lmcache_core.server.client.CacheClient`:
 
 * register: the layout of the worker's KV is detected and the backend for its device chosen
   here, as in process; the rank registers with the server under its model, rank and chunk
@@ -326,3 +326,12 @@ class ServerEngine:
 
     def stores_in_flight(self, owner: Any = None) -> int:
         return 0
+
+    def wait_stores(self) -> int:
+        """Nothing to wait for: every store was committed before :meth:`store` returned."""
+        return 0
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """True: this engine holds nothing queued (L2 write-behind is the server's, and the
+        server drains it on SIGTERM)."""
+        return True
