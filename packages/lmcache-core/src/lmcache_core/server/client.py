@@ -136,6 +136,9 @@ class CacheClient:
         self._lock = threading.RLock()
         self._rids = itertools.count(1)
         self._registration: p.Register | None = None
+        self._ipc_registration: p.RegisterIpc | None = None
+        #: the server's IPC event handle for this connection (register_ipc's reply; b"": none)
+        self.ipc_event = b""
         self._segments: dict[str, _Segment] = {}
         self._retry_at = 0.0
         self._backoff = self.backoff_min
@@ -200,6 +203,11 @@ class CacheClient:
                 reg = self._call(self._registration)
                 assert isinstance(reg, p.RegisterReply)
                 self.session, self.spec_tag = reg.session, reg.spec_tag
+                self.ipc_event = b""
+                if self._ipc_registration is not None:
+                    ipc = self._call(self._ipc_registration)
+                    assert isinstance(ipc, p.RegisterIpcReply)
+                    self.ipc_event = ipc.event
         except BaseException:
             self._drop()
             raise
@@ -320,8 +328,68 @@ class CacheClient:
             reply = self._call(reg)
             assert isinstance(reply, p.RegisterReply)
             self._registration = reg
+            self._ipc_registration = None  # the server closed the mapping with the old registration
+            self.ipc_event = b""
             self.session, self.spec_tag = reply.session, reply.spec_tag
             return reply
+
+    def supports(self, op: str) -> bool:
+        """Whether the server (as of this connection's hello) knows ``op`` (a newer op needs
+        its :data:`~lmcache_core.server.protocol.MINOR_OF`)."""
+        with self._lock:
+            self._ensure()
+            assert self.hello is not None
+            return self.hello.minor >= p.MINOR_OF.get(op, 0)
+
+    def register_ipc(
+        self, groups: Sequence[p.IpcGroup], event: bytes, device: int = -1
+    ) -> p.RegisterIpcReply:
+        """(GPU hosts, after :meth:`register`) Hand the server this worker's KV tensors by IPC
+        handle, one :class:`~lmcache_core.server.protocol.IpcGroup` per chunk format, and the
+        handle of the event recorded before each :meth:`store_ipc`. Remembered and sent again on
+        every reconnect; :attr:`ipc_event` is the server's event handle. ServerError
+        ``no_gpu``: the server has no GPU backend (use the shared-memory ops);
+        ``unknown_op``: the server predates it."""
+        req = p.RegisterIpc(groups=list(groups), event=event, device=device)
+        with self._lock:
+            self._ensure()
+            if self._registration is None:
+                raise ServerError("not_registered", "register_ipc: call register first")
+            reply = self._call(req)
+            assert isinstance(reply, p.RegisterIpcReply)
+            self._ipc_registration = req
+            self.ipc_event = reply.event
+            return reply
+
+    def release_ipc(self) -> None:
+        """The server unmaps this worker's KV (before the worker frees or reallocates it)."""
+        with self._lock:
+            self._ipc_registration = None
+            self.ipc_event = b""
+            if self._sock is not None:
+                self._call(p.ReleaseIpc())
+
+    def store_ipc(
+        self, tokens: Any, slot_mapping: Sequence[bytes], salt: str | None = None, stop: int = -1
+    ) -> p.CommitReply:
+        """The server gathers the chunks of ``tokens`` it lacks from the mapped KV (after this
+        worker's event) and publishes them. ``slot_mapping``: per group, int64 LE bytes per token."""
+        reply = self.request(
+            p.StoreIpc(tokens=token_bytes(tokens), salt=salt, stop=stop, slot_mapping=list(slot_mapping))
+        )
+        assert isinstance(reply, p.CommitReply)
+        return reply
+
+    def retrieve_ipc(
+        self, tokens: Any, slot_mapping: Sequence[bytes], salt: str | None = None, skip: int = 0
+    ) -> p.CommitReply:
+        """The server scatters the cached prefix of ``tokens`` into the mapped KV and records
+        its event (:attr:`ipc_event`): wait for it on the compute stream before reading the pages."""
+        reply = self.request(
+            p.RetrieveIpc(tokens=token_bytes(tokens), salt=salt, skip=skip, slot_mapping=list(slot_mapping))
+        )
+        assert isinstance(reply, p.CommitReply)
+        return reply
 
     def lookup(self, tokens: Any, salt: str | None = None, prefetch: bool = True) -> p.LookupReply:
         """Longest cached prefix of ``tokens`` (L1, then L2; L2 hits start prefetching)."""

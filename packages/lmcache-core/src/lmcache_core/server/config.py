@@ -61,7 +61,9 @@ class ServerConfig:
     (0: min(l1_bytes, 1 GiB)). ``l2_*``: as :class:`~lmcache_core.config.CacheEngineConfig`.
     ``heartbeat_seconds``: how often clients must be heard from; ``lease_seconds``: silence
     after which a client's leases are reclaimed. ``drain_seconds``: how long SIGTERM waits for
-    write-behind. ``salt_quota_bytes``: L1 bytes per salt (``"*"``: every other salt)."""
+    write-behind. ``salt_quota_bytes``: L1 bytes per salt (``"*"``: every other salt).
+    ``gpu_backend``: the package of a GPU backend (``lmcache_cuda``, ``lmcache_rocm``) whose
+    kernels serve workers' IPC registrations (``register_ipc``); "" = none (shared memory only)."""
 
     listen: str = field(default_factory=default_listen)
     http: str = ""
@@ -82,6 +84,7 @@ class ServerConfig:
     drain_seconds: float = 30.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     salt_quota_bytes: Mapping[str, int] = field(default_factory=dict)
+    gpu_backend: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "l2_urls", split_urls(self.l2_urls))
@@ -112,6 +115,13 @@ class ServerConfig:
             raise ValueError(
                 f"lease_seconds: expected more than heartbeat_seconds ({self.heartbeat_seconds}), "
                 f"given {self.lease_seconds}"
+            )
+        if not isinstance(self.gpu_backend, str) or (
+            self.gpu_backend and not all(part.isidentifier() for part in self.gpu_backend.split("."))
+        ):
+            raise ValueError(
+                f"gpu_backend: expected a package name such as 'lmcache_cuda' (or empty: none), "
+                f"given {self.gpu_backend!r}"
             )
         quotas = {}
         for salt, v in dict(self.salt_quota_bytes).items():

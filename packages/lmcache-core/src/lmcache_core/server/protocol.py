@@ -23,8 +23,13 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
-#: Bumped on any incompatible change of a Struct below.
+#: Bumped on any incompatible change of a Struct below (checked at hello: must be equal).
 PROTOCOL_VERSION = 1
+#: Bumped when requests are added (old clients keep working; a new client sends a newer request
+#: only to a server whose :class:`HelloReply` ``minor`` is at least the request's
+#: :data:`MINOR_OF`). 1: the GPU IPC ops (``register_ipc``, ``store_ipc``, ``retrieve_ipc``,
+#: ``release_ipc``).
+PROTOCOL_MINOR = 1
 
 #: Default largest request frame in bytes (a 1M-token prompt is 4 MiB of uint32).
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 2**20
@@ -45,6 +50,7 @@ ERROR_CODES = {
     "lease_unknown": "the lease does not exist (released, expired or from another connection)",
     "lease_expired": "the lease expired (no heartbeat in time); its slots may have been reused",
     "shutting_down": "the server is stopping",
+    "no_gpu": "the request needs a GPU backend on the server (serve --gpu-backend), and it has none",
     "segment_unavailable": "(client side) a slot's shared-memory segment cannot be mapped",
     "internal": "the server failed on this request (logged there); it keeps serving",
 }
@@ -137,6 +143,94 @@ class Release(Request, tag="release"):
     lease: Count = 0
 
 
+IpcHandle = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+Axes = Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=2**62)]], msgspec.Meta(max_length=8)]
+
+
+class IpcTensor(msgspec.Struct, array_like=True):
+    """A worker's KV tensor as the server maps it: the fields of
+    :class:`lmcache_gpu.ipc.ExportedTensor` (handle of the allocation, byte offset into it, the
+    worker's GPU index, torch dtype name, shape and strides in elements)."""
+
+    handle: IpcHandle
+    offset: Count
+    device: Annotated[int, msgspec.Meta(ge=0, lt=2**16)]
+    dtype: Name
+    shape: Axes
+    strides: Axes
+
+
+class IpcHints(msgspec.Struct, omit_defaults=True):
+    """:class:`lmcache_core.layout_registry.LayoutHints` of one layer group (``kind``: the
+    layout the worker detected), so the server detects the same layout on the mapped tensors."""
+
+    kind: Name | None = None
+    num_kv_heads: Annotated[int, msgspec.Meta(gt=0, lt=2**31)] | None = None
+    head_size: Annotated[int, msgspec.Meta(gt=0, lt=2**31)] | None = None
+    block_size: Annotated[int, msgspec.Meta(gt=0, lt=2**31)] | None = None
+    num_layers: Annotated[int, msgspec.Meta(gt=0, lt=2**20)] | None = None
+    isa: Name | None = None
+    head_size_v: Annotated[int, msgspec.Meta(gt=0, lt=2**31)] | None = None
+    variant: Name | None = None
+
+
+class IpcGroup(msgspec.Struct, array_like=True):
+    """One layer group's KV tensors (flattened layer-major, in the worker's order), its layout
+    hints, and how many tensors make one layer (1: a tensor per layer or for every layer; 2: a
+    ``(K, V)`` tuple per layer)."""
+
+    tensors: Annotated[list[IpcTensor], msgspec.Meta(min_length=1, max_length=4096)]
+    hints: IpcHints = msgspec.field(default_factory=IpcHints)
+    per_layer: Annotated[int, msgspec.Meta(gt=0, le=8)] = 1
+
+
+class RegisterIpc(Request, tag="register_ipc"):
+    """(minor 1) After ``register``, on a GPU host: the worker's KV tensors (one
+    :class:`IpcGroup` per registered chunk format) and the handle of its interprocess event,
+    recorded on the forward's stream before every ``store_ipc``. ``device``: the server's index
+    of the worker's GPU (-1: the worker's own index). The server maps them once for the session
+    (until ``release_ipc``, another ``register_ipc``/``register``/``hello``, or the session's
+    expiry) and answers its own event's handle (:class:`RegisterIpcReply`)."""
+
+    groups: Annotated[list[IpcGroup], msgspec.Meta(min_length=1, max_length=64)] = msgspec.field(
+        default_factory=list
+    )
+    event: bytes = b""
+    device: Annotated[int, msgspec.Meta(ge=-1, lt=2**16)] = -1
+
+
+#: One ``int64`` little-endian slot per token of the request's tokens, per layer group.
+SlotBytes = Annotated[list[bytes], msgspec.Meta(max_length=64)]
+
+
+class StoreIpc(Request, tag="store_ipc"):
+    """(minor 1) ``prepare_store``, the gather and ``commit_store`` in one request: the server
+    waits (on its copy stream) for the worker's event, gathers the chunks not cached yet from
+    the mapped KV (``slot_mapping``: per group, int64 LE per token) into L1 and publishes them;
+    answers a :class:`CommitReply`."""
+
+    tokens: bytes = b""
+    salt: Salt | None = None
+    stop: int = -1
+    slot_mapping: SlotBytes = msgspec.field(default_factory=list)
+
+
+class RetrieveIpc(Request, tag="retrieve_ipc"):
+    """(minor 1) ``prepare_retrieve``, the scatter and ``commit_retrieve`` in one request: the
+    server scatters the cached prefix from the chunk holding token ``skip`` on into the mapped KV,
+    records its event after the scatter, and answers a :class:`CommitReply` (the worker's compute
+    stream waits for that event before reading the pages)."""
+
+    tokens: bytes = b""
+    salt: Salt | None = None
+    skip: Count = 0
+    slot_mapping: SlotBytes = msgspec.field(default_factory=list)
+
+
+class ReleaseIpc(Request, tag="release_ipc"):
+    """(minor 1) Unmap the session's KV tensors (the worker frees or reallocates them)."""
+
+
 class Heartbeat(Request, tag="heartbeat"):
     """Keeps the connection's leases alive (every request does; this one when idle)."""
 
@@ -156,6 +250,10 @@ REQUESTS = (
     Release,
     Heartbeat,
     Stats,
+    RegisterIpc,
+    StoreIpc,
+    RetrieveIpc,
+    ReleaseIpc,
 )
 AnyRequest = (
     Hello
@@ -168,8 +266,14 @@ AnyRequest = (
     | Release
     | Heartbeat
     | Stats
+    | RegisterIpc
+    | StoreIpc
+    | RetrieveIpc
+    | ReleaseIpc
 )
 OPS = frozenset(str(r.__struct_config__.tag) for r in REQUESTS)
+#: The minor version a server must announce before a client sends the op.
+MINOR_OF = {str(r.__struct_config__.tag): 1 for r in (RegisterIpc, StoreIpc, RetrieveIpc, ReleaseIpc)}
 
 
 # ---- replies ---------------------------------------------------------------------------------
@@ -190,9 +294,11 @@ class HelloReply(Reply, tag="hello"):
     """Server version and the timing a client must keep: heartbeat at least every
     ``heartbeat_seconds``; leases die ``lease_seconds`` after the last request. ``shm_dir``:
     where the server's segments are (a client in another mount namespace may map them
-    elsewhere)."""
+    elsewhere). ``minor``: :data:`PROTOCOL_MINOR` (a server from before minor versions sends
+    none: 0). ``gpu``: the server's GPU backend (``"cuda"``; "" = none: no IPC ops)."""
 
     version: int = PROTOCOL_VERSION
+    minor: int = 0
     server: str = ""
     chunk_size: int = 0
     save_partial_chunks: bool = True
@@ -200,11 +306,20 @@ class HelloReply(Reply, tag="hello"):
     lease_seconds: float = 5.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     shm_dir: str = "/dev/shm"
+    gpu: str = ""
 
 
 class RegisterReply(Reply, tag="register"):
     session: int = 0
     spec_tag: str = ""
+
+
+class RegisterIpcReply(Reply, tag="register_ipc"):
+    """The server mapped ``tensors`` KV tensors; ``event``: the handle of its interprocess event
+    (recorded after each ``retrieve_ipc``'s scatter)."""
+
+    event: bytes = b""
+    tensors: int = 0
 
 
 class LookupReply(Reply, tag="lookup"):
@@ -265,6 +380,7 @@ AnyReply = (
     Error
     | HelloReply
     | RegisterReply
+    | RegisterIpcReply
     | LookupReply
     | PrepareReply
     | CommitReply

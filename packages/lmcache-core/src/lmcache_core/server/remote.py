@@ -13,8 +13,14 @@ loads nothing, a store stores nothing; the engine recomputes and the client reco
 back-off. Bad arguments still raise (ValueError/TypeError), as in CacheEngine.
 
 Stores are synchronous here: the gather is waited for on the host before the commit (the server
-must never publish a slot still being written). Device hosts without a host-visible KV use the
-GPU IPC path instead (issue 15, item 4).
+must never publish a slot still being written).
+
+GPU hosts: when the KV is on a GPU, its backend offers ``ipc()`` (:mod:`lmcache_gpu.ipc`) and
+the server announces a GPU backend (hello ``gpu``, protocol minor 1), the KV tensors are
+registered by IPC handle (``register_ipc``) and the server moves the bytes itself: a store
+records this worker's interprocess event on the current (forward) stream and sends
+``store_ipc``; a retrieve sends ``retrieve_ipc`` and makes the current stream wait for the
+server's event. Otherwise (or when the registration is refused) the shared-memory path runs.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from lmcache_core.cache_engine import CacheResult, KVGroups, _as_groups, _first_
 from lmcache_core.config import CacheEngineConfig
 from lmcache_core.layout import ChunkFormat, KVCacheSpec
 from lmcache_core.layout_registry import LayoutHints, detect_layout, flatten_kv_caches
+from lmcache_core.server import protocol as p
 from lmcache_core.server.client import CacheClient, ServerError, ServerUnavailable
 from lmcache_core.tokens import as_token_array
 
@@ -36,7 +43,6 @@ if TYPE_CHECKING:
     import torch
 
     from lmcache_core.backend import Backend
-    from lmcache_core.server import protocol as p
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +84,13 @@ class RemoteCacheEngine:
         self._stream = 0
         self._device: Any = None
         self.failures = 0  # calls turned into misses because of the server
+        #: GPU IPC path (None: shared memory): the backend's GpuIpc, this worker's event, the
+        #: registration sent, and the server's event opened here (with its handle)
+        self._ipc: Any = None
+        self._ipc_event: Any = None
+        self._ipc_groups: list[p.IpcGroup] | None = None
+        self._server_event: Any = None
+        self._server_event_handle = b""
         if self._formats:
             self._register(self._formats)
 
@@ -110,7 +123,83 @@ class RemoteCacheEngine:
             self.failures += 1
             return False
         self._registered_formats = formats
+        if self._ipc_groups is not None:  # the new registration closed the server's mapping
+            self._send_ipc()
         return True
+
+    @property
+    def ipc_active(self) -> bool:
+        """Whether stores and retrieves take the GPU IPC path (else shared memory)."""
+        return self._ipc is not None and bool(self.client.ipc_event)
+
+    def _backend_ipc(self) -> Any:
+        """The chosen backend's GpuIpc, or None when it offers no ``ipc()``."""
+        pm = getattr(self.backend, "_pm", None)  # Backend keeps its one plugin there
+        plugin = pm.get_plugin(self.backend.name) if pm is not None else None
+        ipc = getattr(getattr(plugin, "kernels", None), "ipc", None)
+        return ipc() if callable(ipc) else None
+
+    def _setup_ipc(self, groups: list[Any], hints: Sequence[LayoutHints], spec: KVCacheSpec) -> None:
+        """Register the KV by IPC handle when the KV is on a GPU whose backend offers ipc() and the
+        server has a GPU backend; any refusal leaves the shared-memory path."""
+        self._drop_ipc()
+        try:
+            ipc = self._backend_ipc()
+            if ipc is None or not self.client.supports("register_ipc"):
+                return
+            assert self.client.hello is not None
+            if not self.client.hello.gpu:
+                logger.info("cache server has no GPU backend: KV moves through shared memory")
+                return
+            device = int(self._device.index or 0)
+            event = ipc.create_event(device)
+            descs = []
+            for g, h, layout in zip(groups, hints, spec.groups, strict=True):
+                per_layer = len(g[0]) if isinstance(g[0], (list, tuple)) else 1
+                tensors = []
+                for t in flatten_kv_caches(g):
+                    e = ipc.export_tensor(t)
+                    tensors.append(
+                        p.IpcTensor(e.handle, e.offset, e.device, e.dtype, list(e.shape), list(e.strides))
+                    )
+                ipc_hints = p.IpcHints(
+                    kind=layout.kind, num_kv_heads=h.num_kv_heads, head_size=h.head_size, block_size=h.block_size,
+                    num_layers=h.num_layers, isa=h.isa, head_size_v=h.head_size_v, variant=h.variant,
+                )  # fmt: skip
+                descs.append(p.IpcGroup(tensors, ipc_hints, per_layer))
+            self._ipc, self._ipc_event = ipc, event
+            self._ipc_groups = descs
+            self._send_ipc()
+        except _SERVER_FAILURES + (RuntimeError,) as e:
+            logger.warning(
+                "cache server: GPU IPC registration failed (%s); KV moves through shared memory", e
+            )
+            self._drop_ipc()
+
+    def _send_ipc(self) -> None:
+        assert self._ipc_groups is not None
+        try:
+            self.client.register_ipc(self._ipc_groups, self._ipc.export_event(self._ipc_event))
+        except _SERVER_FAILURES as e:
+            logger.warning("cache server: register_ipc failed (%s); KV moves through shared memory", e)
+            self._drop_ipc()
+
+    def _drop_ipc(self) -> None:
+        self._ipc = self._ipc_event = self._server_event = None
+        self._ipc_groups = None
+        self._server_event_handle = b""
+
+    def _ipc_failed(self, what: str, error: Exception) -> None:
+        self._miss(what, error)
+        if isinstance(error, ServerError) and error.code in ("no_gpu", "not_registered", "unknown_op"):
+            self._drop_ipc()  # the server lost or never had the mapping: shared memory from now
+
+    @staticmethod
+    def _slot_bytes(slots: list[Any]) -> list[bytes]:
+        """Each group's slot mapping as the int64 LE bytes the IPC ops carry."""
+        import numpy as np
+
+        return [np.asarray(sm.cpu().numpy(), dtype="<i8").tobytes() for sm in slots]
 
     def _ready(self) -> bool:
         """Registered with the server (again, after it came back)."""
@@ -157,7 +246,8 @@ class RemoteCacheEngine:
         self._fingerprint = tuple(
             (array_info(t, "kv_caches").address, tuple(t.shape)) for g in groups for t in _flat(g)
         )
-        self._ready()
+        if self._ready() and first.device_type == "cuda" and first.family == "torch":
+            self._setup_ipc(groups, group_hints, spec)
         return spec
 
     def _prepare(
@@ -240,6 +330,14 @@ class RemoteCacheEngine:
             if len(bad):
                 stop = min(stop, int(bad[0]))
         salt = cache_salt if cache_salt is not None else self.config.cache_salt
+        if self.ipc_active:
+            try:
+                self._ipc.record(self._ipc_event)  # after the forward, on its (current) stream
+                done = self.client.store_ipc(arr, self._slot_bytes(slots), salt, stop=stop)
+            except _SERVER_FAILURES as e:
+                self._ipc_failed("store (IPC)", e)
+                return CacheResult(seconds=time.perf_counter() - t0)
+            return CacheResult(done.tokens, done.nbytes, done.chunks, seconds=time.perf_counter() - t0)
         try:
             lease = self.client.prepare_store(arr, salt, stop=stop)
         except _SERVER_FAILURES as e:
@@ -304,6 +402,8 @@ class RemoteCacheEngine:
         if not self._ready():
             return empty
         salt = cache_salt if cache_salt is not None else self.config.cache_salt
+        if self.ipc_active:
+            return self._retrieve_ipc(arr, kv_caches, groups, slots, skip_leading_tokens, salt, t0)
         try:
             lease: p.PrepareReply = self.client.prepare_retrieve(arr, salt, skip=skip_leading_tokens)
         except _SERVER_FAILURES as e:
@@ -347,6 +447,27 @@ class RemoteCacheEngine:
             kv_caches=_nest_like(kv_caches, groups),
         )
 
+    def _retrieve_ipc(
+        self, arr: Any, kv_caches: KVGroups, groups: list[Any], slots: list[Any], skip: int, salt: str | None,
+        t0: float,
+    ) -> CacheResult:  # fmt: skip
+        """The server scatters into the mapped KV; the current stream waits for its event."""
+        empty = CacheResult(seconds=0.0, kv_caches=_nest_like(kv_caches, groups))
+        try:
+            done = self.client.retrieve_ipc(arr, self._slot_bytes(slots), salt, skip=skip)
+        except _SERVER_FAILURES as e:
+            self._ipc_failed("retrieve (IPC)", e)
+            return empty
+        handle = self.client.ipc_event
+        if handle != self._server_event_handle:
+            self._server_event = self._ipc.open_event(handle, int(self._device.index or 0))
+            self._server_event_handle = handle
+        self._ipc.wait(self._server_event)  # the next forward reads the pages after the scatter
+        return CacheResult(
+            done.tokens, done.nbytes, done.chunks, seconds=time.perf_counter() - t0,
+            kv_caches=_nest_like(kv_caches, groups),
+        )  # fmt: skip
+
     # ---- CacheEngine's other calls ---------------------------------------------------------------
 
     def poll_stores(self) -> int:
@@ -368,6 +489,12 @@ class RemoteCacheEngine:
         return self.client.stats()
 
     def close(self) -> None:
+        if self._ipc_groups is not None:
+            try:
+                self.client.release_ipc()
+            except _SERVER_FAILURES as e:
+                logger.debug("release_ipc: %s", e)
+            self._drop_ipc()
         if self._backend is not None and self._stream:
             stream, self._stream = self._stream, 0
             self._backend.destroy_stream(stream)

@@ -32,6 +32,7 @@ from lmcache_core.keys import CacheKey, KeyScope, salt_tag
 from lmcache_core.layout import ChunkFormat, ChunkSection
 from lmcache_core.memory.l1_pool import L1Entry, L1Pool
 from lmcache_core.server import protocol as p
+from lmcache_core.server.gpu_path import GpuServices, IpcMapping, load_gpu_backend, slot_tensors
 from lmcache_core.server.shm import ShmArena, remove_stale
 from lmcache_core.tokens import TokenChunker
 
@@ -68,6 +69,7 @@ class Session:
     spec_tag: str = ""
     leases: set[int] = field(default_factory=set)
     scopes: dict[str | None, KeyScope] = field(default_factory=dict)
+    ipc: IpcMapping | None = None  # the worker's KV mapped through IPC (GPU hosts)
 
     @property
     def registered(self) -> bool:
@@ -116,6 +118,8 @@ class Counters:
     retrieved_l2_chunks: int = 0
     leases_expired: int = 0
     sessions_expired: int = 0
+    ipc_registrations: int = 0
+    ipc_closed: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -136,12 +140,16 @@ def _formats(descs: list[p.FormatDesc]) -> tuple[ChunkFormat, ...]:
 
 class CacheService:
     """The server's cache (see the module docstring). ``close`` drains write-behind and frees
-    the shared memory."""
+    the shared memory. ``gpu``: the GPU backend serving ``register_ipc`` (default: loaded from
+    ``config.gpu_backend``; None when that is empty: IPC requests get ``no_gpu``)."""
 
-    def __init__(self, config: ServerConfig, name: str = "") -> None:
+    def __init__(self, config: ServerConfig, name: str = "", gpu: GpuServices | None = None) -> None:
         self.config = config
         self.name = name or f"lmcache-core/{os.getpid()}"
         self.started = time.time()
+        self.gpu: GpuServices | None = gpu
+        if gpu is None and config.gpu_backend:  # before any segment exists: a bad setting leaks none
+            self.gpu = load_gpu_backend(config.gpu_backend)
         self._lock = threading.RLock()
         self.stale_removed = remove_stale(config.shm_dir)
         self.arena = ShmArena(
@@ -182,6 +190,14 @@ class CacheService:
         self._ids = itertools.count(1)
         self.counters = Counters()
         self.closing = False
+        self._locked: list[torch.Tensor] = []  # L1 segments page-locked with the GPU backend
+        if self.gpu is not None:
+            for t in self.arena.segment_tensors():
+                try:
+                    self.gpu.register_host(t)
+                    self._locked.append(t)
+                except (RuntimeError, ValueError) as e:  # works unlocked, through a staging copy
+                    logger.warning("L1 segment not page-locked (%s): GPU copies are staged", e)
 
     # ---- accounting ------------------------------------------------------------------------------
 
@@ -258,6 +274,8 @@ class CacheService:
             lease_seconds=c.lease_seconds,
             max_message_bytes=c.max_message_bytes,
             shm_dir=c.shm_dir,
+            minor=p.PROTOCOL_MINOR,
+            gpu=self.gpu.backend if self.gpu is not None else "",
         )
 
     def _register(self, s: Session, req: p.Register) -> p.AnyReply:
@@ -274,11 +292,92 @@ class CacheService:
                 "bad_request", f"model_id: expected a non-empty name without '|', given {req.model_id!r}"
             )
         formats = _formats(req.formats)
+        self._close_ipc(s)  # mapped for the previous registration's formats
         s.engine, s.model_id, s.rank, s.world_size = req.engine, req.model_id, req.rank, req.world_size
         s.formats = formats
         s.spec_tag = "+".join(f.tag for f in formats)
         s.scopes = {}
         return p.RegisterReply(session=s.id, spec_tag=s.spec_tag)
+
+    # ---- GPU IPC -----------------------------------------------------------------------------
+
+    def _register_ipc(self, s: Session, req: p.RegisterIpc) -> p.AnyReply:
+        if self.gpu is None:
+            raise RequestError(
+                "no_gpu",
+                "register_ipc: this server has no GPU backend (start it with gpu_backend = "
+                "'lmcache_cuda' or 'lmcache_rocm', LMCACHE_SERVER_GPU_BACKEND); use the shared-memory ops",
+            )
+        if not s.registered:
+            raise RequestError("not_registered", "register (engine, rank, chunk formats) first")
+        if len(req.event) != 64:
+            raise RequestError(
+                "bad_request", f"event: expected a 64-byte IPC event handle, given {len(req.event)} bytes"
+            )
+        self._close_ipc(s)
+        try:
+            s.ipc = IpcMapping(self.gpu, req, s.formats)
+        except (ValueError, TypeError) as e:
+            raise RequestError("bad_request", str(e)) from None
+        self.counters.ipc_registrations += 1
+        return p.RegisterIpcReply(event=s.ipc.event_handle, tensors=s.ipc.tensors)
+
+    def _release_ipc(self, s: Session, req: p.ReleaseIpc) -> p.AnyReply:
+        self._close_ipc(s)
+        return p.Ack()
+
+    def _close_ipc(self, s: Session) -> None:
+        if s.ipc is not None:
+            mapping, s.ipc = s.ipc, None
+            mapping.close()
+            self.counters.ipc_closed += 1
+
+    def _mapping(
+        self, s: Session, op: str, slot_mapping: list[bytes], tokens: bytes
+    ) -> tuple[IpcMapping, list[torch.Tensor]]:
+        if s.ipc is None:
+            if self.gpu is None:
+                raise RequestError(
+                    "no_gpu", f"{op}: this server has no GPU backend; use the shared-memory ops"
+                )
+            raise RequestError("not_registered", f"{op}: register_ipc (the KV's IPC handles) first")
+        try:
+            return s.ipc, slot_tensors(slot_mapping, len(s.formats), len(tokens) // 4)
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
+
+    def _store_ipc(self, s: Session, req: p.StoreIpc) -> p.AnyReply:
+        mapping, slots = self._mapping(s, "store_ipc", req.slot_mapping, req.tokens)
+        prepared = self._prepare_store(s, p.PrepareStore(tokens=req.tokens, salt=req.salt, stop=req.stop))
+        assert isinstance(prepared, p.PrepareReply)
+        lease = self._leases[prepared.lease]
+        try:
+            mapping.gather(
+                [(it.buffer, it.start, it.start + it.num_tokens) for it in lease.items], slots, s.formats
+            )
+        except BaseException:
+            self._end_lease(self._take_lease(s, lease.id))
+            raise
+        return self._commit_store(s, p.CommitStore(lease=lease.id, filled=len(lease.items)))
+
+    def _retrieve_ipc(self, s: Session, req: p.RetrieveIpc) -> p.AnyReply:
+        mapping, slots = self._mapping(s, "retrieve_ipc", req.slot_mapping, req.tokens)
+        prepared = self._prepare_retrieve(
+            s, p.PrepareRetrieve(tokens=req.tokens, salt=req.salt, skip=req.skip)
+        )
+        assert isinstance(prepared, p.PrepareReply)
+        lease = self._leases[prepared.lease]
+        try:
+            mapping.scatter(
+                [(it.buffer, it.start, it.start + it.num_tokens) for it in lease.items],
+                slots,
+                s.formats,
+                req.skip,
+            )
+        except BaseException:
+            self._end_lease(self._take_lease(s, lease.id))
+            raise
+        return self._commit_retrieve(s, p.CommitRetrieve(lease=lease.id))
 
     def _heartbeat(self, s: Session, req: p.Heartbeat) -> p.AnyReply:
         return p.HeartbeatReply(leases=len(s.leases))
@@ -505,6 +604,7 @@ class CacheService:
                     self._expired.append(lease_id)
                     self.counters.leases_expired += 1
         s.leases.clear()
+        self._close_ipc(s)
 
     def sweep(self, now: float | None = None) -> int:
         """Drop sessions silent for ``lease_seconds`` (their leases with them) and free
@@ -545,6 +645,8 @@ class CacheService:
                     "name": self.name,
                     "pid": os.getpid(),
                     "protocol": p.PROTOCOL_VERSION,
+                    "protocol_minor": p.PROTOCOL_MINOR,
+                    "gpu_backend": self.gpu.backend if self.gpu is not None else "",
                     "uptime_seconds": round(time.time() - self.started, 3),
                     "listen": self.config.listen,
                     "closing": self.closing,
@@ -559,6 +661,7 @@ class CacheService:
                         "world_size": s.world_size,
                         "spec_tag": s.spec_tag,
                         "leases": len(s.leases),
+                        "ipc_tensors": s.ipc.tensors if s.ipc is not None else 0,
                         "idle_seconds": round(now - s.last_seen, 3),
                     }
                     for s in self._sessions.values()
@@ -602,6 +705,8 @@ class CacheService:
                     "retrieved_l2_chunks": c.retrieved_l2_chunks,
                     "leases_expired": c.leases_expired,
                     "sessions_expired": c.sessions_expired,
+                    "ipc_registrations": c.ipc_registrations,
+                    "ipc_closed": c.ipc_closed,
                     "errors": dict(c.errors),
                 },
             }
@@ -623,5 +728,12 @@ class CacheService:
                 logger.warning("write-behind not drained within %.1f s; the rest is not written", deadline)
             self.tiers.close(flush_timeout=0)
             self.tiers = None
+        if self.gpu is not None:
+            for t in self._locked:
+                try:
+                    self.gpu.unregister_host(t)
+                except RuntimeError as e:
+                    logger.debug("unlocking an L1 segment: %s", e)
+            self._locked = []
         self.arena.close()
         return drained

@@ -121,6 +121,11 @@ class ShmArena:
         with self._lock:
             return sum(s.size for s in self._segments)
 
+    def segment_tensors(self) -> list[torch.Tensor]:
+        """uint8 ``[segment_bytes]`` over each segment made so far (to page-lock them)."""
+        with self._lock:
+            return [s.tensor for s in self._segments]
+
     def add_segment(self) -> str:
         """Make a segment now (at start, so the first store does not wait for it); its name."""
         with self._lock:
