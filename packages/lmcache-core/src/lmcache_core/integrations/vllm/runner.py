@@ -31,6 +31,9 @@ compete for vLLM's KV space). ``flush`` waits for L2 write-behind (in
 process only). ``metrics`` records vLLM's Prometheus metrics named ``vllm:lmcache_core_*``,
 ``vllm:prefix_cache*`` and ``vllm:external_prefix_cache*``. ``{"op": "wait_port_closed", "port":
 6379}`` waits until a server the caller stopped no longer accepts connections on 127.0.0.1.
+``{"op": "barrier", "dir": "/path", "name": "killed", "timeout_s": 120}`` hands the step over to
+the caller: it creates ``dir/killed.reached``, then waits until the caller creates
+``dir/killed.go`` (e.g. after it killed or restarted a server); past ``timeout_s`` it fails.
 
 ``OUT`` (JSON): ``{"startup_s", "results": {name: ...}, "metrics": {name: {...}}}``.
 """
@@ -192,6 +195,18 @@ def _wait_port_closed(port: int, timeout_s: float) -> bool:
     return False
 
 
+def _barrier(directory: str, name: str, timeout_s: float) -> float:
+    """Create ``directory/name.reached``, wait for ``directory/name.go``; the seconds waited."""
+    d = Path(directory)
+    (d / f"{name}.reached").touch()
+    t0 = time.monotonic()
+    while not (d / f"{name}.go").exists():
+        if time.monotonic() - t0 > timeout_s:
+            raise TimeoutError(f"barrier {name!r}: {d / (name + '.go')} not created within {timeout_s} s")
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Start the engine of ``spec``, run its steps, return what they recorded."""
     for k, v in DEFAULT_ENV.items():
@@ -216,10 +231,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             report["metrics"][name] = _metrics(llm)
         elif op == "wait_port_closed":
             report["results"][name] = _wait_port_closed(int(step["port"]), float(step.get("timeout_s", 30)))
+        elif op == "barrier":
+            report["results"][name] = _barrier(step["dir"], name, float(step.get("timeout_s", 120)))
         else:
             raise ValueError(
-                f"steps[{i}].op: expected one of ['chat', 'flush', 'generate', 'metrics', 'wait_port_closed'], "
-                f"given {op!r}"
+                f"steps[{i}].op: expected one of ['barrier', 'chat', 'flush', 'generate', 'metrics',"
+                f" 'wait_port_closed'], given {op!r}"
             )
     if spec.get("connector") is not None and spec.get("in_process"):
         _flush()
