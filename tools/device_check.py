@@ -10,7 +10,9 @@ Steps, each under its own time limit (all together under 8 minutes on an H200):
 3. ordering   the ordering tests (``lmcache_gpu.testing.OrderingTests``: store after an enqueued
               forward, loads, negative control)
 3b. ipc       the IPC tests (``lmcache_gpu.testing.IpcTests``): KV exported by this process, mapped
-              by a second one that gathers and scatters ordered by IPC events, negative control
+              by a second one that gathers and scatters ordered by IPC events, negative control;
+              and the cache server's GPU path (a ``lmcache-core serve`` process with
+              ``gpu_backend`` and this process as its worker: ``IpcServerTests``)
 4. no-wait    the store ordering test again with ``LMCACHE_TEST_SKIP_STREAM_WAIT=1``: it must
               FAIL; if it passes, the test cannot see the race and the check fails
 5. memcheck   compute-sanitizer memcheck over a subset of the kernel and ordering tests
@@ -98,7 +100,7 @@ def plan(python: str = PY) -> list[Step]:
             require,
         ),
         Step("ordering", [*pytest, f"{CUDA_TESTS}/test_cuda_ordering.py"], 40, require),
-        Step("ipc", [*pytest, f"{CUDA_TESTS}/test_cuda_ipc.py"], 30, require),
+        Step("ipc", [*pytest, f"{CUDA_TESTS}/test_cuda_ipc.py"], 90, require),  # starts a server process too
         Step("no-wait", [*pytest, store_test], 30, {**require, SKIP_WAIT_ENV: "1"}, expect_failure=True),
         Step(
             "memcheck",

@@ -27,7 +27,8 @@ from lmcache_core.backend import reference_backend
 from lmcache_core.layout_registry import allocate_example, detect_layout
 from lmcache_core.testing.cases import bits
 from lmcache_gpu.ipc import IPC_HANDLE_BYTES, ExportedTensor, GpuIpc
-from lmcache_gpu.testing._package import PackageUnderTest, gpu_skip_reason
+from lmcache_gpu.testing._package import gpu_skip_reason
+from lmcache_gpu.testing.ipc_server import IpcServerTests
 
 SLEEP_CYCLES = 500_000_000  # ~0.25 s: a copy not ordered after the forward certainly runs first
 NUM_TOKENS = 48  # 3 blocks of 16
@@ -69,8 +70,9 @@ def _wire(e: ExportedTensor) -> dict[str, Any]:
             "shape": list(e.shape), "strides": list(e.strides)}  # fmt: skip
 
 
-class IpcTests(PackageUnderTest):
-    """Export in one process, import + copy in another, ordered by IPC events. Subclasses set
+class IpcTests(IpcServerTests):
+    """Export in one process, import + copy in another, ordered by IPC events; and the cache
+    server's GPU path through a real server process (:class:`IpcServerTests`). Subclasses set
     ``package``, ``backend`` and ``runtime``."""
 
     package: ClassVar[str] = ""
