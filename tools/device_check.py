@@ -100,7 +100,7 @@ def plan(python: str = PY) -> list[Step]:
             require,
         ),
         Step("ordering", [*pytest, f"{CUDA_TESTS}/test_cuda_ordering.py"], 40, require),
-        Step("ipc", [*pytest, f"{CUDA_TESTS}/test_cuda_ipc.py"], 90, require),  # starts a server process too
+        Step("ipc", [*pytest, f"{CUDA_TESTS}/test_cuda_ipc.py"], 30, require),
         Step("no-wait", [*pytest, store_test], 30, {**require, SKIP_WAIT_ENV: "1"}, expect_failure=True),
         Step(
             "memcheck",

@@ -6,7 +6,8 @@ mapped KV into its page-locked L1 after the worker's IPC event (store), and scat
 records its own event that the worker's stream waits for (retrieve). The "forward" before the
 store is ``torch.cuda._sleep`` then a copy, enqueued with no host wait: a server that did not wait
 for the worker's event would store KV from before it. Mixed into :class:`~lmcache_gpu.testing.IpcTests`
-(skipped with the probe's reason where no usable GPU is). Imported only by tests.
+(skipped with the probe's reason where no usable GPU is); one server process serves the class.
+Imported only by tests.
 """
 
 from __future__ import annotations
@@ -85,12 +86,22 @@ class _Server:
 class IpcServerTests(PackageUnderTest):
     """Two-process tests of the server's GPU path (worker here, server in its own process)."""
 
-    @pytest.fixture
-    def served(self) -> Iterator[tuple[Any, list[torch.Tensor], Any, _Server]]:
-        """``(engine, kv on cuda:0, hints, server)``: the KV registered by IPC handle."""
+    @pytest.fixture(scope="class")
+    def gpu_server(self) -> Iterator[_Server]:
+        """One server process for the class (its start-up is most of these tests' time)."""
         reason = gpu_skip_reason(self.package, self.backend)
         if reason:
             pytest.skip(reason)
+        server = _Server(self.package)
+        try:
+            yield server
+        finally:
+            server.stop()
+            print("".join(server.lines[-40:]))  # shown when a test failed
+
+    @pytest.fixture
+    def served(self, gpu_server: _Server) -> Iterator[tuple[Any, list[torch.Tensor], Any, _Server]]:
+        """``(engine, kv on cuda:0 filled with 1.0, hints, server)``: the KV registered by IPC handle."""
         from lmcache_core.server.remote import RemoteCacheEngine
 
         kv_cpu, hints = allocate_example(**EXAMPLE)
@@ -99,32 +110,38 @@ class IpcServerTests(PackageUnderTest):
             for t in kv_cpu
         ]
         torch.cuda.synchronize()
-        server = _Server(self.package)
         engine = RemoteCacheEngine(
-            server.endpoint, CacheEngineConfig(model_id="ipc-test", backend=self.backend), layout_hints=hints
+            gpu_server.endpoint,
+            CacheEngineConfig(model_id="ipc-test", backend=self.backend),
+            layout_hints=hints,
         )
         try:
             engine.register_kv_caches(kv)
-            yield engine, kv, hints, server
+            yield engine, kv, hints, gpu_server
         finally:
             engine.close()
-            server.stop()
-            print("".join(server.lines[-40:]))  # shown when the test failed
+
+    @staticmethod
+    def _stats(server: _Server) -> dict[str, Any]:
+        from lmcache_core.server.client import CacheClient
+
+        with CacheClient(server.endpoint, heartbeat=False) as admin:
+            return admin.stats()
 
     def test_worker_on_a_gpu_registers_its_kv_by_ipc_handle(self, served: Any) -> None:
         engine, kv, _, _ = served
         assert engine.client.hello.gpu == self.backend
         assert engine.ipc_active, "a worker with GPU KV and a GPU server must take the IPC path"
         status = engine.server_status()
-        assert status["hits"]["ipc_registrations"] == 1
-        assert [e["ipc_tensors"] for e in status["engines"]] == [len(kv)]
+        assert status["server"]["gpu_backend"] == self.backend
+        assert [e["ipc_tensors"] for e in status["engines"] if e["model_id"] == "ipc-test"] == [len(kv)]
 
     def test_store_after_the_forward_and_retrieve_back_through_the_server(self, served: Any) -> None:
         engine, kv, _, _ = served
         gen = torch.Generator().manual_seed(11)
         written = [torch.randn(t.shape, generator=gen).to(t.dtype) for t in kv]
         sources = [w.to("cuda:0") for w in written]
-        tokens = list(range(1000, 1000 + NUM_TOKENS))
+        tokens = list(range(1000, 1000 + NUM_TOKENS))  # not stored by another test of the class
         slots = torch.arange(NUM_TOKENS, dtype=torch.int64, device="cuda:0")
         torch.cuda.synchronize()  # set-up only
         torch.cuda._sleep(SLEEP_CYCLES)
@@ -147,10 +164,7 @@ class IpcServerTests(PackageUnderTest):
 
     def test_closing_the_worker_unmaps_its_kv_on_the_server(self, served: Any) -> None:
         engine, kv, _, server = served
-        from lmcache_core.server.client import CacheClient
-
+        before = self._stats(server)["hits"]["ipc_closed"]
         engine.close()
-        with CacheClient(server.endpoint, heartbeat=False) as admin:
-            status = admin.stats()
-        assert status["hits"]["ipc_closed"] == 1
+        assert self._stats(server)["hits"]["ipc_closed"] == before + 1
         assert {float(v) for t in kv for v in t.float().unique().cpu()} == {1.0}, "the worker's KV changed"
