@@ -232,7 +232,15 @@ def test_http_endpoints_and_status_command(server) -> None:
     assert all(os.stat(os.path.join(server.shm_dir, n)).st_mode & 0o777 == 0o600 for n in server.segments())
     base = f"http://{server.http}"
     assert urllib.request.urlopen(base + "/healthz").read() == b"ok\n"
-    assert urllib.request.urlopen(base + "/readyz").status == 200
+
+    def ready() -> bool:  # 503 until the request loop runs (the socket is bound before it starts)
+        try:
+            return urllib.request.urlopen(base + "/readyz").status == 200
+        except urllib.error.HTTPError as e:
+            assert e.code == 503 and e.read() == b"not ready\n"
+            return False
+
+    wait_for(ready, 30, "/readyz 200")
     e = engine(server.endpoint, "A")
     e.store(TOKENS, kv(5), SLOTS, cache_salt="tenant")
     e.lookup(TOKENS, cache_salt="tenant")
