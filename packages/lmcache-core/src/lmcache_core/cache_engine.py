@@ -138,6 +138,26 @@ def _first_array(kv_caches: Any) -> Any:
     return kv_caches
 
 
+def hints_per_group(hints: LayoutHints | Sequence[LayoutHints] | None, num_groups: int) -> list[LayoutHints]:
+    """``hints`` as one :class:`LayoutHints` per layer group (one for all, or one per group)."""
+    if hints is None or isinstance(hints, LayoutHints):
+        return [hints or LayoutHints()] * num_groups
+    group_hints = list(hints)
+    if len(group_hints) != num_groups:
+        raise ValueError(
+            f"hints: expected one LayoutHints per layer group ({num_groups}), given {len(group_hints)}"
+        )
+    return group_hints
+
+
+def detect_spec(groups: list[list[Any]], group_hints: list[LayoutHints]) -> KVCacheSpec:
+    """The layout of each layer group; numpy/JAX arrays are detected through metadata-only torch
+    twins (same shape and strides)."""
+    return KVCacheSpec(
+        tuple(detect_layout(torch_twins(g), h) for g, h in zip(groups, group_hints, strict=True))
+    )
+
+
 def _flat_arrays(kv_caches: Any) -> list[Any]:
     """Every array of nested lists/tuples, in order."""
     if isinstance(kv_caches, (list, tuple)):
@@ -236,19 +256,7 @@ class CacheEngine:
         """Detect the layout of each layer group and choose the backend for the KV's device."""
         groups = _as_groups(kv_caches)
         hints = hints if hints is not None else self._hints
-        if hints is None or isinstance(hints, LayoutHints):
-            group_hints = [hints or LayoutHints()] * len(groups)
-        else:
-            group_hints = list(hints)
-            if len(group_hints) != len(groups):
-                raise ValueError(
-                    f"hints: expected one LayoutHints per layer group ({len(groups)}), "
-                    f"given {len(group_hints)}"
-                )
-        # numpy/JAX arrays are detected through metadata-only torch twins (same shape and strides)
-        spec = KVCacheSpec(
-            tuple(detect_layout(torch_twins(g), h) for g, h in zip(groups, group_hints, strict=True))
-        )
+        spec = detect_spec(groups, hints_per_group(hints, len(groups)))
         first = array_info(_first_array(groups), "kv_caches[0]")
         if self._backend is None:
             from lmcache_core.selection import select_backend

@@ -30,11 +30,19 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from lmcache_core.arrays import array_info, torch_twins
-from lmcache_core.cache_engine import CacheResult, KVGroups, _as_groups, _first_array, _nest_like
+from lmcache_core.arrays import array_info
+from lmcache_core.cache_engine import (
+    CacheResult,
+    KVGroups,
+    _as_groups,
+    _first_array,
+    _nest_like,
+    detect_spec,
+    hints_per_group,
+)
 from lmcache_core.config import CacheEngineConfig
 from lmcache_core.layout import ChunkFormat, KVCacheSpec
-from lmcache_core.layout_registry import LayoutHints, detect_layout, flatten_kv_caches
+from lmcache_core.layout_registry import LayoutHints, flatten_kv_caches
 from lmcache_core.server import protocol as p
 from lmcache_core.server.client import CacheClient, ServerError, ServerUnavailable
 from lmcache_core.tokens import as_token_array
@@ -215,17 +223,8 @@ class RemoteCacheEngine:
         """Detect each group's layout, choose the backend, register the chunk formats."""
         groups = _as_groups(kv_caches)
         hints = hints if hints is not None else self._hints
-        if hints is None or isinstance(hints, LayoutHints):
-            group_hints = [hints or LayoutHints()] * len(groups)
-        else:
-            group_hints = list(hints)
-            if len(group_hints) != len(groups):
-                raise ValueError(
-                    f"hints: expected one LayoutHints per layer group ({len(groups)}), given {len(group_hints)}"
-                )
-        spec = KVCacheSpec(
-            tuple(detect_layout(torch_twins(g), h) for g, h in zip(groups, group_hints, strict=True))
-        )
+        group_hints = hints_per_group(hints, len(groups))
+        spec = detect_spec(groups, group_hints)
         first = array_info(_first_array(groups), "kv_caches[0]")
         if self._backend is None:
             from lmcache_core.selection import select_backend
