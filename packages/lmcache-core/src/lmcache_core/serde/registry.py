@@ -11,8 +11,8 @@ of an object that uses it a miss (``missing_codec``).
 from __future__ import annotations
 
 import functools
-import importlib
 
+from lmcache_core.entry_point_targets import import_target_module, installed_targets
 from lmcache_core.serde.codec import Codec
 
 GROUP = "lmcache_core.serde"
@@ -32,12 +32,7 @@ EXTRAS = {"zstd": "serde", "lz4": "serde", "aesgcm": "serde"}
 @functools.lru_cache(maxsize=1)
 def codec_targets() -> dict[str, str]:
     """Codec name -> ``"module:Class"`` of every known codec (read once per process)."""
-    from importlib.metadata import entry_points
-
-    targets = dict(BUILTIN)
-    for ep in entry_points(group=GROUP):
-        targets[ep.name.lower()] = ep.value
-    return targets
+    return installed_targets(GROUP, BUILTIN)
 
 
 def codec_class(name: str) -> type[Codec]:
@@ -47,15 +42,7 @@ def codec_class(name: str) -> type[Codec]:
     target = targets.get(name.lower())
     if target is None:
         raise ValueError(f"serde: unknown codec {name!r}; known: {', '.join(sorted(targets))}")
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        extra = EXTRAS.get(name)
-        hint = f"; install it with pip install 'lmcache-core[{extra}]'" if extra else ""
-        raise ImportError(
-            f"serde codec {name!r} needs {e.name or module_name}, which is not installed{hint}"
-        ) from e
+    module, attr = import_target_module(target, f"serde codec {name!r}", EXTRAS.get(name))
     cls = getattr(module, attr, None)
     if not (isinstance(cls, type) and issubclass(cls, Codec)):
         raise TypeError(f"serde entry point {name!r} ({target}): expected a Codec subclass, given {cls!r}")

@@ -10,10 +10,10 @@ installed entry point of the same name wins.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Iterable
 
+from lmcache_core.entry_point_targets import import_target_module, installed_targets
 from lmcache_core.storage.adapter import L2Adapter
 from lmcache_core.storage.url import L2URL
 
@@ -35,12 +35,7 @@ EXTRAS = {"redis": "redis", "rediss": "redis", "redis+cluster": "redis", "s3": "
 
 def adapter_targets() -> dict[str, str]:
     """URL scheme -> ``"module:Class"`` of every known adapter."""
-    from importlib.metadata import entry_points
-
-    targets = dict(BUILTIN)
-    for ep in entry_points(group=GROUP):
-        targets[ep.name.lower()] = ep.value
-    return targets
+    return installed_targets(GROUP, BUILTIN)
 
 
 def adapter_class(scheme: str) -> type[L2Adapter]:
@@ -49,15 +44,7 @@ def adapter_class(scheme: str) -> type[L2Adapter]:
     target = targets.get(scheme.lower())
     if target is None:
         raise ValueError(f"url: unknown L2 scheme {scheme!r}; known: {', '.join(sorted(targets))}")
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        extra = EXTRAS.get(scheme)
-        hint = f"; install it with pip install 'lmcache-core[{extra}]'" if extra else ""
-        raise ImportError(
-            f"L2 scheme {scheme!r} needs {e.name or module_name}, which is not installed{hint}"
-        ) from e
+    module, attr = import_target_module(target, f"L2 scheme {scheme!r}", EXTRAS.get(scheme))
     cls = getattr(module, attr)
     if not (isinstance(cls, type) and issubclass(cls, L2Adapter)):
         raise TypeError(f"entry point {scheme!r} ({target}): expected an L2Adapter subclass, given {cls!r}")
