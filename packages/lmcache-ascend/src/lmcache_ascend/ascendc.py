@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from lmcache_ascend.hooks import ByDirection
 from lmcache_ascend.kernel_args import pack
 from lmcache_core.backends.reference import chunk_sections
 from lmcache_core.layout import KVLayout
@@ -61,7 +62,7 @@ def load(device: Any) -> tuple[AscendCKernels | None, str]:
     return AscendCKernels(lib, device), status
 
 
-class AscendCKernels:
+class AscendCKernels(ByDirection):
     """gather/scatter through ``lmc_ascend_check`` + ``lmc_ascend_launch`` (see the module docstring)."""
 
     name = "ascendc"
@@ -82,7 +83,7 @@ class AscendCKernels:
         self._device = device
         self._block_dim = int(os.environ.get(BLOCK_DIM_ENV, DEFAULT_BLOCK_DIM))
 
-    def _run(
+    def transfer(
         self, gather: bool, layout: KVLayout, kv: Sequence[torch.Tensor], slots: torch.Tensor, chunk: torch.Tensor,
         skip: int, stream: int,
     ) -> None:  # fmt: skip
@@ -123,28 +124,6 @@ class AscendCKernels:
                 _copy_rows(host, stage, skip, tokens)
             for t in (args_dev, slots_dev, staging):
                 t.record_stream(handle)
-
-    def gather(
-        self,
-        layout: KVLayout,
-        kv: Sequence[torch.Tensor],
-        slots: torch.Tensor,
-        out: torch.Tensor,
-        skip: int,
-        stream: int,
-    ) -> None:
-        self._run(True, layout, kv, slots, out, skip, stream)
-
-    def scatter(
-        self,
-        layout: KVLayout,
-        kv: Sequence[torch.Tensor],
-        slots: torch.Tensor,
-        src: torch.Tensor,
-        skip: int,
-        stream: int,
-    ) -> None:
-        self._run(False, layout, kv, slots, src, skip, stream)
 
 
 def _copy_rows(

@@ -12,12 +12,14 @@ May assume: torch imports; the kernel hooks are reached only through
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
 
 from lmcache_ascend import UNVERIFIED
+from lmcache_core.device_hooks import DeviceOps, ForwardingHooks, TransferKernels
 from lmcache_core.hookspecs import hookimpl
 from lmcache_core.layout import KVLayout
 from lmcache_core.layout_registry import LAYOUT_KINDS
@@ -27,10 +29,28 @@ from lmcache_core.plugin_api import API_1_2, Capabilities, supported_dtypes
 BUILT_AGAINST_API: tuple[int, int] = API_1_2
 
 
-class Kernels(Protocol):
+class Kernels(TransferKernels, Protocol):
     """A kernel path: ``name`` for reports, gather and scatter as :mod:`lmcache_ascend.torch_ops`."""
 
     name: str
+
+
+class Device(DeviceOps, Protocol):
+    """Host memory, streams and events (:class:`lmcache_ascend.device.NpuDevice`), and a context
+    in which every op is enqueued on a stream."""
+
+    def stream_context(self, handle: int) -> Any: ...
+
+
+class ByDirection(ABC):
+    """gather and scatter of a kernel path, both through its one ``transfer`` (``gather`` first)."""
+
+    @abstractmethod
+    def transfer(
+        self, gather: bool, layout: KVLayout, kv: Sequence[torch.Tensor], slots: torch.Tensor, chunk: torch.Tensor,
+        skip: int, stream: int,
+    ) -> None:  # fmt: skip
+        """Move the live rows of ``slots`` between ``kv`` and ``chunk`` (into ``chunk`` when ``gather``)."""
 
     def gather(
         self,
@@ -40,7 +60,8 @@ class Kernels(Protocol):
         out: torch.Tensor,
         skip: int,
         stream: int,
-    ) -> None: ...
+    ) -> None:
+        self.transfer(True, layout, kv, slots, out, skip, stream)
 
     def scatter(
         self,
@@ -50,24 +71,11 @@ class Kernels(Protocol):
         src: torch.Tensor,
         skip: int,
         stream: int,
-    ) -> None: ...
+    ) -> None:
+        self.transfer(False, layout, kv, slots, src, skip, stream)
 
 
-class Device(Protocol):
-    """Host memory, streams and events (:class:`lmcache_ascend.device.NpuDevice`)."""
-
-    def alloc_host(self, nbytes: int, pinned: bool) -> torch.Tensor: ...
-    def new_stream(self, device: Any) -> int: ...
-    def current_stream(self, device: Any) -> int: ...
-    def stream_context(self, handle: int) -> Any: ...
-    def record_event(self, handle: int) -> Any: ...
-    def stream_wait_event(self, handle: int, event: Any) -> None: ...
-    def query_event(self, event: Any) -> bool: ...
-    def destroy_stream(self, handle: int) -> None: ...
-    def synchronize(self, handle: Any) -> None: ...
-
-
-class TorchOpsKernels:
+class TorchOpsKernels(ByDirection):
     """The torch-ops path (:mod:`lmcache_ascend.torch_ops`) on the device's stream."""
 
     name = "torch-ops"
@@ -75,45 +83,26 @@ class TorchOpsKernels:
     def __init__(self, device: Device) -> None:
         self._device = device
 
-    def gather(
-        self,
-        layout: KVLayout,
-        kv: Sequence[torch.Tensor],
-        slots: torch.Tensor,
-        out: torch.Tensor,
-        skip: int,
-        stream: int,
-    ) -> None:
+    def transfer(
+        self, gather: bool, layout: KVLayout, kv: Sequence[torch.Tensor], slots: torch.Tensor, chunk: torch.Tensor,
+        skip: int, stream: int,
+    ) -> None:  # fmt: skip
         from lmcache_ascend import torch_ops
 
         with self._device.stream_context(stream):
-            torch_ops.gather(layout, kv, slots, out, skip)
-
-    def scatter(
-        self,
-        layout: KVLayout,
-        kv: Sequence[torch.Tensor],
-        slots: torch.Tensor,
-        src: torch.Tensor,
-        skip: int,
-        stream: int,
-    ) -> None:
-        from lmcache_ascend import torch_ops
-
-        with self._device.stream_context(stream):
-            torch_ops.scatter(layout, kv, slots, src, skip)
+            (torch_ops.gather if gather else torch_ops.scatter)(layout, kv, slots, chunk, skip)
 
 
-class AscendHooks:
-    """Hook implementations (see :mod:`lmcache_core.hookspecs`) over ``kernels`` and ``device``.
+class AscendHooks(ForwardingHooks[Kernels, Device]):
+    """Hook implementations (see :mod:`lmcache_core.hookspecs`) over ``kernels`` and ``device``: the
+    identity hooks here, the kernel and device hooks :class:`lmcache_core.device_hooks.ForwardingHooks`'.
 
     ``status``: what ``lmcache-core info`` shows after the kernel path's name; always ends with
     :data:`lmcache_ascend.UNVERIFIED`.
     """
 
     def __init__(self, kernels: Kernels, device: Device, status: str, pinned_host: bool) -> None:
-        self.kernels = kernels
-        self.device = device
+        super().__init__(kernels, device)
         self._status = f"{kernels.name}: {status}; {UNVERIFIED}"
         self._pinned = pinned_host
 
@@ -130,59 +119,3 @@ class AscendHooks:
             status=self._status,
             extra={"kernels": self.kernels.name, "hardware": UNVERIFIED},
         )
-
-    @hookimpl
-    def lmcache_gather(
-        self,
-        layout: KVLayout,
-        kv_caches: Sequence[torch.Tensor],
-        slot_mapping: torch.Tensor,
-        out: torch.Tensor,
-        skip_prefix: int,
-        stream: int,
-    ) -> None:
-        self.kernels.gather(layout, kv_caches, slot_mapping, out, skip_prefix, stream)
-
-    @hookimpl
-    def lmcache_scatter(
-        self,
-        layout: KVLayout,
-        kv_caches: Sequence[torch.Tensor],
-        slot_mapping: torch.Tensor,
-        src: torch.Tensor,
-        skip_prefix: int,
-        stream: int,
-    ) -> None:
-        self.kernels.scatter(layout, kv_caches, slot_mapping, src, skip_prefix, stream)
-
-    @hookimpl
-    def lmcache_alloc_host(self, nbytes: int, pinned: bool) -> torch.Tensor:
-        return self.device.alloc_host(nbytes, pinned)
-
-    @hookimpl
-    def lmcache_new_stream(self, device: Any) -> int:
-        return self.device.new_stream(device)
-
-    @hookimpl
-    def lmcache_current_stream(self, device: Any) -> int:
-        return self.device.current_stream(device)
-
-    @hookimpl
-    def lmcache_record_event(self, stream: int) -> Any:
-        return self.device.record_event(stream)
-
-    @hookimpl
-    def lmcache_stream_wait_event(self, stream: int, event: Any) -> None:
-        self.device.stream_wait_event(stream, event)
-
-    @hookimpl
-    def lmcache_query_event(self, event: Any) -> bool:
-        return self.device.query_event(event)
-
-    @hookimpl
-    def lmcache_destroy_stream(self, stream: int) -> None:
-        self.device.destroy_stream(stream)
-
-    @hookimpl
-    def lmcache_synchronize(self, handle: Any) -> None:
-        self.device.synchronize(handle)

@@ -86,6 +86,22 @@ def _flat_planes(layout: KVLayout, kv_caches: Sequence[torch.Tensor]) -> list[to
     return flats
 
 
+def _prepare(
+    layout: KVLayout,
+    kv_caches: Sequence[torch.Tensor],
+    slot_mapping: torch.Tensor,
+    chunk: torch.Tensor,
+    skip_prefix: int,
+) -> tuple[_Rows, list[torch.Tensor], list[torch.Tensor]] | None:
+    """The live rows, the planes' flat views and the chunk's sections of one call; None when no
+    token is live (nothing to move). Every view is built here, before either direction writes."""
+    rows = _Rows(layout, slot_mapping, skip_prefix, kv_caches[0].device)
+    if rows.count == 0:
+        return None
+    flats = _flat_planes(layout, kv_caches)
+    return rows, flats, chunk_sections(layout, chunk, int(slot_mapping.shape[0]))
+
+
 def gather(
     layout: KVLayout,
     kv_caches: Sequence[torch.Tensor],
@@ -94,12 +110,11 @@ def gather(
     skip_prefix: int,
 ) -> None:
     """Copy the live tokens' rows of every plane into ``out`` (rows of skipped and -1 tokens untouched)."""
-    device = kv_caches[0].device
-    rows = _Rows(layout, slot_mapping, skip_prefix, device)
-    if rows.count == 0:
+    prepared = _prepare(layout, kv_caches, slot_mapping, out, skip_prefix)
+    if prepared is None:
         return
-    flats = _flat_planes(layout, kv_caches)
-    sections = chunk_sections(layout, out, int(slot_mapping.shape[0]))
+    rows, flats, sections = prepared
+    device = kv_caches[0].device
     for k, kind in enumerate(layout.kinds):
         index = rows.element_index(kind)
         staging = torch.empty(
@@ -125,12 +140,11 @@ def scatter(
     skip_prefix: int,
 ) -> None:
     """Copy the live tokens' chunk rows of ``src`` into every plane's slots; nothing else is written."""
-    device = kv_caches[0].device
-    rows = _Rows(layout, slot_mapping, skip_prefix, device)
-    if rows.count == 0:
+    prepared = _prepare(layout, kv_caches, slot_mapping, src, skip_prefix)
+    if prepared is None:
         return
-    flats = _flat_planes(layout, kv_caches)
-    sections = chunk_sections(layout, src, int(slot_mapping.shape[0]))
+    rows, flats, sections = prepared
+    device = kv_caches[0].device
     for k, kind in enumerate(layout.kinds):
         section = sections[k]
         if rows.token_index is None:

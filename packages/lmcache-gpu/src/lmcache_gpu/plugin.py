@@ -22,10 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import torch
-
+from lmcache_core.device_hooks import ForwardingHooks
 from lmcache_core.hookspecs import hookimpl
-from lmcache_core.layout import KVLayout
 from lmcache_core.layout_registry import LAYOUT_KINDS
 from lmcache_core.plugin_api import API_1_1, Capabilities, supported_dtypes
 from lmcache_gpu import build_info
@@ -84,8 +82,9 @@ def missing_images(devices: Sequence[Mapping[str, Any]], build_archs: Sequence[s
     return ", ".join(lacking)
 
 
-class GpuPlugin:
-    """The hooks of one GPU backend.
+class GpuPlugin(ForwardingHooks[GpuKernels, GpuKernels]):
+    """The hooks of one GPU backend: the identity hooks here; the kernel and device hooks
+    (:class:`lmcache_core.device_hooks.ForwardingHooks`) go to ``kernels``, which is its device too.
 
     ``kernels``: its :class:`GpuKernels`; ``driver_scan``: its vendor's driver scan (the GPUs the
     kernel driver shows, without the runtime), used to tell "no GPU here" from "GPUs this
@@ -93,7 +92,7 @@ class GpuPlugin:
     """
 
     def __init__(self, kernels: GpuKernels, driver_scan: Callable[[], GpuScan]) -> None:
-        self.kernels = kernels
+        super().__init__(kernels, kernels)
         self.driver_scan = driver_scan
 
     def status(self) -> tuple[str, dict[str, str]]:
@@ -164,59 +163,3 @@ class GpuPlugin:
             status=status,
             extra=extra,
         )
-
-    @hookimpl
-    def lmcache_gather(
-        self,
-        layout: KVLayout,
-        kv_caches: Sequence[torch.Tensor],
-        slot_mapping: torch.Tensor,
-        out: torch.Tensor,
-        skip_prefix: int,
-        stream: int,
-    ) -> None:
-        self.kernels.gather(layout, kv_caches, slot_mapping, out, skip_prefix, stream=stream)
-
-    @hookimpl
-    def lmcache_scatter(
-        self,
-        layout: KVLayout,
-        kv_caches: Sequence[torch.Tensor],
-        slot_mapping: torch.Tensor,
-        src: torch.Tensor,
-        skip_prefix: int,
-        stream: int,
-    ) -> None:
-        self.kernels.scatter(layout, kv_caches, slot_mapping, src, skip_prefix, stream=stream)
-
-    @hookimpl
-    def lmcache_alloc_host(self, nbytes: int, pinned: bool) -> torch.Tensor:
-        return self.kernels.alloc_host(nbytes, pinned=pinned)
-
-    @hookimpl
-    def lmcache_new_stream(self, device: Any) -> int:
-        return self.kernels.new_stream(device)
-
-    @hookimpl
-    def lmcache_record_event(self, stream: int) -> Any:
-        return self.kernels.record_event(stream)
-
-    @hookimpl
-    def lmcache_current_stream(self, device: Any) -> int:
-        return self.kernels.current_stream(device)
-
-    @hookimpl
-    def lmcache_stream_wait_event(self, stream: int, event: Any) -> None:
-        self.kernels.stream_wait_event(stream, event)
-
-    @hookimpl
-    def lmcache_query_event(self, event: Any) -> bool:
-        return self.kernels.query_event(event)
-
-    @hookimpl
-    def lmcache_destroy_stream(self, stream: int) -> None:
-        self.kernels.destroy_stream(stream)
-
-    @hookimpl
-    def lmcache_synchronize(self, handle: Any) -> None:
-        self.kernels.synchronize(handle)
