@@ -1,26 +1,25 @@
 """ForwardingHooks: a plugin built on it registers, owns all ten kernel and device hooks, and each
 hook reaches the same-named method of its kernels or device with the arguments and result unchanged.
 
-The kernels here are the reference backend's gather/scatter (the bytes are compared with the
-reference backend's own result); the device is a host one that logs each call.
+The kernels here are the reference backend's gather/scatter (the bytes, for one drawn case per layout
+variant, are compared with the reference backend's own result); the device is a host one that logs
+each call.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 import torch
 
 from lmcache_core.backend import Backend, reference_backend
-from lmcache_core.backends import reference
 from lmcache_core.device_hooks import ForwardingHooks
 from lmcache_core.hookspecs import hookimpl
-from lmcache_core.layout import KVLayout
-from lmcache_core.layout_registry import LAYOUT_KINDS, allocate_example, detect_layout
+from lmcache_core.layout_registry import LAYOUT_KINDS
 from lmcache_core.plugin_api import API_1_1, Capabilities, supported_dtypes
+from lmcache_core.testing.cases import Case, bits, make_cases, poison_
 
 
 class ReferenceKernels:
@@ -28,33 +27,16 @@ class ReferenceKernels:
 
     def __init__(self) -> None:
         self.streams: list[tuple[str, int]] = []
+        self._reference = reference_backend()
 
-    def gather(
-        self,
-        layout: KVLayout,
-        kv: Sequence[torch.Tensor],
-        slots: torch.Tensor,
-        out: torch.Tensor,
-        skip: int,
-        *,
-        stream: int,
-    ) -> str:
+    def gather(self, *args: Any, stream: int) -> str:
         self.streams.append(("gather", stream))
-        reference.lmcache_gather(layout, kv, slots, out, skip, 0)
+        self._reference.gather(*args)
         return "ignored"
 
-    def scatter(
-        self,
-        layout: KVLayout,
-        kv: Sequence[torch.Tensor],
-        slots: torch.Tensor,
-        src: torch.Tensor,
-        skip: int,
-        *,
-        stream: int,
-    ) -> str:
+    def scatter(self, *args: Any, stream: int) -> str:
         self.streams.append(("scatter", stream))
-        reference.lmcache_scatter(layout, kv, slots, src, skip, 0)
+        self._reference.scatter(*args)
         return "ignored"
 
 
@@ -108,44 +90,31 @@ class Forwarded(ForwardingHooks[ReferenceKernels, LoggedHostDevice]):
         return Capabilities(layouts=frozenset(LAYOUT_KINDS), dtypes=supported_dtypes(), status="forwarded")
 
 
-def _kv() -> tuple[list[torch.Tensor], KVLayout]:
-    kv, hints = allocate_example(
-        "vllm_flash_nhd",
-        num_layers=2,
-        num_blocks=4,
-        block_size=4,
-        num_kv_heads=2,
-        head_size=8,
-        dtype=torch.float32,
-    )
-    generator = torch.Generator().manual_seed(5)
-    for t in kv:
-        t.copy_(torch.randn(t.shape, generator=generator))
-    return kv, detect_layout(kv, hints)
-
-
 @pytest.fixture
 def plugin() -> Forwarded:
     return Forwarded(ReferenceKernels(), LoggedHostDevice())
 
 
-def test_gather_and_scatter_move_the_reference_bytes_with_the_stream_by_keyword(plugin: Forwarded) -> None:
-    backend = Backend("forwarded", plugin, reference=reference_backend())
-    kv, layout = _kv()
+@pytest.mark.parametrize("case", make_cases(seed=21, count=1), ids=lambda c: c.id)
+def test_gather_and_scatter_move_the_reference_bytes_with_the_stream_by_keyword(case: Case) -> None:
+    plugin = Forwarded(ReferenceKernels(), LoggedHostDevice())
+    backend, ref = Backend("forwarded", plugin, reference=reference_backend()), reference_backend()
+    kv, layout = case.random_kv()
     assert backend.kernel_name(layout) == "forwarded"
-    slots = torch.tensor([5, -1, 0, 12, 9, 3], dtype=torch.int64)
-    chunk = torch.full((layout.chunk_format.nbytes(6),), 0xAB, dtype=torch.uint8)
+    slots = torch.tensor(case.slot_mapping, dtype=torch.int64)
+    chunk = poison_(torch.empty(layout.chunk_format.nbytes(case.num_tokens), dtype=torch.uint8))
     expected = chunk.clone()
-    reference_backend().gather(layout, kv, slots, expected, skip_prefix=1)
-    backend.gather(layout, kv, slots, chunk, skip_prefix=1, stream=7)
+    ref.gather(layout, kv, slots, expected, skip_prefix=case.skip_prefix)
+    backend.gather(layout, kv, slots, chunk, skip_prefix=case.skip_prefix, stream=7)
     assert torch.equal(chunk, expected)
 
-    restored = [torch.zeros_like(t) for t in kv]
-    want = [torch.zeros_like(t) for t in kv]
-    reference_backend().scatter(layout, want, slots, chunk, skip_prefix=1)
-    backend.scatter(layout, restored, slots, chunk, skip_prefix=1, stream=9)
-    assert all(torch.equal(a, b) for a, b in zip(restored, want, strict=True))
-    assert any(bool(t.any()) for t in restored)  # the scatter wrote something
+    restored, want = case.poisoned_kv()[0], case.poisoned_kv()[0]
+    ref.scatter(layout, want, slots, chunk, skip_prefix=case.skip_prefix)
+    backend.scatter(layout, restored, slots, chunk, skip_prefix=case.skip_prefix, stream=9)
+    assert all(torch.equal(bits(a), bits(b)) for a, b in zip(restored, want, strict=True))
+    untouched = case.poisoned_kv()[0]
+    wrote = any(not torch.equal(bits(a), bits(b)) for a, b in zip(restored, untouched, strict=True))
+    assert wrote == bool(case.live_tokens())
     assert plugin.kernels.streams == [("gather", 7), ("scatter", 9)]
 
 
