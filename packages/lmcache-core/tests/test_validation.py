@@ -272,6 +272,29 @@ def test_chunk_not_contiguous(op: tuple[str, Call]) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("num_tokens", "contiguous"),
+    [(1, True), (0, False)],
+    ids=["size-1 token axis: its stride is free", "empty chunk: strides still row-major"],
+)
+def test_chunk_contiguity_is_judged_as_the_array_adapter_does(
+    op: tuple[str, Call], num_tokens: int, contiguous: bool
+) -> None:
+    """The torch path reads the tensor's own metadata (no ArrayInfo); its contiguity test must
+    still be :meth:`ArrayInfo.is_contiguous`, also where torch's own differs (empty tensors)."""
+    from lmcache_core.arrays import array_info
+
+    name, call = op
+    kv, layout = nhd()
+    odd = torch.zeros(2, L, H * D, num_tokens, dtype=torch.float16).transpose(2, 3)
+    assert array_info(odd).is_contiguous() is contiguous and odd.is_contiguous()  # torch: both
+    slots = SLOTS[:num_tokens]
+    if contiguous:
+        call(layout, kv, slots, odd)
+    else:
+        raises(ValueError, lambda: call(layout, kv, slots, odd), f"{name}:", "expected a contiguous tensor")
+
+
 def test_chunk_not_a_tensor(op: tuple[str, Call]) -> None:
     name, call = op
     kv, layout = nhd()

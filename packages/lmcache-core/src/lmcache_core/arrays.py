@@ -69,8 +69,14 @@ class ArrayInfo:
 
     def is_contiguous(self) -> bool:
         """True when the elements are dense and row-major (size-1 axes' strides are free)."""
-        expected = contiguous_strides(self.shape)
-        return all(n == 1 or s == c for n, s, c in zip(self.shape, self.strides, expected, strict=True))
+        return is_contiguous(self.shape, self.strides)
+
+
+def is_contiguous(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    """True when ``strides`` (elements) lay ``shape`` out dense and row-major (size-1 axes' strides
+    are free)."""
+    expected = contiguous_strides(shape)
+    return all(n == 1 or s == c for n, s, c in zip(shape, strides, expected, strict=True))
 
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -116,6 +122,18 @@ def array_info(obj: object, name: str = "array") -> ArrayInfo:
     )
 
 
+#: torch.dtype -> its name without ``torch.`` (filled as dtypes are met; a handful per process)
+_TORCH_DTYPE_NAMES: dict[Any, str] = {}
+
+
+def torch_dtype_name(dtype: Any) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: the dtype text of :attr:`ArrayInfo.dtype` for torch."""
+    name = _TORCH_DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _TORCH_DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
+
+
 def _torch_info(t: Any) -> ArrayInfo:
     size = t.element_size()
     device = t.device
@@ -128,7 +146,7 @@ def _torch_info(t: Any) -> ArrayInfo:
         family=TORCH,
         shape=tuple(t.shape),
         strides=tuple(t.stride()),
-        dtype=str(t.dtype).removeprefix("torch."),
+        dtype=torch_dtype_name(t.dtype),
         element_size=size,
         device=str(device),
         device_type=device.type,

@@ -16,24 +16,35 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from lmcache_core.arrays import NUMPY, TORCH, ArrayInfo, array_family, array_info, type_text
-from lmcache_core.layout import MAX_KINDS, MAX_LEVELS, KVLayout
+from lmcache_core.arrays import (
+    NUMPY,
+    TORCH,
+    ArrayInfo,
+    array_family,
+    array_info,
+    is_contiguous,
+    torch_dtype_name,
+    type_text,
+)
+from lmcache_core.layout import MAX_KINDS, MAX_LEVELS, ChunkFormat, KVLayout
 
-# layout -> weak references to the tensors last checked against it. Engines pass the same KV
-# tensors on every call, so a repeat check is an identity comparison (a tensor resized in place
-# with ``set_``/``resize_`` after registration is not noticed; engines do not do that).
-_checked: dict[KVLayout, tuple[weakref.ref[Any], ...]] = {}
+# id(layout) -> (the layout, weak references to the tensors last checked against it). Engines
+# pass the same layout and KV tensors on every call, so a repeat check is an identity comparison
+# (a tensor resized in place with ``set_``/``resize_`` after registration is not noticed; engines
+# do not do that). Keyed by identity, not equality: hashing a layout costs ~1 us a call. The
+# layout is held, so its id is not reused while it is here; an equal layout that is another
+# object is checked again.
+_checked: dict[int, tuple[KVLayout, tuple[weakref.ref[Any], ...]]] = {}
 
 
 def _seen_before(layout: KVLayout, kv_caches: Sequence[Any]) -> bool:
-    refs = _checked.get(layout)
-    return (
-        refs is not None
-        and len(refs) == len(kv_caches)
-        and all(r() is t for r, t in zip(refs, kv_caches, strict=True))
-    )
+    hit = _checked.get(id(layout))
+    if hit is None or hit[0] is not layout:
+        return False
+    refs = hit[1]
+    return len(refs) == len(kv_caches) and all(r() is t for r, t in zip(refs, kv_caches, strict=True))
 
 
 _INT64_MAX = 2**63 - 1
@@ -177,8 +188,34 @@ def check_kv_caches(layout: KVLayout, kv_caches: Sequence[Any]) -> str:
     check_planes_fit(layout, kv_caches)
     if len(_checked) > 64:  # bounded: a process registers a handful of layouts
         _checked.clear()
-    _checked[layout] = tuple(weakref.ref(t) for t in kv_caches)
+    _checked[id(layout)] = (layout, tuple(weakref.ref(t) for t in kv_caches))
     return first.family
+
+
+class _Format(NamedTuple):
+    """A layout's chunk format and what :func:`check_chunk` reads of it on every call."""
+
+    fmt: ChunkFormat
+    dtype: str | None  # the dtype of every section when they are alike (the 4-D form), else None
+    hidden: int  # the sections' common hidden (0 when they differ)
+
+
+# id(layout) -> (the layout, its _Format). Building the format costs ~3 us a call; the layout is
+# held, so its id is not reused while it is here.
+_formats: dict[int, tuple[KVLayout, _Format]] = {}
+
+
+def _chunk_format(layout: KVLayout) -> _Format:
+    hit = _formats.get(id(layout))
+    if hit is not None and hit[0] is layout:
+        return hit[1]
+    fmt = layout.chunk_format
+    uniform = fmt.is_uniform
+    facts = _Format(fmt, fmt.dtype if uniform else None, fmt.hidden if uniform else 0)
+    if len(_formats) > 64:  # bounded: a process registers a handful of layouts
+        _formats.clear()
+    _formats[id(layout)] = (layout, facts)
+    return facts
 
 
 def _host_chunk_types(family: str) -> str:
@@ -197,36 +234,45 @@ def check_chunk(name: str, layout: KVLayout, chunk: Any, family: str = TORCH) ->
     chunk_family = array_family(chunk)
     if chunk_family not in ((TORCH,) if family == TORCH else (NUMPY, TORCH)):
         raise TypeError(f"{name}: expected {_host_chunk_types(family)}, given {type_text(chunk)}")
-    info = array_info(chunk, name)
-    if family != TORCH and info.device_type != "cpu":
-        raise ValueError(f"{name}: expected a chunk in host memory ({family} KV), given device {info.device}")
-    fmt = layout.chunk_format
-    if info.ndim == 1 and info.dtype == "uint8" and not (fmt.is_uniform and fmt.dtype == "uint8"):
-        if info.shape[0] % fmt.token_nbytes:
+    if family == TORCH:  # torch fast path: the tensor's own metadata, no ArrayInfo (~4 us a call)
+        dtype, shape, strides = torch_dtype_name(chunk.dtype), tuple(chunk.shape), chunk.stride()
+        # torch's own test agrees with ArrayInfo.is_contiguous (size-1 axes free) unless empty
+        contiguous = chunk.is_contiguous() if chunk.numel() else is_contiguous(shape, strides)
+        writable = True
+    else:
+        info = array_info(chunk, name)
+        if info.device_type != "cpu":
+            raise ValueError(
+                f"{name}: expected a chunk in host memory ({family} KV), given device {info.device}"
+            )
+        dtype, shape, strides = info.dtype, info.shape, info.strides
+        contiguous, writable = info.is_contiguous(), info.writable
+    fmt, uniform_dtype, hidden = _chunk_format(layout)
+    if len(shape) == 1 and dtype == "uint8" and uniform_dtype != "uint8":
+        if shape[0] % fmt.token_nbytes:
             raise ValueError(
                 f"{name}: expected uint8 bytes of whole tokens ({fmt.token_nbytes} bytes per token of "
-                f"chunk format {fmt.tag}), given {info.shape[0]} bytes"
+                f"chunk format {fmt.tag}), given {shape[0]} bytes"
             )
-        num_tokens = info.shape[0] // fmt.token_nbytes
-    elif not fmt.is_uniform:
+        num_tokens = shape[0] // fmt.token_nbytes
+    elif uniform_dtype is None:
         raise ValueError(
             f"{name}: expected contiguous uint8 [num_tokens * {fmt.token_nbytes}] (chunk format "
-            f"{fmt.tag} has sections of different widths or dtypes), given {info.dtype} {info.shape}"
+            f"{fmt.tag} has sections of different widths or dtypes), given {dtype} {shape}"
         )
     else:
-        if info.dtype != fmt.dtype:
-            raise TypeError(f"{name}: expected dtype {fmt.dtype}, given {info.dtype}")
-        if info.ndim != 4 or (
-            info.shape[0] != fmt.num_kv or info.shape[1] != fmt.num_layers or info.shape[3] != fmt.hidden
-        ):
+        if dtype != uniform_dtype:
+            raise TypeError(f"{name}: expected dtype {uniform_dtype}, given {dtype}")
+        num_kv, num_layers = fmt.num_kv, fmt.num_layers
+        if len(shape) != 4 or shape[0] != num_kv or shape[1] != num_layers or shape[3] != hidden:
             raise ValueError(
-                f"{name}: expected shape [{fmt.num_kv}, {fmt.num_layers}, num_tokens, "
-                f"{fmt.hidden}] ([num_kv, num_layers, num_tokens, hidden]), given {info.shape}"
+                f"{name}: expected shape [{num_kv}, {num_layers}, num_tokens, "
+                f"{hidden}] ([num_kv, num_layers, num_tokens, hidden]), given {shape}"
             )
-        num_tokens = info.shape[2]
-    if not info.is_contiguous():
-        raise ValueError(f"{name}: expected a contiguous tensor, given strides {info.strides}")
-    if not info.writable:
+        num_tokens = shape[2]
+    if not contiguous:
+        raise ValueError(f"{name}: expected a contiguous tensor, given strides {tuple(strides)}")
+    if not writable:
         raise ValueError(f"{name}: expected a writable array, given a read-only one")
     return num_tokens
 
@@ -250,18 +296,22 @@ def check_slot_mapping(
             f"slot_mapping: expected {_slot_types(family)} (the KV are {family} arrays), "
             f"given {type_text(slot_mapping)}"
         )
-    info = array_info(slot_mapping, "slot_mapping")
-    if info.dtype != "int64":
-        raise TypeError(f"slot_mapping: expected dtype int64, given {info.dtype}")
-    if info.ndim != 1 or info.shape[0] != num_tokens:
+    if family == TORCH:  # torch fast path: the tensor's own metadata, no ArrayInfo
+        dtype, shape = torch_dtype_name(slot_mapping.dtype), tuple(slot_mapping.shape)
+    else:
+        info = array_info(slot_mapping, "slot_mapping")
+        dtype, shape = info.dtype, info.shape
+    if dtype != "int64":
+        raise TypeError(f"slot_mapping: expected dtype int64, given {dtype}")
+    if len(shape) != 1 or shape[0] != num_tokens:
         raise ValueError(
-            f"slot_mapping: expected shape [{num_tokens}] (one slot per chunk token), given {info.shape}"
+            f"slot_mapping: expected shape [{num_tokens}] (one slot per chunk token), given {shape}"
         )
     if isinstance(skip_prefix, bool) or not isinstance(skip_prefix, int):
         raise TypeError(f"skip_prefix: expected int, given {type(skip_prefix).__name__}")
     if not 0 <= skip_prefix <= num_tokens:
         raise ValueError(f"skip_prefix: expected 0 <= skip_prefix <= {num_tokens}, given {skip_prefix}")
-    live = slot_mapping[skip_prefix:]
+    live = slot_mapping[skip_prefix:] if skip_prefix else slot_mapping  # a view costs ~1 us
     if int(live.shape[0]) == 0:
         return
     if family == TORCH:
