@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lmcache_core.arrays import array_info, torch_twins
+from lmcache_core.arrays import ArrayInfo, array_info, torch_twins
 from lmcache_core.config import CacheEngineConfig
 from lmcache_core.keys import CacheKey, KeyScope, salt_tag
 from lmcache_core.layout import ChunkFormat, KVCacheSpec, KVLayout
@@ -158,11 +158,113 @@ def detect_spec(groups: list[list[Any]], group_hints: list[LayoutHints]) -> KVCa
     )
 
 
+def check_slot_groups(slot_mapping: Any, num_groups: int, num_tokens: int) -> list[Any]:
+    """``slot_mapping`` as a list of one ``[num_tokens]`` slot array per layer group (one array
+    stands for one group); ValueError naming ``slot_mapping`` when the count or a shape is off."""
+    slots = list(slot_mapping) if isinstance(slot_mapping, (list, tuple)) else [slot_mapping]
+    if len(slots) != num_groups:
+        raise ValueError(
+            f"slot_mapping: expected one int64 tensor per layer group ({num_groups}), given {len(slots)}"
+        )
+    for i, sm in enumerate(slots):
+        if not hasattr(sm, "shape") or len(sm.shape) != 1 or sm.shape[0] != num_tokens:
+            shape = tuple(sm.shape) if hasattr(sm, "shape") else type(sm).__name__
+            raise ValueError(
+                f"slot_mapping[{i}]: expected a 1-D tensor of {num_tokens} slots (one per token), given {shape}"
+            )
+    return slots
+
+
+def chunk_views(spec: KVCacheSpec, buffer: torch.Tensor, num_tokens: int) -> list[torch.Tensor]:
+    """Each layer group's chunk inside the uint8 ``buffer`` (every group's rows, back to back): the
+    typed 4-D ``[num_kv, num_layers, num_tokens, hidden]`` when its sections are alike, else its
+    uint8 bytes (the sections back to back, :class:`~lmcache_core.layout.ChunkFormat`)."""
+    import torch
+
+    views, offset = [], 0
+    for g in spec.groups:
+        fmt = g.chunk_format
+        n = fmt.nbytes(num_tokens)
+        part = buffer[offset : offset + n]
+        if fmt.is_uniform:
+            part = part.view(getattr(torch, fmt.dtype)).view(fmt.shape(num_tokens))
+        views.append(part)
+        offset += n
+    return views
+
+
+class RegisteredKV:
+    """What an engine front keeps of the KV it registered: the backend chosen for the KV's device,
+    the detected :class:`~lmcache_core.layout.KVCacheSpec`, and the device and copy stream.
+
+    The one home of this set-up for :class:`CacheEngine`,
+    :class:`~lmcache_core.server.remote.RemoteCacheEngine` and the vLLM worker's
+    :class:`~lmcache_core.integrations.vllm.server_engine.ServerEngine`. A subclass sets
+    ``_backend`` (None: chosen at the first registration) and ``_spec`` (None) in ``__init__``,
+    and ``_device`` (None) and ``_stream`` (0) when it copies on a stream of its own.
+    """
+
+    _backend: Backend | None
+    _spec: KVCacheSpec | None
+    _device: Any
+    _stream: int
+
+    @property
+    def backend(self) -> Backend:
+        """The backend moving KV; chosen for the KV's device at ``register_kv_caches``."""
+        if self._backend is None:
+            raise RuntimeError("backend: not chosen yet; call register_kv_caches first")
+        return self._backend
+
+    @property
+    def spec(self) -> KVCacheSpec:
+        """The layout of each registered layer group."""
+        if self._spec is None:
+            raise RuntimeError("spec: no KV caches registered; call register_kv_caches first")
+        return self._spec
+
+    def _choose_backend(self, groups: list[list[Any]], wanted: str | None) -> ArrayInfo:
+        """Choose the backend for the device and array family of the KV ``groups`` unless one was
+        given or chosen before (``wanted``: ``config.backend``); returns the first array's
+        :class:`~lmcache_core.arrays.ArrayInfo`."""
+        first = array_info(_first_array(groups), "kv_caches[0]")
+        if self._backend is None:
+            from lmcache_core.selection import select_backend
+
+            selection = select_backend(first.device_type, wanted, first.family)
+            self._backend = selection.backend
+            logger.info(
+                "backend %s (%s) for %s KV on %s",
+                self._backend.name,
+                selection.why,
+                first.family,
+                first.device,
+            )
+        return first
+
+    def _open_stream(self, groups: list[list[Any]], first: ArrayInfo) -> None:
+        """At the first registration: the KV's device and a new stream of the backend on it."""
+        if self._device is None:
+            # torch: the torch.device the stream hooks take; other families: the device in words
+            self._device = _first_array(groups).device if first.family == "torch" else first.device
+            self._stream = self.backend.new_stream(self._device)
+
+
 def _flat_arrays(kv_caches: Any) -> list[Any]:
     """Every array of nested lists/tuples, in order."""
     if isinstance(kv_caches, (list, tuple)):
         return [t for item in kv_caches for t in _flat_arrays(item)]
     return [kv_caches]
+
+
+def kv_fingerprint(groups: list[list[Any]]) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """Address (object id for arrays without one, JAX) and shape of every KV array: what tells a
+    front that the engine passes the KV it registered."""
+    out = []
+    for t in _flat_arrays(groups):
+        info = array_info(t, "kv_caches")
+        out.append((info.address if info.address is not None else id(t), info.shape))
+    return tuple(out)
 
 
 def _nest_like(kv_caches: Any, groups: list[list[Any]]) -> Any:
@@ -179,7 +281,7 @@ def _check_skip(skip_leading_tokens: Any) -> None:
         raise ValueError(f"skip_leading_tokens: expected a non-negative int, given {skip_leading_tokens!r}")
 
 
-class CacheEngine:
+class CacheEngine(RegisteredKV):
     """Chunked KV cache for one engine process (one tensor-parallel rank).
 
     ``tokens``: the prompt's token ids (list, numpy or CPU tensor, ``[num_tokens]``).
@@ -237,19 +339,6 @@ class CacheEngine:
 
     # ---- set-up --------------------------------------------------------------------------------
 
-    @property
-    def backend(self) -> Backend:
-        """The backend moving KV; chosen for the KV's device at :meth:`register_kv_caches`."""
-        if self._backend is None:
-            raise RuntimeError("backend: not chosen yet; call register_kv_caches first")
-        return self._backend
-
-    @property
-    def spec(self) -> KVCacheSpec:
-        if self._spec is None:
-            raise RuntimeError("spec: no KV caches registered; call register_kv_caches first")
-        return self._spec
-
     def register_kv_caches(
         self, kv_caches: KVGroups, hints: LayoutHints | Sequence[LayoutHints] | None = None
     ) -> KVCacheSpec:
@@ -257,31 +346,15 @@ class CacheEngine:
         groups = _as_groups(kv_caches)
         hints = hints if hints is not None else self._hints
         spec = detect_spec(groups, hints_per_group(hints, len(groups)))
-        first = array_info(_first_array(groups), "kv_caches[0]")
-        if self._backend is None:
-            from lmcache_core.selection import select_backend
-
-            selection = select_backend(first.device_type, self.config.backend, first.family)
-            self._backend = selection.backend
-            logger.info(
-                "backend %s (%s) for %s KV on %s",
-                self._backend.name,
-                selection.why,
-                first.family,
-                first.device,
-            )
-        if self._device is None:
-            # torch: the torch.device the stream hooks take; other families: the device in words
-            self._device = _first_array(groups).device if first.family == "torch" else first.device
-            self._stream = self.backend.new_stream(self._device)
+        self._open_stream(groups, self._choose_backend(groups, self.config.backend))
         if self._spec_tag is not None and self._spec_tag != spec.tag:
             raise ValueError(f"kv_caches: expected chunk format {self._spec_tag}, given {spec.tag}")
         self._spec = spec
         self._spec_tag = spec.tag
         self._formats = tuple(g.chunk_format for g in spec.groups)
-        self._registered = self._fingerprint(groups)
+        self._registered = kv_fingerprint(groups)
         if self._l1 is None:
-            backend = self._backend
+            backend = self.backend
             pinned = self.config.pinned
             self._l1 = L1Pool(self.config.l1_bytes, lambda n: backend.alloc_host(n, pinned))
             if self._tiers is not None:
@@ -290,33 +363,13 @@ class CacheEngine:
             logger.info("layout %s", g.describe())
         return spec
 
-    @staticmethod
-    def _fingerprint(groups: list[list[Any]]) -> tuple[tuple[int, tuple[int, ...]], ...]:
-        """Address (object id for arrays without one, JAX) and shape of every KV array."""
-        out = []
-        for t in _flat_arrays(groups):
-            info = array_info(t, "kv_caches")
-            out.append((info.address if info.address is not None else id(t), info.shape))
-        return tuple(out)
-
     def _prepare(
         self, kv_caches: KVGroups, slot_mapping: Any, num_tokens: int
     ) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
         groups = _as_groups(kv_caches)
-        if self._spec is None or self._fingerprint(groups) != self._registered:
+        if self._spec is None or kv_fingerprint(groups) != self._registered:
             self.register_kv_caches(groups)
-        slots = list(slot_mapping) if isinstance(slot_mapping, (list, tuple)) else [slot_mapping]
-        if len(slots) != len(groups):
-            raise ValueError(
-                f"slot_mapping: expected one int64 tensor per layer group ({len(groups)}), given {len(slots)}"
-            )
-        for i, sm in enumerate(slots):
-            if not hasattr(sm, "shape") or len(sm.shape) != 1 or sm.shape[0] != num_tokens:
-                shape = tuple(sm.shape) if hasattr(sm, "shape") else type(sm).__name__
-                raise ValueError(
-                    f"slot_mapping[{i}]: expected a 1-D tensor of {num_tokens} slots (one per token), "
-                    f"given {shape}"
-                )
+        slots = check_slot_groups(slot_mapping, len(groups), num_tokens)
         return [flatten_kv_caches(g) for g in groups], slots
 
     def _scope(self, cache_salt: str | None) -> KeyScope:
@@ -336,23 +389,6 @@ class CacheEngine:
         salt = cache_salt if cache_salt is not None else self.config.cache_salt
         scope = self._scope(cache_salt)
         return len(arr), [(s, e, scope.key(h)) for s, e, h in self._chunker.prefix_hashes(arr, salt)]
-
-    def _chunk_views(self, buffer: torch.Tensor, num_tokens: int) -> list[torch.Tensor]:
-        """Each group's chunk inside the uint8 ``buffer``: the typed 4-D ``[num_kv, num_layers,
-        num_tokens, hidden]`` when its sections are alike, else its uint8 bytes (the sections back
-        to back, :class:`~lmcache_core.layout.ChunkFormat`)."""
-        import torch
-
-        views, offset = [], 0
-        for g in self.spec.groups:
-            fmt = g.chunk_format
-            n = fmt.nbytes(num_tokens)
-            part = buffer[offset : offset + n]
-            if fmt.is_uniform:
-                part = part.view(getattr(torch, fmt.dtype)).view(fmt.shape(num_tokens))
-            views.append(part)
-            offset += n
-        return views
 
     def _ref(self, key: CacheKey, num_tokens: int) -> ChunkRef:
         """What the L2 tiers need to know of the chunk ``key`` of ``num_tokens`` tokens."""
@@ -419,7 +455,11 @@ class CacheEngine:
             queued = False
             try:
                 for layout, kv, sm, view in zip(
-                    self.spec.groups, groups, chunk_slots, self._chunk_views(buffer, end - start), strict=True
+                    self.spec.groups,
+                    groups,
+                    chunk_slots,
+                    chunk_views(self.spec, buffer, end - start),
+                    strict=True,
                 ):
                     queued = True
                     self.backend.gather(layout, kv, sm, view, 0, self._stream)
@@ -559,7 +599,7 @@ class CacheEngine:
                 ordered = True
             try:
                 skip = max(0, skip_leading_tokens - start)
-                views = self._chunk_views(entry.buffer, end - start)
+                views = chunk_views(self.spec, entry.buffer, end - start)
                 for g, (layout, sm, view) in enumerate(zip(self.spec.groups, slots, views, strict=True)):
                     # a functional backend returns new arrays: the next chunk goes into those
                     groups[g] = self.backend.scatter(
@@ -584,7 +624,7 @@ class CacheEngine:
         with self._lock:
             self.stats.retrieved_tokens += loaded
         if self.backend.functional and loaded_chunks:  # the engine continues with the new arrays
-            self._registered = self._fingerprint(groups)
+            self._registered = kv_fingerprint(groups)
         return CacheResult(
             loaded,
             loaded_bytes,

@@ -30,15 +30,17 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from lmcache_core.arrays import array_info
 from lmcache_core.cache_engine import (
     CacheResult,
     KVGroups,
+    RegisteredKV,
     _as_groups,
-    _first_array,
     _nest_like,
+    check_slot_groups,
+    chunk_views,
     detect_spec,
     hints_per_group,
+    kv_fingerprint,
 )
 from lmcache_core.config import CacheEngineConfig
 from lmcache_core.layout import ChunkFormat, KVCacheSpec
@@ -58,7 +60,7 @@ logger = logging.getLogger(__name__)
 _SERVER_FAILURES = (ServerUnavailable, ServerError)
 
 
-class RemoteCacheEngine:
+class RemoteCacheEngine(RegisteredKV):
     """One engine rank's cache, kept by the server at ``endpoint``.
 
     ``config``: the engine's settings (model_id, world_size, rank, cache_salt, backend;
@@ -103,18 +105,6 @@ class RemoteCacheEngine:
             self._register(self._formats)
 
     # ---- set-up ----------------------------------------------------------------------------------
-
-    @property
-    def backend(self) -> Backend:
-        if self._backend is None:
-            raise RuntimeError("backend: not chosen yet; call register_kv_caches first")
-        return self._backend
-
-    @property
-    def spec(self) -> KVCacheSpec:
-        if self._spec is None:
-            raise RuntimeError("spec: no KV caches registered; call register_kv_caches first")
-        return self._spec
 
     def _register(self, formats: tuple[ChunkFormat, ...]) -> bool:
         c = self.config
@@ -225,14 +215,8 @@ class RemoteCacheEngine:
         hints = hints if hints is not None else self._hints
         group_hints = hints_per_group(hints, len(groups))
         spec = detect_spec(groups, group_hints)
-        first = array_info(_first_array(groups), "kv_caches[0]")
-        if self._backend is None:
-            from lmcache_core.selection import select_backend
-
-            self._backend = select_backend(first.device_type, self.config.backend, first.family).backend
-        if self._device is None:
-            self._device = _first_array(groups).device if first.family == "torch" else first.device
-            self._stream = self.backend.new_stream(self._device)
+        first = self._choose_backend(groups, self.config.backend)
+        self._open_stream(groups, first)
         formats = tuple(g.chunk_format for g in spec.groups)
         if self._formats is not None and "+".join(f.tag for f in formats) != "+".join(
             f.tag for f in self._formats
@@ -242,9 +226,7 @@ class RemoteCacheEngine:
             )
         self._spec = spec
         self._formats = formats
-        self._fingerprint = tuple(
-            (array_info(t, "kv_caches").address, tuple(t.shape)) for g in groups for t in _flat(g)
-        )
+        self._fingerprint = kv_fingerprint(groups)
         if self._ready() and first.device_type == "cuda" and first.family == "torch":
             self._setup_ipc(groups, group_hints, spec)
         return spec
@@ -253,36 +235,10 @@ class RemoteCacheEngine:
         self, kv_caches: KVGroups, slot_mapping: Any, num_tokens: int
     ) -> tuple[list[list[torch.Tensor]], list[Any]]:
         groups = _as_groups(kv_caches)
-        fp = tuple((array_info(t, "kv_caches").address, tuple(t.shape)) for g in groups for t in _flat(g))
-        if self._spec is None or fp != self._fingerprint:
+        if self._spec is None or kv_fingerprint(groups) != self._fingerprint:
             self.register_kv_caches(groups)
-        slots = list(slot_mapping) if isinstance(slot_mapping, (list, tuple)) else [slot_mapping]
-        if len(slots) != len(groups):
-            raise ValueError(
-                f"slot_mapping: expected one int64 tensor per layer group ({len(groups)}), given {len(slots)}"
-            )
-        for i, sm in enumerate(slots):
-            if not hasattr(sm, "shape") or len(sm.shape) != 1 or sm.shape[0] != num_tokens:
-                shape = tuple(sm.shape) if hasattr(sm, "shape") else type(sm).__name__
-                raise ValueError(
-                    f"slot_mapping[{i}]: expected a 1-D tensor of {num_tokens} slots (one per token), given {shape}"
-                )
+        slots = check_slot_groups(slot_mapping, len(groups), num_tokens)
         return [flatten_kv_caches(g) for g in groups], slots
-
-    def _views(self, buffer: torch.Tensor, num_tokens: int) -> list[torch.Tensor]:
-        """Each group's chunk inside a slot's uint8 bytes (typed 4-D when its sections are alike)."""
-        import torch
-
-        views, offset = [], 0
-        for g in self.spec.groups:
-            fmt = g.chunk_format
-            n = fmt.nbytes(num_tokens)
-            part = buffer[offset : offset + n]
-            if fmt.is_uniform:
-                part = part.view(getattr(torch, fmt.dtype)).view(fmt.shape(num_tokens))
-            views.append(part)
-            offset += n
-        return views
 
     def _miss(self, what: str, error: Exception) -> None:
         self.failures += 1
@@ -349,7 +305,7 @@ class RemoteCacheEngine:
         try:
             self.backend.order_after_compute(self._stream, self._device)
             for slot in lease.slots:
-                views = self._views(self.client.view(slot), slot.end - slot.start)
+                views = chunk_views(self.spec, self.client.view(slot), slot.end - slot.start)
                 for layout, kv, sm, view in zip(self.spec.groups, groups, slots, views, strict=True):
                     self.backend.gather(layout, kv, sm[slot.start : slot.end], view, 0, self._stream)
                 filled += 1
@@ -415,7 +371,7 @@ class RemoteCacheEngine:
             self.backend.order_after_compute(self._stream, self._device)
             for slot in lease.slots:
                 skip = max(0, skip_leading_tokens - slot.start)
-                views = self._views(self.client.view(slot), slot.end - slot.start)
+                views = chunk_views(self.spec, self.client.view(slot), slot.end - slot.start)
                 for g, (layout, sm, view) in enumerate(zip(self.spec.groups, slots, views, strict=True)):
                     groups[g] = self.backend.scatter(
                         layout, groups[g], sm[slot.start : slot.end], view, skip, self._stream
@@ -504,9 +460,3 @@ class RemoteCacheEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _flat(group: Any) -> list[Any]:
-    if isinstance(group, (list, tuple)):
-        return [t for item in group for t in _flat(item)]
-    return [group]

@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from lmcache_core.cache_engine import CacheResult
+from lmcache_core.cache_engine import CacheResult, RegisteredKV
 from lmcache_core.config import CacheEngineConfig
 from lmcache_core.layout import KVCacheSpec
 from lmcache_core.layout_registry import LayoutHints, detect_layout, flatten_kv_caches
@@ -53,7 +53,7 @@ BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 8.0
 
 
-class ServerEngine:
+class ServerEngine(RegisteredKV):
     """The worker's cache calls served by a cache server (see the module docstring)."""
 
     def __init__(self, config: CacheEngineConfig, client: CacheClient, engine_name: str) -> None:
@@ -73,30 +73,14 @@ class ServerEngine:
 
     # ---- set-up ---------------------------------------------------------------------------------
 
-    @property
-    def backend(self) -> Backend:
-        if self._backend is None:
-            raise RuntimeError("backend: not chosen yet; call register_kv_caches first")
-        return self._backend
-
-    @property
-    def spec(self) -> KVCacheSpec:
-        if self._spec is None:
-            raise RuntimeError("spec: no KV caches registered; call register_kv_caches first")
-        return self._spec
-
     def register_kv_caches(
         self, kv_caches: Sequence[torch.Tensor], hints: LayoutHints | None = None
     ) -> KVCacheSpec:
         """Detect the layout, choose the backend, and register this rank with the server (if it
         is unreachable now, the first call that reaches it registers first)."""
-        from lmcache_core.selection import select_backend
-
         self._kv = list(flatten_kv_caches(list(kv_caches)))
         self._spec = KVCacheSpec((detect_layout(list(kv_caches), hints or LayoutHints()),))
-        first = self._kv[0]
-        if self._backend is None:
-            self._backend = select_backend(first.device.type, self.config.backend, "torch").backend
+        self._choose_backend([self._kv], self.config.backend)
         self._registered = False
         self._guard("register", lambda: None, None)  # registers when the server is reachable
         return self._spec
