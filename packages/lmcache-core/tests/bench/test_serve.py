@@ -5,11 +5,14 @@ numbers are in docs/performance.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import threading
+import time
 
 import pytest
 
+from lmcache_core.bench.serve import combine
 from lmcache_core.bench.serve_load import (
     ChatSpec,
     Result,
@@ -17,6 +20,7 @@ from lmcache_core.bench.serve_load import (
     percentile,
     summarize,
     system_prompt,
+    turn_schedule,
     user_turn,
 )
 from lmcache_core.bench.vllm_server import CpuBinding, ServerConfig, binding_from_log, scrape_metrics
@@ -104,3 +108,71 @@ def test_metrics_are_scraped_over_http_and_summed_over_labels() -> None:
     assert got["vllm:prefix_cache_hits_total"] == 128
     assert got["vllm:external_prefix_cache_hits_total"] == 7
     assert got["vllm:lmcache_core_matched_tokens_total"] == 0  # not exported: 0
+
+
+def test_turns_go_round_robin_so_a_user_speaks_again_after_every_other_user() -> None:
+    spec = ChatSpec(users=4, rounds=3, rate=2000.0, seed=5)
+    order: list[tuple[int, int]] = []
+    running: set[int] = set()
+
+    async def turn(u: int, r: int) -> None:
+        assert u not in running  # one turn of a user at a time
+        running.add(u)
+        order.append((u, r))
+        await asyncio.sleep(0.002)
+        running.discard(u)
+
+    t0 = time.perf_counter()
+    asyncio.run(turn_schedule(spec, turn))
+    assert time.perf_counter() - t0 < 5
+    assert len(order) == 12
+    assert order[:4] == [(0, 0), (1, 0), (2, 0), (3, 0)]
+    for u in range(4):
+        assert [r for v, r in order if v == u] == [0, 1, 2]
+    # between two turns of one user, every other user had one (the longest-waiting user goes next)
+    for i, (u, r) in enumerate(order):
+        if r > 0:
+            prev = order.index((u, r - 1))
+            assert {v for v, _ in order[prev + 1 : i]} == set(range(4)) - {u}
+
+
+def test_a_failing_turn_ends_the_schedule_with_its_error() -> None:
+    spec = ChatSpec(users=3, rounds=5, rate=1000.0)
+    calls: list[tuple[int, int]] = []
+
+    async def turn(u: int, r: int) -> None:
+        calls.append((u, r))
+        await asyncio.sleep(0.001)
+        if (u, r) == (1, 1):
+            raise RuntimeError("u1r1: HTTP 500")
+
+    with pytest.raises(RuntimeError, match="u1r1: HTTP 500"):
+        asyncio.run(asyncio.wait_for(turn_schedule(spec, turn), timeout=10))
+    assert len(calls) < 15
+
+
+def _run(ttft_ms: float, rps: float, expected: float, hits: float, keys: list[str]) -> dict[str, object]:
+    return {
+        "name": "chat",
+        "wall_s": 1.0,
+        "summary": {
+            "requests": 2.0,
+            "ttft_p50_ms": ttft_ms,
+            "requests_per_s": rps,
+            "expected_hit_tokens": expected,
+        },
+        "metrics": {"hit_tokens": hits, "declined_tokens": 0.0},
+        "rows": [{"key": k, "round": 0, "ttft_s": ttft_ms / 1e3, "tokens": [1]} for k in keys],
+        "loadavg": [1.0, 2.0, 3.0],
+    }
+
+
+def test_repetitions_combine_into_medians_sums_and_pooled_rows() -> None:
+    runs = [_run(100.0, 2.0, 64, 64, ["a"]), _run(300.0, 1.0, 32, 32, ["a"]), _run(200.0, 4.0, 0, 0, ["a"])]
+    c = combine(runs)  # type: ignore[arg-type]
+    assert c["summary"]["ttft_p50_ms"] == 200.0 and c["summary"]["requests_per_s"] == 2.0
+    assert c["summary"]["requests"] == 6 and c["summary"]["expected_hit_tokens"] == 96
+    assert c["metrics"]["hit_tokens"] == 96
+    assert [r["key"] for r in c["rows"]] == ["0:a", "1:a", "2:a"]  # repetitions keep their keys apart
+    with pytest.raises(ValueError, match="runs"):
+        combine([])

@@ -7,12 +7,15 @@ of ``ceil(working set / ws_factor)`` tokens, so the chat's working set does not 
 cache:
 
 1. ``vllm`` (plain vLLM) and ``lmcache`` (the connector, L1 larger than the working set, a
-   filesystem L2 in the work directory) each serve, after a warm-up request carrying the chat's
-   system prompt: the no-reuse load (:class:`~.serve_load.NoReuseSpec`), then the multi-round
-   chat (:class:`~.serve_load.ChatSpec`).
-2. ``lmcache-restart``: a fresh connector server on the same L2 replays every conversation's first
-   turn; its TTFT is compared with the same turns on ``lmcache`` (which had only the system
-   prompt cached).
+   filesystem L2 in the work directory) both start and stay up; then ``repeats`` repetitions
+   of the no-reuse load (:class:`~.serve_load.NoReuseSpec`) and the multi-round chat
+   (:class:`~.serve_load.ChatSpec`, after an unmeasured request carrying its system prompt)
+   run on one server, then the same load on the other (which goes first alternates), each
+   repetition with its own seeds. Pairs measured back to back see the same host load; the
+   ratios reported are the medians of the repetitions' ratios.
+2. ``lmcache-restart``: a fresh connector server on the same L2 replays every repetition's
+   first round; its TTFT is compared with the same turns on ``lmcache`` (which had only the
+   system prompt cached).
 3. Optionally (``vllm_bench``) vLLM's own ``vllm bench serve --dataset-name prefix_repetition``
    against ``vllm`` and ``lmcache``.
 
@@ -25,11 +28,15 @@ chat's TTFT CDF and TTFT p50 by round.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import json
 import math
 import os
 import platform
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -83,7 +90,7 @@ TARGETS = {
 @dataclass
 class ServeBenchConfig:
     workdir: Path
-    chat: ChatSpec = field(default_factory=lambda: ChatSpec(8, 4, 256, 112, 48, 2.0, 0))
+    chat: ChatSpec = field(default_factory=ChatSpec)
     no_reuse: NoReuseSpec = field(default_factory=NoReuseSpec)
     model_spec: TinyLlamaSpec = SERVE_SPEC
     model: str | None = None
@@ -91,11 +98,12 @@ class ServeBenchConfig:
     chunk_size: int = 32
     ws_factor: float = 3.0
     max_num_seqs: int = 2
-    l1_bytes: str = "2G"
+    l1_bytes: str = "4G"
     binding: CpuBinding = field(default_factory=CpuBinding.default)
     vllm_bench: bool = False
     restart: bool = True
     load_async: str = "l2"
+    repeats: int = 3
 
 
 def _loadavg() -> list[float]:
@@ -134,6 +142,32 @@ def _hits(delta: dict[str, float]) -> dict[str, float]:
         "store_seconds": delta["vllm:lmcache_core_store_seconds_total"],
         "async_loads": delta["vllm:lmcache_core_async_loads_total"],
         "prompt_tokens": delta["vllm:prompt_tokens_total"],
+    }
+
+
+def repetition(cfg: ServeBenchConfig, rep: int) -> tuple[ChatSpec, NoReuseSpec]:
+    """Repetition ``rep``'s loads: the configured ones with their seeds moved on by ``rep``, so
+    no repetition finds another's prompts in any cache."""
+    return (dataclasses.replace(cfg.chat, seed=cfg.chat.seed + 1000 * rep),
+            dataclasses.replace(cfg.no_reuse, seed=cfg.no_reuse.seed + 1000 * rep))  # fmt: skip
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Repetitions of one load on one server as one measurement: the median of each summary
+    figure (request and expected-hit counts summed), counters summed, rows pooled."""
+    if not runs:
+        raise ValueError("runs: expected at least one measurement, given none")
+    summary = {k: statistics.median(r["summary"][k] for r in runs) for k in runs[0]["summary"]}
+    for k in ("requests", "expected_hit_tokens"):
+        summary[k] = sum(r["summary"][k] for r in runs)
+    return {
+        "name": runs[0]["name"],
+        "wall_s": sum(r["wall_s"] for r in runs),
+        "summary": summary,
+        "metrics": {k: sum(r["metrics"][k] for r in runs) for k in runs[0]["metrics"]},
+        # keys name the repetition too: every repetition sends the same keys
+        "rows": [{**row, "key": f"{i}:{row['key']}"} for i, r in enumerate(runs) for row in r["rows"]],
+        "loadavg": [statistics.median(r["loadavg"][i] for r in runs) for i in range(len(runs[0]["loadavg"]))],
     }
 
 
@@ -187,7 +221,9 @@ def measure(cfg: ServeBenchConfig, progress: ProgressSink | None = None) -> dict
 
     progress = progress or NoProgress()
     cfg.workdir.mkdir(parents=True, exist_ok=True)
-    progress.begin(4 + (1 if cfg.restart else 0))
+    if cfg.repeats < 1:
+        raise ValueError(f"repeats: expected at least 1 repetition, given {cfg.repeats}")
+    progress.begin(5 + (1 if cfg.restart else 0))
     progress.phase("building the random-weight model")
     model = cfg.model or str(build_tiny_llama(cfg.workdir / "models", cfg.model_spec))
     vocab = cfg.model_spec.vocab_size
@@ -199,7 +235,6 @@ def measure(cfg: ServeBenchConfig, progress: ProgressSink | None = None) -> dict
     l2_dir = cfg.workdir / "l2"
     connector = {"chunk_size": cfg.chunk_size, "l1_bytes": cfg.l1_bytes, "l2_urls": [f"fs://{l2_dir}"],
                  "load_async": cfg.load_async}  # fmt: skip
-    system = system_prompt(cfg.chat, vocab)
     doc: dict[str, Any] = {
         "host": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -215,6 +250,7 @@ def measure(cfg: ServeBenchConfig, progress: ProgressSink | None = None) -> dict
         "max_num_seqs": cfg.max_num_seqs,
         "binding": asdict(cfg.binding),
         "connector": connector,
+        "repeats": cfg.repeats,
         "loadavg_start": _loadavg(),
         "configs": {},
     }
@@ -228,28 +264,54 @@ def measure(cfg: ServeBenchConfig, progress: ProgressSink | None = None) -> dict
         sc = ServerConfig(name, model, conn, num_blocks, bs, max_len, cfg.max_num_seqs, cfg.binding)
         return VllmServer(sc, cfg.workdir, on_wait=waiting(name))
 
-    for name, conn in (("vllm", None), ("lmcache", connector)):
-        progress.phase(f"{name}: starting vllm serve, then no-reuse and chat loads")
-        with server(name, conn) as s:
-            entry: dict[str, Any] = {"startup_s": s.startup_s, "binding": s.binding_report()}
-            progress.note(f"  {name}: up in {s.startup_s:.0f} s; binding {entry['binding']}")
-            # first requests cost more (allocations, first shapes): two unmeasured requests, one
-            # of them the chat's system prompt, so every conversation's first turn can hit on it
+    with contextlib.ExitStack() as stack:
+        pair: dict[str, VllmServer] = {}
+        for name, conn in (("vllm", None), ("lmcache", connector)):
+            progress.phase(f"{name}: starting vllm serve")
+            s = stack.enter_context(server(name, conn))
+            pair[name] = s
+            doc["configs"][name] = {"startup_s": s.startup_s, "binding": s.binding_report(),
+                                    "no_reuse_runs": [], "chat_runs": []}  # fmt: skip
+            progress.note(f"  {name}: up in {s.startup_s:.0f} s; binding {doc['configs'][name]['binding']}")
+            # first requests cost more (allocations, first shapes): one unmeasured request
             warm_up(s.url, words(random.Random("warm-up"), cfg.no_reuse.prompt_tokens, vocab))
-            warm_up(s.url, system)
-            entry["no_reuse"] = _measure(s, "no_reuse", lambda: run_no_reuse(s.url, cfg.no_reuse, vocab))
-            entry["chat"] = _measure(s, "chat", lambda: run_chat(s.url, cfg.chat, vocab, bs))
+        progress.phase(f"{cfg.repeats} repetitions of no reuse then chat, the two servers alternating")
+        for rep in range(cfg.repeats):
+            chat, no_reuse = repetition(cfg, rep)
+            order = list(pair) if rep % 2 == 0 else list(pair)[::-1]
+            for name in order:
+                progress.note(f"  repetition {rep + 1}/{cfg.repeats}: {name}, no reuse")
+                s = pair[name]
+                doc["configs"][name]["no_reuse_runs"].append(
+                    _measure(s, "no_reuse", functools.partial(run_no_reuse, s.url, no_reuse, vocab))
+                )
+            for name in order:
+                progress.note(f"  repetition {rep + 1}/{cfg.repeats}: {name}, chat")
+                s = pair[name]
+                # the system prompt served once, unmeasured, so every first turn can hit on it
+                warm_up(s.url, system_prompt(chat, vocab))
+                doc["configs"][name]["chat_runs"].append(
+                    _measure(s, "chat", functools.partial(run_chat, s.url, chat, vocab, bs))
+                )
+        for name, s in pair.items():
+            entry = doc["configs"][name]
+            entry["no_reuse"] = combine(entry["no_reuse_runs"])
+            entry["chat"] = combine(entry["chat_runs"])
             if cfg.vllm_bench:
                 progress.note(f"  {name}: vllm bench serve (prefix_repetition)")
                 entry["vllm_bench_prefix_repetition"] = _vllm_bench(s, model, cfg.workdir, name)
-            doc["configs"][name] = entry
     if cfg.restart:
-        progress.phase("lmcache-restart: a fresh server on the same L2 replays round 0")
+        progress.phase("lmcache-restart: a fresh server on the same L2 replays every round 0")
         with server("lmcache-restart", connector) as s:
-            entry = {"startup_s": s.startup_s, "binding": s.binding_report()}
+            entry = {"startup_s": s.startup_s, "binding": s.binding_report(), "replay_runs": []}
             progress.note(f"  lmcache-restart: up in {s.startup_s:.0f} s; binding {entry['binding']}")
             warm_up(s.url, words(random.Random("restart-warm-up"), 64, vocab))
-            entry["replay"] = _measure(s, "replay", lambda: run_first_round(s.url, cfg.chat, vocab, bs))
+            for rep in range(cfg.repeats):
+                chat, _ = repetition(cfg, rep)
+                entry["replay_runs"].append(
+                    _measure(s, "replay", functools.partial(run_first_round, s.url, chat, vocab, bs))
+                )
+            entry["replay"] = combine(entry["replay_runs"])
             doc["configs"]["lmcache-restart"] = entry
     progress.phase("comparing")
     doc["loadavg_end"] = _loadavg()
@@ -267,21 +329,27 @@ def compare(doc: dict[str, Any]) -> dict[str, Any]:
     v, lm = c["vllm"], c["lmcache"]
     out: dict[str, Any] = {}
     for load in ("no_reuse", "chat"):
-        a, b = v[load]["summary"], lm[load]["summary"]
-        out[f"{load}_ttft_p50_ratio"] = b["ttft_p50_ms"] / a["ttft_p50_ms"]
-        out[f"{load}_rps_ratio"] = b["requests_per_s"] / a["requests_per_s"]
+        pairs = list(zip(v[f"{load}_runs"], lm[f"{load}_runs"], strict=True))
+        # the median of each repetition's ratio: the two servers ran back to back in each
+        ttft = [b["summary"]["ttft_p50_ms"] / a["summary"]["ttft_p50_ms"] for a, b in pairs]
+        rps = [b["summary"]["requests_per_s"] / a["summary"]["requests_per_s"] for a, b in pairs]
+        out[f"{load}_ttft_p50_ratio"] = statistics.median(ttft)
+        out[f"{load}_rps_ratio"] = statistics.median(rps)
+        out[f"{load}_ttft_p50_ratios"] = ttft
+        out[f"{load}_rps_ratios"] = rps
         out[f"{load}_different_outputs"] = _same_tokens(v[load], lm[load])
     # Hit tokens: the connector server caches everything (L1 > working set), so vLLM's local hits
-    # plus the connector's (plus any it declined as slower than recomputing) are the workload's.
-    checked = [("no_reuse", lm["no_reuse"]), ("chat", lm["chat"])]
+    # plus the connector's (plus any it declined as slower than recomputing) are the workload's,
+    # in every repetition.
+    checked = [("no_reuse", lm["no_reuse_runs"]), ("chat", lm["chat_runs"])]
     if "lmcache-restart" in c:
-        checked.append(("replay", c["lmcache-restart"]["replay"]))
-    for load, m in checked:
-        expected = m["summary"]["expected_hit_tokens"]
-        got = m["metrics"]["hit_tokens"] + m["metrics"]["declined_tokens"]
-        out[f"{load}_hit_tokens_expected"] = expected
-        out[f"{load}_hit_tokens_metrics"] = got
-        out[f"{load}_hit_tokens_match"] = abs(got - expected) < 0.5
+        checked.append(("replay", c["lmcache-restart"]["replay_runs"]))
+    for load, runs in checked:
+        expected = [m["summary"]["expected_hit_tokens"] for m in runs]
+        got = [m["metrics"]["hit_tokens"] + m["metrics"]["declined_tokens"] for m in runs]
+        out[f"{load}_hit_tokens_expected"] = sum(expected)
+        out[f"{load}_hit_tokens_metrics"] = sum(got)
+        out[f"{load}_hit_tokens_match"] = all(abs(g - e) < 0.5 for g, e in zip(got, expected, strict=True))
     if "lmcache-restart" in c:
         replay = c["lmcache-restart"]["replay"]
         cold = _round_p50(lm["chat"], 0)
@@ -316,6 +384,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     c = doc["configs"]
@@ -328,6 +397,11 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
         ax2.plot([0], [doc["comparison"]["restart_replay_ttft_p50_ms"]], marker="*", markersize=12,
                  linestyle="", label="lmcache restart (L2)")  # fmt: skip
     ax1.set_xscale("log")
+    # labels at 1, 2 and 5 of each decade, in plain milliseconds
+    ax1.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax1.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax1.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax2.set_xticks(range(doc["chat"]["rounds"]))
     ax1.set_xlabel("TTFT (ms)")
     ax1.set_ylabel("fraction of requests")
     ax1.set_title(f"chat TTFT CDF ({doc['chat']['users']} users, working set "

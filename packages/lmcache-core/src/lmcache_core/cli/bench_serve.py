@@ -37,14 +37,40 @@ def _positive_float(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument
     p("--workdir", default="/tmp/lmcache-bench-serve", help="model, L2, logs, serve.json, serve.png")
-    p("--users", type=positive_int, default=8, help="chat conversations (default 8)")
-    p("--rounds", type=positive_int, default=4, help="turns per conversation (default 4)")
-    p("--system-tokens", type=positive_int, default=256, help="shared system prompt (default 256)")
-    p("--user-tokens", type=positive_int, default=112, help="tokens per user turn (default 112)")
-    p("--answer-tokens", type=positive_int, default=48, help="tokens per reply (default 48)")
-    p("--rate", type=_positive_float, default=2.0, help="conversation starts per second, Poisson (default 2)")
-    p("--no-reuse-requests", type=positive_int, default=16, help="distinct prompts (default 16)")
-    p("--no-reuse-tokens", type=positive_int, default=512, help="tokens per distinct prompt (default 512)")
+    from lmcache_core.bench.serve_load import ChatSpec, NoReuseSpec  # light: no vLLM, no torch
+
+    chat, nr = ChatSpec(), NoReuseSpec()
+    p("--users", type=positive_int, default=chat.users, help=f"chat conversations (default {chat.users})")
+    p(
+        "--rounds",
+        type=positive_int,
+        default=chat.rounds,
+        help=f"turns per conversation (default {chat.rounds})",
+    )
+    p("--system-tokens", type=positive_int, default=chat.system_tokens,
+      help=f"shared system prompt (default {chat.system_tokens})")  # fmt: skip
+    p("--user-tokens", type=positive_int, default=chat.user_tokens,
+      help=f"tokens per user turn (default {chat.user_tokens})")  # fmt: skip
+    p("--answer-tokens", type=positive_int, default=chat.answer_tokens,
+      help=f"tokens per reply, chat and no reuse (default {chat.answer_tokens})")  # fmt: skip
+    p("--rate", type=_positive_float, default=chat.rate,
+      help=f"chat turns per second over all users, Poisson (default {chat.rate:g})")  # fmt: skip
+    p(
+        "--repeats",
+        type=positive_int,
+        default=3,
+        help="repetitions, servers alternating; medians reported (default 3)",
+    )
+    p(
+        "--no-reuse-requests",
+        type=positive_int,
+        default=nr.requests,
+        help=f"distinct prompts (default {nr.requests})",
+    )
+    p("--no-reuse-rate", type=_positive_float, default=nr.rate,
+      help=f"distinct prompts per second, Poisson (default {nr.rate:g})")  # fmt: skip
+    p("--no-reuse-tokens", type=positive_int, default=nr.prompt_tokens,
+      help=f"tokens per distinct prompt (default {nr.prompt_tokens})")  # fmt: skip
     p("--ws-factor", type=_positive_float, default=3.0, help="working set / vLLM KV space (default 3)")
     p("--max-num-seqs", type=positive_int, default=2, help="vLLM --max-num-seqs (default 2)")
     p("--chunk-size", type=positive_int, default=32, help="lmcache-core chunk size (default 32 = block)")
@@ -71,6 +97,10 @@ def _f(x: float, digits: int = 0) -> str:
     return f"{x:.{digits}f}"
 
 
+def _ratios(values: list[float]) -> str:
+    return "[" + ", ".join(f"{x:.2f}" for x in values) + "]"
+
+
 def render(doc: dict[str, Any]) -> str:
     c = doc["configs"]
     lines = [
@@ -78,7 +108,8 @@ def render(doc: dict[str, Any]) -> str:
         f"date: {doc['date']}",
         f"KV: {doc['kv_blocks']} blocks of {doc['block_size']} = {doc['kv_tokens']} tokens; chat working set "
         f"{doc['working_set_tokens']} tokens ({doc['working_set_tokens'] / doc['kv_tokens']:.1f}x); "
-        f"max_num_seqs {doc['max_num_seqs']}; chunk {doc['chunk_size']}",
+        f"max_num_seqs {doc['max_num_seqs']}; chunk {doc['chunk_size']}; {doc['repeats']} repetitions "
+        "(the two servers alternating; figures are medians over them, hit tokens sums)",
     ]
     for name, e in c.items():
         lines.append(f"{name}: started in {e['startup_s']:.0f} s; CPU binding {e['binding']}")
@@ -98,10 +129,11 @@ def render(doc: dict[str, Any]) -> str:
          "connector hit", "expected hit", "preempt", "load1"], rows))  # fmt: skip
     cmp = doc["comparison"]
     lines += ["", "lmcache / vllm (prefix cache on):"]
-    lines.append(f"  no reuse: req/s {cmp['no_reuse_rps_ratio']:.3f}x (target >= 0.97), TTFT p50 "
-                 f"{cmp['no_reuse_ttft_p50_ratio']:.3f}x (target <= 1.05)")  # fmt: skip
-    lines.append(f"  chat: TTFT p50 {cmp['chat_ttft_p50_ratio']:.3f}x (target <= 0.3), req/s "
-                 f"{cmp['chat_rps_ratio']:.3f}x (target >= 1.5)")  # fmt: skip
+    for load, label, ttft_t, rps_t in (("no_reuse", "no reuse", "<= 1.05", ">= 0.97"),
+                                       ("chat", "chat", "<= 0.3", ">= 1.5")):  # fmt: skip
+        lines.append(f"  {label}: TTFT p50 {cmp[f'{load}_ttft_p50_ratio']:.3f}x (target {ttft_t}), req/s "
+                     f"{cmp[f'{load}_rps_ratio']:.3f}x (target {rps_t}); medians of the repetitions' ratios "
+                     f"{_ratios(cmp[f'{load}_ttft_p50_ratios'])} and {_ratios(cmp[f'{load}_rps_ratios'])}")  # fmt: skip
     if "restart_ttft_p50_ratio" in cmp:
         lines.append(f"  restart replay: TTFT p50 {cmp['restart_replay_ttft_p50_ms']:.0f} ms vs round 0 on the "
                      f"first server {cmp['restart_cold_round0_ttft_p50_ms']:.0f} ms: "
@@ -137,10 +169,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = ServeBenchConfig(
         workdir=Path(args.workdir),
         chat=ChatSpec(args.users, args.rounds, args.system_tokens, args.user_tokens, args.answer_tokens, args.rate),
-        no_reuse=NoReuseSpec(args.no_reuse_requests, args.no_reuse_tokens, args.answer_tokens, args.rate),
+        no_reuse=NoReuseSpec(args.no_reuse_requests, args.no_reuse_tokens, args.answer_tokens, args.no_reuse_rate),
         model=args.model, block_size=args.block_size, chunk_size=args.chunk_size, ws_factor=args.ws_factor,
         max_num_seqs=args.max_num_seqs, binding=binding, vllm_bench=args.vllm_bench,
-        restart=not args.no_restart, load_async=args.load_async,
+        restart=not args.no_restart, load_async=args.load_async, repeats=args.repeats,
     )  # fmt: skip
     progress = Progress()
     try:
