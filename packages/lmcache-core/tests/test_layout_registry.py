@@ -16,107 +16,42 @@ from lmcache_core.layout_registry import LAYOUT_KINDS, LayoutHints, allocate_exa
 
 L, NB, BS, H, D = 2, 5, 4, 3, 8
 
+
+def kv_fields(
+    tensor_shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    plane_offset: tuple[int, ...],
+    run: int,
+    **fields: Any,
+) -> dict[str, Any]:
+    """Expected KVLayout fields (``strides``: block, token, head, channel; ``run``: the contiguous
+    run) of a K/V layout with one tensor per layer (``L`` layers, ``NB`` blocks of ``BS`` tokens,
+    ``H`` heads of ``D``), with ``fields`` overriding those."""
+    base = dict(num_kv=2, num_layers=L, num_blocks=NB, block_size=BS, num_kv_heads=H, head_size=D,
+                num_tensors=L, plane_tensor=(0, 1, 0, 1))  # fmt: skip
+    return (
+        base | dict(tensor_shape=tensor_shape, strides=strides, plane_offset=plane_offset, run=run) | fields
+    )
+
+
 # kind, physical_hnd -> expected KVLayout fields
+# fmt: off
 EXPECTED: dict[tuple[str, bool], dict[str, Any]] = {
-    ("vllm_flash_nhd", False): dict(
-        num_kv=2,
-        num_layers=L,
-        num_blocks=NB,
-        block_size=BS,
-        num_kv_heads=H,
-        head_size=D,
-        num_tensors=L,
-        tensor_shape=(2, NB, BS, H, D),
-        strides=(96, 24, 8, 1),
-        plane_tensor=(0, 1, 0, 1),
-        plane_offset=(0, 0, 480, 480),
-        run=H * D,
-    ),
-    ("vllm_flash_nhd", True): dict(  # memory [2, NB, H, BS, D] seen through the NHD shape
-        num_kv=2,
-        num_layers=L,
-        num_blocks=NB,
-        block_size=BS,
-        num_kv_heads=H,
-        head_size=D,
-        num_tensors=L,
-        tensor_shape=(2, NB, BS, H, D),
-        strides=(96, 8, 32, 1),
-        plane_tensor=(0, 1, 0, 1),
-        plane_offset=(0, 0, 480, 480),
-        run=D,
-    ),
-    ("vllm_flash_hnd", False): dict(
-        num_kv=2,
-        num_layers=L,
-        num_blocks=NB,
-        block_size=BS,
-        num_kv_heads=H,
-        head_size=D,
-        num_tensors=L,
-        tensor_shape=(2, NB, H, BS, D),
-        strides=(96, 8, 32, 1),
-        plane_tensor=(0, 1, 0, 1),
-        plane_offset=(0, 0, 480, 480),
-        run=D,
-    ),
-    ("flashinfer", False): dict(
-        num_kv=2,
-        num_layers=L,
-        num_blocks=NB,
-        block_size=BS,
-        num_kv_heads=H,
-        head_size=D,
-        num_tensors=L,
-        tensor_shape=(NB, 2, BS, H, D),
-        strides=(192, 24, 8, 1),
-        plane_tensor=(0, 1, 0, 1),
-        plane_offset=(0, 0, 96, 96),
-        run=H * D,
-    ),
-    ("mla", False): dict(
-        num_kv=1,
-        num_layers=L,
-        num_blocks=NB,
-        block_size=BS,
-        num_kv_heads=1,
-        head_size=576,
-        num_tensors=L,
-        tensor_shape=(NB, BS, 576),
-        strides=(2304, 576, 576, 1),
-        plane_tensor=(0, 1),
-        plane_offset=(0, 0),
-        run=576,
-    ),
-    ("sglang", False): dict(  # token pool: NB*BS=20 slots of block_size 1; K tensors then V tensors
-        num_kv=2,
-        num_layers=L,
-        num_blocks=20,
-        block_size=1,
-        num_kv_heads=H,
-        head_size=D,
-        num_tensors=2 * L,
-        tensor_shape=(20, H, D),
-        strides=(24, 0, 8, 1),
-        plane_tensor=(0, 1, 2, 3),
-        plane_offset=(0, 0, 0, 0),
-        run=H * D,
-    ),
-    ("trtllm", False): dict(  # one tensor [NB, L, 2, H, BS, D]: plane (kv, layer) at kv*96 + layer*192
-        num_kv=2,
-        num_layers=L,
-        num_blocks=NB,
-        block_size=BS,
-        num_kv_heads=H,
-        head_size=D,
-        num_tensors=1,
-        tensor_shape=(NB, L, 2, H, BS, D),
-        strides=(384, 8, 32, 1),
-        plane_tensor=(0, 0, 0, 0),
-        plane_offset=(0, 192, 96, 288),
-        run=D,
-    ),
+    ("vllm_flash_nhd", False): kv_fields((2, NB, BS, H, D), (96, 24, 8, 1), (0, 0, 480, 480), H * D),
+    # memory [2, NB, H, BS, D] seen through the NHD shape
+    ("vllm_flash_nhd", True): kv_fields((2, NB, BS, H, D), (96, 8, 32, 1), (0, 0, 480, 480), D),
+    ("vllm_flash_hnd", False): kv_fields((2, NB, H, BS, D), (96, 8, 32, 1), (0, 0, 480, 480), D),
+    ("flashinfer", False): kv_fields((NB, 2, BS, H, D), (192, 24, 8, 1), (0, 0, 96, 96), H * D),
+    ("mla", False): kv_fields((NB, BS, 576), (2304, 576, 576, 1), (0, 0), 576,
+                              num_kv=1, num_kv_heads=1, head_size=576, plane_tensor=(0, 1)),
+    # token pool: NB*BS=20 slots of block_size 1; K tensors then V tensors
+    ("sglang", False): kv_fields((20, H, D), (24, 0, 8, 1), (0, 0, 0, 0), H * D,
+                                 num_blocks=20, block_size=1, num_tensors=2 * L, plane_tensor=(0, 1, 2, 3)),
+    # one tensor [NB, L, 2, H, BS, D]: plane (kv, layer) at kv*96 + layer*192
+    ("trtllm", False): kv_fields((NB, L, 2, H, BS, D), (384, 8, 32, 1), (0, 192, 96, 288), D,
+                                 num_tensors=1, plane_tensor=(0, 0, 0, 0)),
 }
+# fmt: on
 
 
 def example(
@@ -196,22 +131,22 @@ def test_three_d_shapes_told_apart() -> None:
     assert detect_layout(sglang, LayoutHints(num_kv_heads=H)).kind == "sglang"
 
 
-def test_ambiguous_five_d_asks_for_hints() -> None:
-    tensors, _ = example("vllm_flash_nhd")
-    with pytest.raises(ValueError, match="fits several layouts") as e:
+@pytest.mark.parametrize(
+    ("kind", "match", "fragments"),
+    [
+        ("vllm_flash_nhd", "fits several layouts",
+         ["vllm_flash_nhd", "vllm_flash_hnd", "LayoutHints(kind=...)", "num_kv_heads", "block_size"]),
+        ("mla", "expected a known paged layout",
+         ["pass block_size or kind", "pass num_kv_heads or kind", str((NB, BS, 576))]),
+    ],
+    ids=["5-D: names the layouts it fits and the hints", "3-D: names the hint each layout needs and the shape"],
+)  # fmt: skip
+def test_ambiguous_shape_asks_for_hints(kind: str, match: str, fragments: list[str]) -> None:
+    tensors, _ = example(kind)
+    with pytest.raises(ValueError, match=match) as e:
         detect_layout(tensors)
-    msg = str(e.value)
-    assert "vllm_flash_nhd" in msg and "vllm_flash_hnd" in msg
-    assert "LayoutHints(kind=...)" in msg and "num_kv_heads" in msg and "block_size" in msg
-
-
-def test_ambiguous_three_d_asks_for_hints() -> None:
-    tensors, _ = example("mla")
-    with pytest.raises(ValueError, match="expected a known paged layout") as e:
-        detect_layout(tensors)
-    msg = str(e.value)
-    assert "pass block_size or kind" in msg and "pass num_kv_heads or kind" in msg
-    assert str(tuple(tensors[0].shape)) in msg
+    for fragment in fragments:
+        assert fragment in str(e.value)
 
 
 def test_unknown_kind_lists_kinds() -> None:

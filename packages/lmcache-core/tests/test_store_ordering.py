@@ -23,10 +23,24 @@ import torch
 from lmcache_core import CacheEngine, CacheEngineConfig
 from lmcache_core.backend import Backend, reference_backend
 from lmcache_core.cache_engine import SKIP_STREAM_WAIT_ENV
-from lmcache_core.layout_registry import allocate_example
+from lmcache_core.layout_registry import LayoutHints, allocate_example
 from lmcache_core.testing.streams import COMPUTE, ThreadStreams, ThreadStreams10
 
 TOKENS = list(range(500, 548))  # 3 chunks of 16
+
+
+def _paged_kv(num_layers: int = 2) -> tuple[list[torch.Tensor], LayoutHints]:
+    """The engine's paged KV in these tests: vLLM flash NHD, 8 blocks of 16 tokens, 2 heads of 8,
+    float32, ``num_layers`` layers."""
+    return allocate_example(
+        "vllm_flash_nhd",
+        num_layers=num_layers,
+        num_blocks=8,
+        block_size=16,
+        num_kv_heads=2,
+        head_size=8,
+        dtype=torch.float32,
+    )
 
 
 def _setup(
@@ -36,15 +50,7 @@ def _setup(
         monkeypatch.setenv(SKIP_STREAM_WAIT_ENV, "1")
     else:
         monkeypatch.delenv(SKIP_STREAM_WAIT_ENV, raising=False)
-    kv, hints = allocate_example(
-        "vllm_flash_nhd",
-        num_layers=2,
-        num_blocks=8,
-        block_size=16,
-        num_kv_heads=2,
-        head_size=8,
-        dtype=torch.float32,
-    )
+    kv, hints = _paged_kv()
     for t in kv:
         t.fill_(1.0)  # the KV before the forward
     backend = Backend("threads", plugin, reference_backend())
@@ -54,8 +60,10 @@ def _setup(
     return eng, kv, slots, hints
 
 
-def _forward(plugin: ThreadStreams, kv: list[torch.Tensor], value: float, gate: threading.Event) -> None:
-    """Queue a forward on the compute stream: it writes ``value`` into every page once ``gate`` opens."""
+def _forward(plugin: ThreadStreams, kv: list[torch.Tensor], value: float) -> threading.Event:
+    """Queue a forward on the compute stream: it writes ``value`` into every page once the
+    returned gate opens."""
+    gate = threading.Event()
 
     def run() -> None:
         assert gate.wait(timeout=10), "gate never opened"
@@ -63,19 +71,12 @@ def _forward(plugin: ThreadStreams, kv: list[torch.Tensor], value: float, gate: 
             t.fill_(value)
 
     plugin.streams[COMPUTE].enqueue(run)
+    return gate
 
 
 def _stored_values(eng: CacheEngine, tokens: list[int]) -> set[float]:
     values: set[float] = set()
-    dst, _ = allocate_example(
-        "vllm_flash_nhd",
-        num_layers=2,
-        num_blocks=8,
-        block_size=16,
-        num_kv_heads=2,
-        head_size=8,
-        dtype=torch.float32,
-    )
+    dst, _ = _paged_kv()
     for t in dst:
         t.fill_(-1.0)
     eng.retrieve(tokens, dst, torch.arange(len(tokens), dtype=torch.int64))
@@ -91,12 +92,22 @@ def plugin() -> Any:
     p.close()
 
 
+Setup = tuple[CacheEngine, list[torch.Tensor], torch.Tensor, Any]
+
+
+@pytest.fixture
+def engine(plugin: ThreadStreams, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """:func:`_setup` over ``plugin``, with the device-side wait (closed after the test too)."""
+    setup = _setup(plugin, monkeypatch)
+    yield setup
+    setup[0].close()
+
+
 def test_store_queued_right_after_the_forward_reads_what_the_forward_wrote(
-    plugin: ThreadStreams, monkeypatch: pytest.MonkeyPatch
+    plugin: ThreadStreams, engine: Setup
 ) -> None:
-    eng, kv, slots, _ = _setup(plugin, monkeypatch)
-    gate = threading.Event()
-    _forward(plugin, kv, 7.0, gate)
+    eng, kv, slots, _ = engine
+    gate = _forward(plugin, kv, 7.0)
     assert eng.store(TOKENS, kv, slots).tokens == 48  # returns without waiting for the forward
     assert eng.stores_in_flight() == 3 and eng.lookup(TOKENS).tokens == 0  # not committed yet
     gate.set()
@@ -112,8 +123,7 @@ def test_without_the_wait_the_store_reads_stale_kv(
     """The negative control: the switch removes the device-side wait, and the check above sees
     the KV from before the forward. This is how the ordering tests are shown to catch the bug."""
     eng, kv, slots, _ = _setup(plugin, monkeypatch, skip_wait=True)
-    gate = threading.Event()
-    _forward(plugin, kv, 7.0, gate)
+    gate = _forward(plugin, kv, 7.0)
     eng.store(TOKENS, kv, slots)
     eng.wait_stores()  # the copies finish while the forward still waits at its gate
     gate.set()
@@ -122,15 +132,14 @@ def test_without_the_wait_the_store_reads_stale_kv(
 
 
 def test_load_waits_for_the_forward_still_using_the_pages_and_precedes_the_next(
-    plugin: ThreadStreams, monkeypatch: pytest.MonkeyPatch
+    plugin: ThreadStreams, engine: Setup
 ) -> None:
-    eng, kv, slots, _ = _setup(plugin, monkeypatch)
+    eng, kv, slots, _ = engine
     for t in kv:
         t.fill_(5.0)
     eng.store(TOKENS, kv, slots)
     eng.wait_stores()
-    gate = threading.Event()
-    _forward(plugin, kv, 9.0, gate)  # an earlier forward still writing these pages
+    gate = _forward(plugin, kv, 9.0)  # an earlier forward still writing these pages
     threading.Timer(0.05, gate.set).start()
     assert eng.retrieve(TOKENS, kv, slots).tokens == 48
     assert gate.is_set()  # the load could not finish before the forward it had to follow
@@ -143,11 +152,10 @@ def test_load_waits_for_the_forward_still_using_the_pages_and_precedes_the_next(
 
 
 def test_request_reports_its_stores_in_flight_until_polled_complete(
-    plugin: ThreadStreams, monkeypatch: pytest.MonkeyPatch
+    plugin: ThreadStreams, engine: Setup
 ) -> None:
-    eng, kv, slots, _ = _setup(plugin, monkeypatch)
-    gate = threading.Event()
-    _forward(plugin, kv, 3.0, gate)
+    eng, kv, slots, _ = engine
+    gate = _forward(plugin, kv, 3.0)
     eng.store(TOKENS[:32], kv, slots[:32], owner="req-a")
     eng.store(TOKENS, kv, slots, owner="req-b")  # its first two chunks are in flight already
     assert (eng.stores_in_flight("req-a"), eng.stores_in_flight("req-b")) == (2, 1)
@@ -165,25 +173,16 @@ def test_request_reports_its_stores_in_flight_until_polled_complete(
 
 
 def test_a_failed_store_waits_for_its_queued_copies_before_releasing_the_buffer(
-    plugin: ThreadStreams, monkeypatch: pytest.MonkeyPatch
+    plugin: ThreadStreams, engine: Setup
 ) -> None:
-    kv2, hints2 = allocate_example(
-        "vllm_flash_nhd",
-        num_layers=1,
-        num_blocks=8,
-        block_size=16,
-        num_kv_heads=2,
-        head_size=8,
-        dtype=torch.float32,
-    )
-    eng, kv, slots, hints = _setup(plugin, monkeypatch)
+    eng, kv, slots, hints = engine
+    kv2, hints2 = _paged_kv(num_layers=1)
     eng2 = CacheEngine(
         CacheEngineConfig(chunk_size=16, l1_bytes=1 << 20),
         backend=eng.backend,
         layout_hints=[hints, hints2],
     )
-    gate = threading.Event()
-    _forward(plugin, kv, 4.0, gate)
+    gate = _forward(plugin, kv, 4.0)
     plugin.fail_gather_call = plugin.gather_calls + 2  # group 0 is queued, group 1 fails
     threading.Timer(0.05, gate.set).start()
     with pytest.raises(RuntimeError, match="injected"):
@@ -196,12 +195,9 @@ def test_a_failed_store_waits_for_its_queued_copies_before_releasing_the_buffer(
     eng.close()
 
 
-def test_close_commits_stores_in_flight_and_destroys_the_stream(
-    plugin: ThreadStreams, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    eng, kv, slots, _ = _setup(plugin, monkeypatch)
-    gate = threading.Event()
-    _forward(plugin, kv, 2.0, gate)
+def test_close_commits_stores_in_flight_and_destroys_the_stream(plugin: ThreadStreams, engine: Setup) -> None:
+    eng, kv, slots, _ = engine
+    gate = _forward(plugin, kv, 2.0)
     eng.store(TOKENS, kv, slots)
     stream = eng._stream
     threading.Timer(0.05, gate.set).start()
@@ -214,8 +210,7 @@ def test_a_version_1_0_plugin_loads_and_is_ordered_by_host_waits(monkeypatch: py
     plugin = ThreadStreams10(version=(1, 0))
     try:
         eng, kv, slots, _ = _setup(plugin, monkeypatch)
-        gate = threading.Event()
-        _forward(plugin, kv, 6.0, gate)
+        gate = _forward(plugin, kv, 6.0)
         threading.Timer(0.05, gate.set).start()
         assert eng.store(TOKENS, kv, slots).tokens == 48
         assert gate.is_set()  # the host waited for the forward before queueing the copies

@@ -107,83 +107,120 @@ def test_valid_call_works(op: tuple[str, Call]) -> None:
     assert_moved(name, call, kv, layout, SLOTS)  # the baseline the other tests perturb
 
 
-# ---- slot_mapping ----------------------------------------------------------------------------
+# ---- each bad argument, named ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("bad_value", "index"), [(NUM_SLOTS, 2), (NUM_SLOTS + 100, 0), (2**40, 1)])
-def test_slot_out_of_range_names_value_and_index(op: tuple[str, Call], bad_value: int, index: int) -> None:
-    _, call = op
-    kv, layout = nhd()
+def with_slot(index: int, value: int) -> torch.Tensor:
     slots = SLOTS.clone()
-    slots[index] = bad_value
+    slots[index] = value
+    return slots
+
+
+def meta_twin(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+
+
+#: A chunk and a KV tensor whose strides the messages quote.
+NOT_CONTIGUOUS = torch.zeros(2, L, H * D, 3, dtype=torch.float16).transpose(2, 3)
+HND_BEHIND_NHD = torch.empty(2, NB, H, BS, D, dtype=torch.float16).permute(0, 1, 3, 2, 4)
+
+Make = Callable[[list[torch.Tensor]], dict[str, Any]]
+
+
+def bad(what: str, exc: type[Exception], make: Make, *fragments: str) -> Any:
+    """A call with one bad argument: ``make(kv)`` gives the arguments that differ from a valid
+    call (``kv_caches``, ``slot_mapping``, ``chunk``, ``skip_prefix``); the error must hold every
+    fragment, ``<chunk>`` standing for the chunk's name (``out`` or ``src``)."""
+    return pytest.param(exc, make, fragments, id=what)
+
+
+BAD_CALLS = [
+    # slot_mapping
+    *(bad(f"slot_mapping: {value} out of range at index {index}", ValueError,
+          lambda kv, i=index, v=value: {"slot_mapping": with_slot(i, v)},
+          "slot_mapping", f"expected slots in [-1, {NUM_SLOTS})", f"num_blocks {NB} * block_size {BS}",
+          f"given {value} at index {index}")
+      for value, index in [(NUM_SLOTS, 2), (NUM_SLOTS + 100, 0), (2**40, 1)]),
+    bad("slot_mapping: below -1", ValueError,
+        lambda kv: {"slot_mapping": torch.tensor([0, -2, 3], dtype=torch.int64)},
+        "slot_mapping", "[-1, 20)", "given -2 at index 1"),
+    bad("slot_mapping: the first bad slot is reported", ValueError,
+        lambda kv: {"slot_mapping": torch.tensor([1, 99, -5], dtype=torch.int64)}, "given 99 at index 1"),
+    *(bad(f"slot_mapping: dtype {name}", TypeError, lambda kv, d=dtype: {"slot_mapping": SLOTS.to(d)},
+          "slot_mapping", "expected dtype int64", f"given {name}")
+      for dtype in [torch.int32, torch.int16, torch.float32, torch.uint8]
+      for name in [str(dtype).removeprefix("torch.")]),
+    bad("slot_mapping: a list", TypeError, lambda kv: {"slot_mapping": [0, 5, 19]},
+        "slot_mapping", "expected torch.Tensor", "given list"),
+    *(bad(f"slot_mapping: shape {shape}", ValueError,
+          lambda kv, sh=shape: {"slot_mapping": torch.zeros(sh, dtype=torch.int64)},
+          "slot_mapping", "expected shape [3]", f"given {shape}")
+      for shape in [(4,), (2,), (1, 3), ()]),
+    bad("slot_mapping: on meta", ValueError, lambda kv: {"slot_mapping": SLOTS.to("meta")},
+        "slot_mapping", "expected device cpu", "given meta"),
+    # skip_prefix
+    *(bad(f"skip_prefix: {skip} out of range", ValueError, lambda kv, k=skip: {"skip_prefix": k},
+          "skip_prefix", "expected 0 <= skip_prefix <= 3", f"given {skip}")
+      for skip in [-1, 4, 100]),
+    *(bad(f"skip_prefix: a {type_name}", TypeError, lambda kv, k=skip: {"skip_prefix": k},
+          "skip_prefix", "expected int", f"given {type_name}")
+      for skip, type_name in [(1.0, "float"), (True, "bool"), ("1", "str"), (torch.tensor(1), "Tensor"),
+                              (None, "NoneType")]),
+    # the chunk (out / src)
+    bad("chunk: dtype bfloat16", TypeError, lambda kv: {"chunk": chunk(dtype=torch.bfloat16)},
+        "<chunk>:", "expected dtype float16", "given bfloat16"),
+    *(bad(f"chunk: shape {shape}", ValueError,
+          lambda kv, sh=shape: {"chunk": torch.zeros(sh, dtype=torch.float16)},
+          "<chunk>:", f"expected shape [2, {L}, num_tokens, {H * D}]", "[num_kv, num_layers, num_tokens, hidden]",
+          f"given {shape}")
+      for shape in [(2, L, 3, H * D + 1), (1, L, 3, H * D), (2, L + 1, 3, H * D), (2, L, 3 * H * D),
+                    (2, L, 3, H, D)]),
+    bad("chunk: not contiguous", ValueError,
+        lambda kv: {"chunk": torch.zeros(2, L, H * D, 3, dtype=torch.float16).transpose(2, 3)},
+        "<chunk>:", "expected a contiguous tensor", f"given strides {NOT_CONTIGUOUS.stride()}"),
+    bad("chunk: a numpy array", TypeError, lambda kv: {"chunk": chunk().numpy()},
+        "<chunk>:", "expected torch.Tensor", "given numpy.ndarray"),
+    bad("chunk: on meta", ValueError, lambda kv: {"chunk": chunk().to("meta")}, "<chunk>", "given meta"),
+    # kv_caches
+    bad("kv_caches: a dtype differs", TypeError, lambda kv: {"kv_caches": [kv[0], kv[1].to(torch.bfloat16)]},
+        "kv_caches[1]", "expected dtype float16", "given bfloat16"),
+    bad("kv_caches: a shape differs", ValueError, lambda kv: {"kv_caches": [kv[0][:, :4], kv[1]]},
+        "kv_caches[0]", f"expected shape {(2, NB, BS, H, D)}", f"given {(2, 4, BS, H, D)}"),
+    # same shape, other memory order (HND memory behind the NHD shape) is not the detected layout
+    bad("kv_caches: strides differ", ValueError, lambda kv: {"kv_caches": [kv[0], HND_BEHIND_NHD]},
+        "kv_caches[1]", f"expected strides {torch.empty(2, NB, BS, H, D).stride()}",
+        f"given {HND_BEHIND_NHD.stride()}"),
+    *(bad(f"kv_caches: {count} tensors for 2 layers", ValueError, lambda kv, n=count: {"kv_caches": [kv[0]] * n},
+          "kv_caches", "expected 2 tensors", "vllm_flash_nhd", f"({L} layers)", f"given {count}")
+      for count in [1, 3]),
+    bad("kv_caches: one on another device", ValueError, lambda kv: {"kv_caches": [kv[0], meta_twin(kv[1])]},
+        "kv_caches[1]", "expected device cpu", "given meta"),
+    bad("kv_caches: all on meta", ValueError, lambda kv: {"kv_caches": [meta_twin(t) for t in kv]},
+        "kv_caches", "meta"),
+    bad("kv_caches: an entry is a numpy array", TypeError, lambda kv: {"kv_caches": [kv[0], kv[1].numpy()]},
+        "kv_caches[1]", "expected torch.Tensor", "given numpy.ndarray"),
+    *(bad(f"kv_caches: a {type_name}", TypeError, lambda kv, m=make_bad: {"kv_caches": m(kv)},
+          "kv_caches", "expected a list or tuple of tensors", f"given {type_name}")
+      for make_bad, type_name in [(torch.stack, "Tensor"), (lambda kv: (t for t in kv), "generator"),
+                                  (lambda kv: dict(enumerate(kv)), "dict")]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("exc", "make", "fragments"), BAD_CALLS)
+def test_bad_argument_is_named(
+    op: tuple[str, Call], exc: type[Exception], make: Make, fragments: tuple[str, ...]
+) -> None:
+    name, call = op
+    kv, layout = nhd()
+    a = {"kv_caches": kv, "slot_mapping": SLOTS, "chunk": chunk(), "skip_prefix": 0} | make(kv)
     raises(
-        ValueError,
-        lambda: call(layout, kv, slots, chunk()),
-        "slot_mapping",
-        f"expected slots in [-1, {NUM_SLOTS})",
-        f"num_blocks {NB} * block_size {BS}",
-        f"given {bad_value} at index {index}",
+        exc,
+        lambda: call(layout, a["kv_caches"], a["slot_mapping"], a["chunk"], a["skip_prefix"]),
+        *(f.replace("<chunk>", name) for f in fragments),
     )
 
 
-def test_slot_below_minus_one(op: tuple[str, Call]) -> None:
-    _, call = op
-    kv, layout = nhd()
-    slots = torch.tensor([0, -2, 3], dtype=torch.int64)
-    raises(
-        ValueError,
-        lambda: call(layout, kv, slots, chunk()),
-        "slot_mapping",
-        "[-1, 20)",
-        "given -2 at index 1",
-    )
-
-
-def test_first_bad_slot_is_reported(op: tuple[str, Call]) -> None:
-    _, call = op
-    kv, layout = nhd()
-    slots = torch.tensor([1, 99, -5], dtype=torch.int64)
-    raises(ValueError, lambda: call(layout, kv, slots, chunk()), "given 99 at index 1")
-
-
-@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.float32, torch.uint8])
-def test_slot_dtype(op: tuple[str, Call], dtype: torch.dtype) -> None:
-    _, call = op
-    kv, layout = nhd()
-    name = str(dtype).removeprefix("torch.")
-    raises(
-        TypeError,
-        lambda: call(layout, kv, SLOTS.to(dtype), chunk()),
-        "slot_mapping",
-        "expected dtype int64",
-        f"given {name}",
-    )
-
-
-def test_slot_not_a_tensor(op: tuple[str, Call]) -> None:
-    _, call = op
-    kv, layout = nhd()
-    raises(
-        TypeError,
-        lambda: call(layout, kv, [0, 5, 19], chunk()),
-        "slot_mapping",
-        "expected torch.Tensor",
-        "given list",
-    )
-
-
-@pytest.mark.parametrize("shape", [(4,), (2,), (1, 3), ()])
-def test_slot_shape(op: tuple[str, Call], shape: tuple[int, ...]) -> None:
-    _, call = op
-    kv, layout = nhd()
-    slots = torch.zeros(shape, dtype=torch.int64)
-    raises(
-        ValueError,
-        lambda: call(layout, kv, slots, chunk(3)),
-        "slot_mapping",
-        "expected shape [3]",
-        f"given {shape}",
-    )
+# ---- slot_mapping ----------------------------------------------------------------------------
 
 
 def test_skipped_prefix_slots_are_not_checked(op: tuple[str, Call]) -> None:
@@ -194,82 +231,7 @@ def test_skipped_prefix_slots_are_not_checked(op: tuple[str, Call]) -> None:
     assert_moved(name, call, kv, layout, slots, 2)  # only token 2 (slot 4) moves
 
 
-# ---- skip_prefix -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("skip", [-1, 4, 100])
-def test_skip_prefix_range(op: tuple[str, Call], skip: int) -> None:
-    _, call = op
-    kv, layout = nhd()
-    raises(
-        ValueError,
-        lambda: call(layout, kv, SLOTS, chunk(3), skip),
-        "skip_prefix",
-        "expected 0 <= skip_prefix <= 3",
-        f"given {skip}",
-    )
-
-
-@pytest.mark.parametrize(
-    ("skip", "type_name"),
-    [(1.0, "float"), (True, "bool"), ("1", "str"), (torch.tensor(1), "Tensor"), (None, "NoneType")],
-)
-def test_skip_prefix_type(op: tuple[str, Call], skip: object, type_name: str) -> None:
-    _, call = op
-    kv, layout = nhd()
-    raises(
-        TypeError,
-        lambda: call(layout, kv, SLOTS, chunk(3), skip),
-        "skip_prefix",
-        "expected int",
-        f"given {type_name}",
-    )
-
-
 # ---- the chunk (out / src) -------------------------------------------------------------------
-
-
-def test_chunk_dtype(op: tuple[str, Call]) -> None:
-    name, call = op
-    kv, layout = nhd()
-    raises(
-        TypeError,
-        lambda: call(layout, kv, SLOTS, chunk(dtype=torch.bfloat16)),
-        f"{name}:",
-        "expected dtype float16",
-        "given bfloat16",
-    )
-
-
-@pytest.mark.parametrize(
-    "shape",
-    [(2, L, 3, H * D + 1), (1, L, 3, H * D), (2, L + 1, 3, H * D), (2, L, 3 * H * D), (2, L, 3, H, D)],
-)
-def test_chunk_shape(op: tuple[str, Call], shape: tuple[int, ...]) -> None:
-    name, call = op
-    kv, layout = nhd()
-    bad = torch.zeros(shape, dtype=torch.float16)
-    raises(
-        ValueError,
-        lambda: call(layout, kv, SLOTS, bad),
-        f"{name}:",
-        f"expected shape [2, {L}, num_tokens, {H * D}]",
-        "[num_kv, num_layers, num_tokens, hidden]",
-        f"given {shape}",
-    )
-
-
-def test_chunk_not_contiguous(op: tuple[str, Call]) -> None:
-    name, call = op
-    kv, layout = nhd()
-    bad = torch.zeros(2, L, H * D, 3, dtype=torch.float16).transpose(2, 3)
-    raises(
-        ValueError,
-        lambda: call(layout, kv, SLOTS, bad),
-        f"{name}:",
-        "expected a contiguous tensor",
-        f"given strides {bad.stride()}",
-    )
 
 
 @pytest.mark.parametrize(
@@ -295,75 +257,7 @@ def test_chunk_contiguity_is_judged_as_the_array_adapter_does(
         raises(ValueError, lambda: call(layout, kv, slots, odd), f"{name}:", "expected a contiguous tensor")
 
 
-def test_chunk_not_a_tensor(op: tuple[str, Call]) -> None:
-    name, call = op
-    kv, layout = nhd()
-    raises(
-        TypeError,
-        lambda: call(layout, kv, SLOTS, chunk().numpy()),
-        f"{name}:",
-        "expected torch.Tensor",
-        "given numpy.ndarray",
-    )
-
-
 # ---- kv_caches -------------------------------------------------------------------------------
-
-
-def test_kv_dtype(op: tuple[str, Call]) -> None:
-    _, call = op
-    kv, layout = nhd()
-    bad = [kv[0], kv[1].to(torch.bfloat16)]
-    raises(
-        TypeError,
-        lambda: call(layout, bad, SLOTS, chunk()),
-        "kv_caches[1]",
-        "expected dtype float16",
-        "given bfloat16",
-    )
-
-
-def test_kv_shape(op: tuple[str, Call]) -> None:
-    _, call = op
-    kv, layout = nhd()
-    bad = [kv[0][:, :4], kv[1]]
-    raises(
-        ValueError,
-        lambda: call(layout, bad, SLOTS, chunk()),
-        "kv_caches[0]",
-        f"expected shape {(2, NB, BS, H, D)}",
-        f"given {(2, 4, BS, H, D)}",
-    )
-
-
-def test_kv_strides(op: tuple[str, Call]) -> None:
-    """Same shape, other memory order (HND memory behind the NHD shape) is not the detected layout."""
-    _, call = op
-    kv, layout = nhd()
-    permuted = torch.empty(2, NB, H, BS, D, dtype=torch.float16).permute(0, 1, 3, 2, 4)
-    raises(
-        ValueError,
-        lambda: call(layout, [kv[0], permuted], SLOTS, chunk()),
-        "kv_caches[1]",
-        f"expected strides {kv[0].stride()}",
-        f"given {permuted.stride()}",
-    )
-
-
-@pytest.mark.parametrize("count", [1, 3])
-def test_kv_layer_count(op: tuple[str, Call], count: int) -> None:
-    _, call = op
-    kv, layout = nhd()
-    bad = [kv[0]] * count
-    raises(
-        ValueError,
-        lambda: call(layout, bad, SLOTS, chunk()),
-        "kv_caches",
-        "expected 2 tensors",
-        "vllm_flash_nhd",
-        f"({L} layers)",
-        f"given {count}",
-    )
 
 
 def test_trtllm_layer_count(op: tuple[str, Call]) -> None:
@@ -380,49 +274,6 @@ def test_trtllm_layer_count(op: tuple[str, Call]) -> None:
         "expected 1 tensors",
         "(3 layers)",
         "given 2",
-    )
-
-
-def test_kv_mixed_devices(op: tuple[str, Call]) -> None:
-    _, call = op
-    kv, layout = nhd()
-    on_meta = torch.empty_strided(kv[1].shape, kv[1].stride(), dtype=kv[1].dtype, device="meta")
-    raises(
-        ValueError,
-        lambda: call(layout, [kv[0], on_meta], SLOTS, chunk()),
-        "kv_caches[1]",
-        "expected device cpu",
-        "given meta",
-    )
-
-
-def test_kv_entry_not_a_tensor(op: tuple[str, Call]) -> None:
-    _, call = op
-    kv, layout = nhd()
-    raises(
-        TypeError,
-        lambda: call(layout, [kv[0], kv[1].numpy()], SLOTS, chunk()),
-        "kv_caches[1]",
-        "expected torch.Tensor",
-        "given numpy.ndarray",
-    )
-
-
-@pytest.mark.parametrize("container", ["tensor", "generator", "dict"])
-def test_kv_not_a_list(op: tuple[str, Call], container: str) -> None:
-    _, call = op
-    kv, layout = nhd()
-    bad: object = {
-        "tensor": lambda: torch.stack(kv),
-        "generator": lambda: (t for t in kv),
-        "dict": lambda: dict(enumerate(kv)),
-    }[container]()
-    raises(
-        TypeError,
-        lambda: call(layout, bad, SLOTS, chunk()),
-        "kv_caches",
-        "expected a list or tuple of tensors",
-        f"given {type(bad).__name__}",
     )
 
 
@@ -508,21 +359,6 @@ def test_backend_env_names_the_reference(monkeypatch: pytest.MonkeyPatch) -> Non
     selection = select_backend("cpu")
     assert selection.backend is reference_backend()
     assert BACKEND_ENV in selection.why
-
-
-def test_slot_mapping_and_chunk_device(op: tuple[str, Call]) -> None:
-    name, call = op
-    kv, layout = nhd()
-    raises(
-        ValueError,
-        lambda: call(layout, kv, SLOTS.to("meta"), chunk()),
-        "slot_mapping",
-        "expected device cpu",
-        "given meta",
-    )
-    raises(ValueError, lambda: call(layout, kv, SLOTS, chunk().to("meta")), name, "given meta")
-    on_meta = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta") for t in kv]
-    raises(ValueError, lambda: call(layout, on_meta, SLOTS, chunk()), "kv_caches", "meta")
 
 
 # ---- the layout against the tensors: every plane inside its tensor's storage -----------------
