@@ -167,7 +167,9 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "metrics": {k: sum(r["metrics"][k] for r in runs) for k in runs[0]["metrics"]},
         # keys name the repetition too: every repetition sends the same keys
         "rows": [{**row, "key": f"{i}:{row['key']}"} for i, r in enumerate(runs) for row in r["rows"]],
-        "loadavg": [statistics.median(r["loadavg"][i] for r in runs) for i in range(len(runs[0]["loadavg"]))],
+        "loadavg": [
+            round(statistics.median(r["loadavg"][i] for r in runs), 2) for i in range(len(runs[0]["loadavg"]))
+        ],
     }
 
 
@@ -231,7 +233,11 @@ def measure(cfg: ServeBenchConfig, progress: ProgressSink | None = None) -> dict
     ws_tokens = cfg.chat.working_set_tokens()
     max_len = math.ceil((cfg.chat.history_tokens() + cfg.chat.answer_tokens) / bs) * bs
     max_len = max(max_len, math.ceil((cfg.no_reuse.prompt_tokens + cfg.no_reuse.answer_tokens) / bs) * bs)
-    num_blocks = max(math.ceil(ws_tokens / cfg.ws_factor / bs), math.ceil(max_len / bs) + 1)
+    # at least max_num_seqs requests of the longest length at once: a preempted request is
+    # recomputed and hits again, which the workload's expected hits cannot predict
+    num_blocks = max(
+        math.ceil(ws_tokens / cfg.ws_factor / bs), cfg.max_num_seqs * math.ceil(max_len / bs) + 1
+    )
     l2_dir = cfg.workdir / "l2"
     connector = {"chunk_size": cfg.chunk_size, "l1_bytes": cfg.l1_bytes, "l2_urls": [f"fs://{l2_dir}"],
                  "load_async": cfg.load_async}  # fmt: skip
