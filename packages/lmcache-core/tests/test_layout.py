@@ -122,6 +122,25 @@ class TestKVLayout:
         assert make_layout() == make_layout()
         assert len({make_layout(), make_layout(), make_layout(block_size=8)}) == 2
 
+    def test_chunk_format_is_built_once_and_invisible_to_equality_hash_and_repr(self) -> None:
+        layout, fresh = make_layout(), make_layout()
+        text, key = repr(layout), hash(layout)
+        fmt = layout.chunk_format
+        assert layout.chunk_format is fmt  # kept, not rebuilt
+        assert (layout == fresh, hash(layout), repr(layout)) == (True, key, text)
+        assert "chunk_format" not in {f.name for f in dataclasses.fields(layout)}
+
+    def test_a_replaced_layout_gets_its_own_chunk_format(self) -> None:
+        layout = make_layout()
+        assert layout.chunk_format == ChunkFormat.uniform(2, 2, 24, "float16", 2)  # cached now
+        more_layers = dataclasses.replace(
+            layout, num_layers=3, plane_tensor=(0,) * 6, plane_offset=(0, 1, 2, 3, 4, 5)
+        )
+        assert more_layers.chunk_format == ChunkFormat.uniform(2, 3, 24, "float16", 2)
+        wider = layout.replace_geometry(num_kv_heads=4, dtype="float32", element_size=4)
+        assert wider.chunk_format == ChunkFormat.uniform(2, 2, 32, "float32", 4)
+        assert layout.chunk_format == ChunkFormat.uniform(2, 2, 24, "float16", 2)  # the original's kept
+
 
 def kind(name: str, width: int, **overrides: object) -> PlaneKind:
     fields: dict[str, object] = dict(

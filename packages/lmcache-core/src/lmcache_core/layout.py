@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, NamedTuple
 
 #: Logical axis names, in the order the host chunk format uses.
@@ -583,9 +584,13 @@ class KVLayout:
         """The kind of plane ``plane`` (``plane // num_layers``)."""
         return self.kinds[plane // self.num_layers]
 
-    @property
+    @cached_property
     def chunk_format(self) -> ChunkFormat:
-        """Host chunk format this layout gathers into and scatters from."""
+        """Host chunk format this layout gathers into and scatters from.
+
+        Built once per layout object (~3 us) and kept in the instance ``__dict__``, outside the
+        dataclass fields: equality, hashing and repr do not see it, and a copy made by
+        :func:`dataclasses.replace` (or :meth:`replace_geometry`) builds its own."""
         return ChunkFormat(
             self.num_layers,
             tuple(ChunkSection(k.name, k.hidden, k.dtype, k.element_size) for k in self.kinds),
