@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from lmcache_core.cache_engine import chunk_views
+from lmcache_core.layout import KVCacheSpec
 from lmcache_core.layout_registry import LayoutHints, detect_layout
 from lmcache_core.server import protocol as p
 
@@ -109,7 +111,11 @@ def slot_tensors(data: Sequence[bytes], groups: int, num_tokens: int) -> list[to
 class IpcMapping:
     """One session's mapped KV (per layer group: tensors and layout), the worker's event opened
     here, the server's own event, and the copy stream. :meth:`close` unmaps (the mappings go
-    with the last tensor viewing them)."""
+    with the last tensor viewing them).
+
+    Each group's layout is checked at mapping time to give the registered chunk format (same
+    tag), so the chunk views come from the mapped layouts (:func:`~lmcache_core.cache_engine.chunk_views`);
+    a new registration closes the mapping (``CacheService``), so the two never drift apart."""
 
     def __init__(self, gpu: GpuServices, req: p.RegisterIpc, formats: tuple[ChunkFormat, ...]) -> None:
         ipc = gpu.ipc()
@@ -154,47 +160,32 @@ class IpcMapping:
                 )
             self.groups.append(flat)
             self.layouts.append(layout)
+        self.spec = KVCacheSpec(tuple(self.layouts))
         self.tensors = sum(len(g) for g in self.groups)
         self.worker_event = ipc.open_event(req.event, self.device)
         self.event = ipc.create_event(self.device)
         self.event_handle: bytes = ipc.export_event(self.event)
         self.stream = gpu.new_stream(self.device)
 
-    def views(
-        self, buffer: torch.Tensor, formats: tuple[ChunkFormat, ...], num_tokens: int
-    ) -> list[torch.Tensor]:
-        """Each group's chunk inside an L1 buffer's uint8 bytes (typed when its sections are alike)."""
-        import torch
-
-        views, offset = [], 0
-        for fmt in formats:
-            n = fmt.nbytes(num_tokens)
-            part = buffer[offset : offset + n]
-            if fmt.is_uniform:
-                part = part.view(getattr(torch, fmt.dtype)).view(fmt.shape(num_tokens))
-            views.append(part)
-            offset += n
-        return views
-
-    def gather(self, jobs: Sequence[tuple[torch.Tensor, int, int]], slots: Sequence[torch.Tensor],
-               formats: tuple[ChunkFormat, ...]) -> None:  # fmt: skip
+    def gather(self, jobs: Sequence[tuple[torch.Tensor, int, int]], slots: Sequence[torch.Tensor]) -> None:
         """After the worker's event: gather each ``(buffer, start, end)`` token range into its
         buffer; returns when the bytes are there."""
         self.ipc.wait(self.worker_event, self.stream)
         for buffer, start, end in jobs:
             for layout, kv, sm, view in zip(
-                self.layouts, self.groups, slots, self.views(buffer, formats, end - start), strict=True
+                self.layouts, self.groups, slots, chunk_views(self.spec, buffer, end - start), strict=True
             ):
                 self.gpu.gather(layout, kv, sm[start:end], view, 0, stream=self.stream)
         self.gpu.synchronize(self.stream)
 
-    def scatter(self, jobs: Sequence[tuple[torch.Tensor, int, int]], slots: Sequence[torch.Tensor],
-                formats: tuple[ChunkFormat, ...], skip: int) -> None:  # fmt: skip
+    def scatter(
+        self, jobs: Sequence[tuple[torch.Tensor, int, int]], slots: Sequence[torch.Tensor], skip: int
+    ) -> None:
         """Scatter each ``(buffer, start, end)`` into the mapped KV (tokens before ``skip`` not
         written), record the server's event, and return when the copy stream is done."""
         for buffer, start, end in jobs:
             for layout, kv, sm, view in zip(
-                self.layouts, self.groups, slots, self.views(buffer, formats, end - start), strict=True
+                self.layouts, self.groups, slots, chunk_views(self.spec, buffer, end - start), strict=True
             ):
                 self.gpu.scatter(layout, kv, sm[start:end], view, max(0, skip - start), stream=self.stream)
         self.ipc.record(self.event, self.stream)

@@ -352,9 +352,7 @@ class CacheService:
         assert isinstance(prepared, p.PrepareReply)
         lease = self._leases[prepared.lease]
         try:
-            mapping.gather(
-                [(it.buffer, it.start, it.start + it.num_tokens) for it in lease.items], slots, s.formats
-            )
+            mapping.gather([(it.buffer, it.start, it.start + it.num_tokens) for it in lease.items], slots)
         except BaseException:
             self._end_lease(self._take_lease(s, lease.id))
             raise
@@ -371,7 +369,6 @@ class CacheService:
             mapping.scatter(
                 [(it.buffer, it.start, it.start + it.num_tokens) for it in lease.items],
                 slots,
-                s.formats,
                 req.skip,
             )
         except BaseException:
