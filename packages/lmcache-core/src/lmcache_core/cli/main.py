@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "bench serde": "lmcache_core.cli.bench_serde",
     "bench serve": "lmcache_core.cli.bench_serve",
     "bench import": "lmcache_core.cli.bench_import",
+    "bench overhead": "lmcache_core.cli.bench_overhead",
     "demo": "lmcache_core.cli.demo",
     "serve": "lmcache_core.cli.serve",
     "status": "lmcache_core.cli.status",
