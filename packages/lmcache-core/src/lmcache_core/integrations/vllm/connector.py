@@ -282,6 +282,7 @@ class LMCacheCoreConnector(KVConnectorBase_V1):
             address=lookup.address(self._engine_id, self._dp_rank, self._rank),
             key=lookup.authkey(self._engine_id),
             engine=engine,
+            store_overlap=self.settings.store_overlap,
         )
         if not isinstance(first, (tuple, list)):
             hints = LayoutHints(kind=kind, num_kv_heads=num_kv_heads, head_size=head_size, isa=isa)

@@ -25,6 +25,11 @@ key                         default    meaning
                                        load; ``never``: every load before the forward (synchronous)
 ``store_generated``         true       at a request's end, store the chunks its generated tokens
                                        completed (a chat's next turn hits on the reply too)
+``store_overlap``           ``auto``   KV on the CPU: ``auto`` runs each step's stores on a thread
+                                       pinned to the CPUs the engine thread's binding leaves
+                                       (vLLM CPU's reserved ones), so sampling does not wait for
+                                       the gather; ``on``: a store thread even with none spare;
+                                       ``off``: stores in the step
 ``load_failure_policy``     recompute  ``recompute``: set vLLM's ``kv_load_failure_policy`` to
                                        ``recompute`` so blocks that fail to load are recomputed;
                                        ``vllm``: leave vLLM's setting (its default fails the
@@ -43,6 +48,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from lmcache_core.config import CacheEngineConfig
+from lmcache_core.integrations.vllm.store_thread import STORE_OVERLAP
 from lmcache_core.units import parse_bytes
 
 _ENGINE_FIELDS = {f.name: f for f in fields(CacheEngineConfig)}
@@ -66,8 +72,13 @@ class ConnectorSettings:
     server_shm_dir: str = "/dev/shm"
     load_async: str = "l2"
     store_generated: bool = True
+    store_overlap: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.store_overlap not in STORE_OVERLAP:
+            raise ValueError(
+                f"store_overlap: expected one of {list(STORE_OVERLAP)}, given {self.store_overlap!r}"
+            )
         if self.load_async not in ("l2", "always", "never"):
             raise ValueError(
                 f"load_async: expected one of ['always', 'l2', 'never'], given {self.load_async!r}"

@@ -17,6 +17,9 @@ worker (tensor/pipeline-parallel rank), loads before the forward, stores after i
   write-behind) when its copy completes, seen by the polls at the next step and in
   ``get_finished``. A request whose load failed this step stores nothing this step: its later
   tokens were computed against the blocks that failed.
+* ``store_overlap`` (CPU KV): the step's stores run on a store thread pinned to the CPUs vLLM's
+  binding leaves spare (:mod:`.store_thread`), so the step's sampled tokens do not wait for the
+  gather; the next step waits for them before its loads and forward.
 * ``get_finished``: a request that had stores planned is held by vLLM (``request_finished``
   returned True) until every store of it has completed; it is then reported in
   ``finished_sending``, so vLLM frees its blocks only after the copies read them.
@@ -48,6 +51,7 @@ from lmcache_core.integrations.vllm import lookup as lookup_mod
 from lmcache_core.integrations.vllm.plan import LoadSpec, StepPlan, StoreSpec, slot_mapping
 from lmcache_core.integrations.vllm.policy import CostModel
 from lmcache_core.integrations.vllm.stats import StatsRecorder
+from lmcache_core.integrations.vllm.store_thread import STORE_OVERLAP, StoreThread, spare_cpus
 from lmcache_core.layout_registry import LayoutHints
 
 if TYPE_CHECKING:
@@ -65,7 +69,8 @@ class WorkerSide:
     """The worker connector's state for one rank.
 
     ``address``/``key``: where to serve lookups (None: serve none, e.g. in tests). ``engine``:
-    what holds the cache (default: an in-process CacheEngine of ``config``).
+    what holds the cache (default: an in-process CacheEngine of ``config``). ``store_overlap``:
+    one of :data:`~.store_thread.STORE_OVERLAP` (applies to KV on the CPU).
     """
 
     def __init__(
@@ -78,7 +83,10 @@ class WorkerSide:
         address: str | None = None,
         key: bytes | None = None,
         engine: Any = None,
+        store_overlap: str = "off",
     ) -> None:
+        if store_overlap not in STORE_OVERLAP:
+            raise ValueError(f"store_overlap: expected one of {list(STORE_OVERLAP)}, given {store_overlap!r}")
         self.config = config
         self.block_size = block_size
         self.cost = cost
@@ -106,6 +114,8 @@ class WorkerSide:
         self._loaded: set[str] = set()  # asynchronous loads ended, not yet reported
         self._loading = 0  # asynchronous loads queued or running
         self._load_lock = threading.Lock()
+        self._store_overlap = store_overlap
+        self._store_thread: StoreThread | None = None
 
     # ---- set-up -----------------------------------------------------------------------------
 
@@ -117,6 +127,7 @@ class WorkerSide:
             spec = self.engine.register_kv_caches(self._kv, hints)
             self._chunk_nbytes = spec.chunk_nbytes(self.config.chunk_size)
             self._bytes_per_token = self._chunk_nbytes / self.config.chunk_size
+        self._start_store_thread()
         if self._address is not None:
             lookup_mod.register_local(self._address, self.lookup)
             if self._key is not None:
@@ -132,7 +143,22 @@ class WorkerSide:
             self._address,
         )
 
+    def _start_store_thread(self) -> None:
+        """A store thread for CPU KV (``store_overlap``), on the CPUs the engine thread leaves."""
+        first = self._kv[0][0] if isinstance(self._kv[0], tuple) else self._kv[0]
+        if self._store_thread is not None or self._store_overlap == "off" or first.device.type != "cpu":
+            return
+        cpus = spare_cpus()
+        if not cpus and self._store_overlap == "auto":
+            logger.info("lmcache-core: stores run in the step (no CPU outside the engine thread's binding)")
+            return
+        self._store_thread = StoreThread(cpus)
+        logger.info("lmcache-core: stores run on a store thread, CPUs %s", sorted(cpus) if cpus else "(any)")
+
     def close(self) -> None:
+        if self._store_thread is not None:
+            self._store_thread.close()
+            self._store_thread = None
         if self._loader is not None:
             self._loads.put(None)
             self._loader.join(timeout=60)
@@ -169,6 +195,8 @@ class WorkerSide:
         :data:`SAMPLE_FIRST`) waits for the compute stream here and again in :meth:`save`, so the
         time between is the device's time for this step's loads and forward.
         """
+        if self._store_thread is not None:
+            self._store_thread.join()  # the last step's stores read blocks this step may write
         self._load_time = 0.0
         self._failed_reqs.clear()
         self._step_start = None
@@ -302,6 +330,7 @@ class WorkerSide:
             self.cost.observe_step(plan.scheduled_tokens, forward)
             self._timed_steps += 1
             self._step_start = None
+        specs = []
         for spec in plan.stores:
             if spec.finished:
                 continue  # stored at the start of the step (begin_step)
@@ -309,6 +338,14 @@ class WorkerSide:
             if spec.req_id in self._failed_reqs:
                 logger.debug("request %s: not stored this step (its load failed)", spec.req_id)
                 continue
+            specs.append(spec)
+        if self._store_thread is not None and specs:
+            self._store_thread.submit(lambda: self._store_all(specs))
+        else:
+            self._store_all(specs)
+
+    def _store_all(self, specs: list[StoreSpec]) -> None:
+        for spec in specs:
             self._store_one(spec)
 
     def _store_one(self, spec: StoreSpec) -> None:
@@ -331,10 +368,13 @@ class WorkerSide:
 
     def get_finished(self, finished_req_ids: set[str]) -> set[str]:
         """Requests of ``finished_req_ids`` (finished in the scheduler, blocks held for us) and of
-        earlier calls whose stores have all completed: vLLM's ``finished_sending``. Never blocks."""
+        earlier calls whose stores have all completed: vLLM's ``finished_sending``. Never blocks:
+        while the store thread runs this step's stores, nothing is reported (next step)."""
+        self._finishing |= finished_req_ids & self._store_reqs
+        self._store_reqs -= finished_req_ids
+        if self._store_thread is not None and self._store_thread.busy:
+            return set()
         with self._lock:
-            self._finishing |= finished_req_ids & self._store_reqs
-            self._store_reqs -= finished_req_ids
             if self._kv:
                 self.engine.poll_stores()
             done = {r for r in self._finishing if not self.engine.stores_in_flight(r)}
@@ -342,7 +382,8 @@ class WorkerSide:
         return done
 
     def stores_in_flight(self) -> int:
-        return self.engine.stores_in_flight()
+        busy = self._store_thread is not None and self._store_thread.busy
+        return self.engine.stores_in_flight() + int(busy)
 
     def take_failed_blocks(self) -> set[int]:
         """Blocks that failed to load since the last call (vLLM recomputes them)."""
