@@ -6,9 +6,11 @@ Real threads, real CPU affinity (Linux), real KV tensors and CacheEngine; no vLL
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -18,7 +20,7 @@ from lmcache_core.integrations.vllm.plan import LoadSpec, StepPlan, StoreSpec
 from lmcache_core.integrations.vllm.policy import CostModel
 from lmcache_core.integrations.vllm.settings import ConnectorSettings
 from lmcache_core.integrations.vllm.stats import StatsRecorder
-from lmcache_core.integrations.vllm.store_thread import StoreThread, pin_to, spare_cpus
+from lmcache_core.integrations.vllm.store_thread import StoreThread, bound_cpus, pin_to, spare_cpus
 from lmcache_core.integrations.vllm.worker import WorkerSide
 from lmcache_core.layout_registry import LayoutHints
 
@@ -30,6 +32,15 @@ needs_affinity = pytest.mark.skipif(
 )
 
 
+def waiting_for(gate: threading.Event) -> Callable[[], None]:
+    """A store batch that runs until ``gate`` is set (a slow copy)."""
+
+    def job() -> None:
+        gate.wait(10)
+
+    return job
+
+
 def overlapped_worker(kv: list[torch.Tensor], overlap: str = "on") -> WorkerSide:
     config = CacheEngineConfig(model_id="test", chunk_size=CHUNK, l1_bytes=64 * 2**20, pinned=False)
     w = WorkerSide(config, block_size=BS, cost=CostModel(), stats=StatsRecorder(), store_overlap=overlap)
@@ -37,14 +48,22 @@ def overlapped_worker(kv: list[torch.Tensor], overlap: str = "on") -> WorkerSide
     return w
 
 
+def test_explicit_omp_bindings_name_the_cpus_of_every_rank() -> None:
+    assert bound_cpus("0-3|4-7") == set(range(8))
+    assert bound_cpus("0,2,4") == {0, 2, 4}
+    assert bound_cpus(" 1 ") == {1}
+    for text in ("auto", "nobind", "all", "", None, "0-", "a-b", "1,x"):
+        assert bound_cpus(text) == set(), text
+
+
 def test_store_thread_runs_batches_in_order_and_join_waits_for_them() -> None:
     t = StoreThread()
     seen: list[tuple[int, str]] = []
     gate = threading.Event()
     try:
-        t.submit(lambda: gate.wait(10) and None)
+        t.submit(waiting_for(gate))
         for i in range(3):
-            t.submit(lambda i=i: seen.append((i, threading.current_thread().name)))
+            t.submit(functools.partial(lambda i: seen.append((i, threading.current_thread().name)), i))
         assert t.busy and seen == []
         gate.set()
         t.join()
@@ -60,7 +79,7 @@ def test_a_failing_batch_is_logged_and_the_thread_keeps_serving(caplog: pytest.L
     t = StoreThread()
     ran = threading.Event()
     try:
-        t.submit(lambda: 1 / 0 and None)
+        t.submit(functools.partial(divmod, 1, 0))  # type: ignore[arg-type]
         t.submit(ran.set)
         t.join()
         assert ran.is_set()
@@ -70,7 +89,10 @@ def test_a_failing_batch_is_logged_and_the_thread_keeps_serving(caplog: pytest.L
 
 
 @needs_affinity
-def test_spare_cpus_are_those_outside_the_engine_threads_binding_and_the_store_thread_uses_them() -> None:
+def test_spare_cpus_are_those_outside_the_engine_threads_binding_and_the_store_thread_uses_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
     cpus = sorted(os.sched_getaffinity(0))
     got: dict[str, object] = {}
 
@@ -101,7 +123,7 @@ def test_next_step_waits_for_the_stores_before_its_loads_and_forward() -> None:
         assert w._store_thread is not None
         plan = StepPlan(stores=[StoreSpec("r1", TOKENS[:STORED], src, None)], scheduled_tokens=200)
         w.begin_step(plan)
-        w._store_thread.submit(lambda: gate.wait(10) and None)  # the copy is slow
+        w._store_thread.submit(waiting_for(gate))  # the copy is slow
         w.save(plan)  # returns without copying
         assert w.stores_in_flight() >= 1
         assert w.get_finished({"r1"}) == set()  # r1's blocks stay held while the copy is pending
@@ -156,6 +178,11 @@ def test_store_overlap_setting_is_checked() -> None:
 def test_close_runs_what_is_queued_then_stops() -> None:
     t = StoreThread()
     done = threading.Event()
-    t.submit(lambda: (time.sleep(0.05), done.set()) and None)
+
+    def slow() -> None:
+        time.sleep(0.05)
+        done.set()
+
+    t.submit(slow)
     t.close()
     assert done.is_set()

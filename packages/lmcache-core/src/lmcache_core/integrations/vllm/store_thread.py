@@ -28,16 +28,30 @@ logger = logging.getLogger(__name__)
 STORE_OVERLAP = ("auto", "on", "off")
 
 
+def bound_cpus(bind: str | None) -> set[int]:
+    """Every core id in a ``VLLM_CPU_OMP_THREADS_BIND`` value (``0-6``, ``0,2,4``, one list per
+    rank separated by ``|``); empty for ``auto``, ``nobind``, ``all``, none or unparsable text."""
+    out: set[int] = set()
+    for part in (bind or "").replace("|", ",").split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            return set()
+        out.update(range(int(lo), int(hi if sep else lo) + 1))
+    return out
+
+
 def spare_cpus() -> set[int]:
-    """CPUs of this host outside the calling thread's affinity (empty where unknown).
+    """CPUs of this host outside the calling thread's affinity and outside every rank's
+    ``VLLM_CPU_OMP_THREADS_BIND`` (empty where unknown).
 
     vLLM CPU has bound the engine thread to its OpenMP CPUs by the time the KV is registered;
-    the rest are the reserved ones. The kernel still applies the process's cpuset when a thread
-    asks for them (:func:`pin_to`)."""
+    the rest are the reserved ones (other ranks' CPUs excluded when the binding is explicit).
+    The kernel still applies the process's cpuset when a thread asks for them (:func:`pin_to`)."""
     if not hasattr(os, "sched_getaffinity"):
         return set()
     mine = os.sched_getaffinity(0)
-    return set(range(os.cpu_count() or 1)) - set(mine)
+    taken = set(mine) | bound_cpus(os.environ.get("VLLM_CPU_OMP_THREADS_BIND"))
+    return set(range(os.cpu_count() or 1)) - taken
 
 
 def pin_to(cpus: Iterable[int]) -> bool:
