@@ -11,10 +11,12 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 
+from lmcache_core.cache_engine import CacheEngine
 from lmcache_core.config import CacheEngineConfig
 from lmcache_core.integrations.vllm.plan import LoadSpec, StepPlan, StoreSpec
 from lmcache_core.integrations.vllm.policy import CostModel
@@ -186,3 +188,27 @@ def test_close_runs_what_is_queued_then_stops() -> None:
     t.submit(slow)
     t.close()
     assert done.is_set()
+
+
+def test_flush_waits_for_the_store_thread_first(tmp_path: Path) -> None:
+    kv = make_kv()
+    config = CacheEngineConfig(
+        model_id="test", chunk_size=CHUNK, l1_bytes=64 * 2**20, pinned=False, l2_urls=(f"fs://{tmp_path}",)
+    )
+    w = WorkerSide(config, block_size=BS, cost=CostModel(), stats=StatsRecorder(), store_overlap="on")
+    w.register_kv_caches(kv, LayoutHints(kind="vllm_cpu"))
+    gate = threading.Event()
+    try:
+        assert w._store_thread is not None
+        plan = StepPlan(stores=[StoreSpec("r1", TOKENS[:STORED], [3, 17, 9, 40, 22, 31], None)])
+        w.begin_step(plan)
+        w._store_thread.submit(waiting_for(gate))
+        w.save(plan)
+        threading.Timer(0.2, gate.set).start()
+        assert w.flush(30.0)  # waits for the slow store, then writes L2
+        reader = CacheEngine(config)  # another engine with an empty L1 finds them in L2
+        reader.register_kv_caches(make_kv(1), LayoutHints(kind="vllm_cpu"))
+        assert reader.lookup(TOKENS[:STORED]).tokens == STORED
+        reader.close()
+    finally:
+        w.close()

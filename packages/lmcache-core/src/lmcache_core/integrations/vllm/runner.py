@@ -163,7 +163,7 @@ def _flush() -> bool:
     worker = getattr(connector, "_worker", None)
     if worker is None:
         return False
-    return bool(worker.engine.flush(60.0))
+    return bool(worker.flush(60.0))
 
 
 def _metrics(llm: Any) -> dict[str, float]:

@@ -381,6 +381,16 @@ class WorkerSide:
             self._finishing -= done
         return done
 
+    def flush(self, timeout_s: float) -> bool:
+        """Wait for the store thread's stores and their copies, then for L2 write-behind (tools
+        and tests; the engine never waits for this). False when L2 did not finish in time."""
+        if self._store_thread is not None:
+            self._store_thread.join()
+        with self._lock:
+            if self._kv:
+                self.engine.wait_stores()
+        return bool(self.engine.flush(timeout_s))
+
     def stores_in_flight(self) -> int:
         busy = self._store_thread is not None and self._store_thread.busy
         return self.engine.stores_in_flight() + int(busy)
