@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from lmcache_core.cache_engine import CacheResult, RegisteredKV
+from lmcache_core.cache_engine import CacheResult, RegisteredKV, chunk_views
 from lmcache_core.config import CacheEngineConfig
 from lmcache_core.layout import KVCacheSpec
 from lmcache_core.layout_registry import LayoutHints, detect_layout, flatten_kv_caches
@@ -165,25 +165,13 @@ class ServerEngine(RegisteredKV):
     def _chunks(self, slot: Slot) -> list[torch.Tensor]:
         """Each layer group's chunk inside ``slot``: typed ``[num_kv, num_layers, tokens, hidden]``
         when its sections are alike, else its uint8 bytes."""
-        import torch
-
         buffer = self.client.view(slot)
         self._segments.add(slot.segment)
         n = slot.end - slot.start
-        views, offset = [], 0
-        for g in self.spec.groups:
-            fmt = g.chunk_format
-            size = fmt.nbytes(n)
-            if offset + size > buffer.numel():
-                raise ValueError(
-                    f"slot: {buffer.numel()} bytes hold no chunk of {n} tokens ({offset + size} bytes)"
-                )
-            part = buffer[offset : offset + size]
-            if fmt.is_uniform:
-                part = part.view(getattr(torch, fmt.dtype)).view(fmt.shape(n))
-            views.append(part)
-            offset += size
-        return views
+        need = self.spec.chunk_nbytes(n)
+        if need > buffer.numel():
+            raise ValueError(f"slot: {buffer.numel()} bytes hold no chunk of {n} tokens ({need} bytes)")
+        return chunk_views(self.spec, buffer, n)
 
     def _salt(self, cache_salt: str | None) -> str | None:
         return cache_salt if cache_salt is not None else self.config.cache_salt
