@@ -48,7 +48,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from lmcache_core.config import CacheEngineConfig
-from lmcache_core.integrations.vllm.store_thread import STORE_OVERLAP
+from lmcache_core.integrations.vllm.store_thread import check_store_overlap
 from lmcache_core.units import parse_bytes
 
 _ENGINE_FIELDS = {f.name: f for f in fields(CacheEngineConfig)}
@@ -75,10 +75,7 @@ class ConnectorSettings:
     store_overlap: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.store_overlap not in STORE_OVERLAP:
-            raise ValueError(
-                f"store_overlap: expected one of {list(STORE_OVERLAP)}, given {self.store_overlap!r}"
-            )
+        check_store_overlap(self.store_overlap)
         if self.load_async not in ("l2", "always", "never"):
             raise ValueError(
                 f"load_async: expected one of ['always', 'l2', 'never'], given {self.load_async!r}"

@@ -28,6 +28,13 @@ logger = logging.getLogger(__name__)
 STORE_OVERLAP = ("auto", "on", "off")
 
 
+def check_store_overlap(value: object) -> str:
+    """``value`` if it is one of :data:`STORE_OVERLAP`, else a ValueError naming the setting."""
+    if value not in STORE_OVERLAP:
+        raise ValueError(f"store_overlap: expected one of {list(STORE_OVERLAP)}, given {value!r}")
+    return str(value)
+
+
 def bound_cpus(bind: str | None) -> set[int]:
     """Every core id in a ``VLLM_CPU_OMP_THREADS_BIND`` value (``0-6``, ``0,2,4``, one list per
     rank separated by ``|``); empty for ``auto``, ``nobind``, ``all``, none or unparsable text."""

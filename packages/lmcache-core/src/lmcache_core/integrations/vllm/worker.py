@@ -51,7 +51,7 @@ from lmcache_core.integrations.vllm import lookup as lookup_mod
 from lmcache_core.integrations.vllm.plan import LoadSpec, StepPlan, StoreSpec, slot_mapping
 from lmcache_core.integrations.vllm.policy import CostModel
 from lmcache_core.integrations.vllm.stats import StatsRecorder
-from lmcache_core.integrations.vllm.store_thread import STORE_OVERLAP, StoreThread, spare_cpus
+from lmcache_core.integrations.vllm.store_thread import StoreThread, check_store_overlap, spare_cpus
 from lmcache_core.layout_registry import LayoutHints
 
 if TYPE_CHECKING:
@@ -85,8 +85,7 @@ class WorkerSide:
         engine: Any = None,
         store_overlap: str = "off",
     ) -> None:
-        if store_overlap not in STORE_OVERLAP:
-            raise ValueError(f"store_overlap: expected one of {list(STORE_OVERLAP)}, given {store_overlap!r}")
+        check_store_overlap(store_overlap)
         self.config = config
         self.block_size = block_size
         self.cost = cost
