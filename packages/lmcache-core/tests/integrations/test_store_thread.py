@@ -22,7 +22,7 @@ from lmcache_core.integrations.vllm.plan import LoadSpec, StepPlan, StoreSpec
 from lmcache_core.integrations.vllm.policy import CostModel
 from lmcache_core.integrations.vllm.settings import ConnectorSettings
 from lmcache_core.integrations.vllm.stats import StatsRecorder
-from lmcache_core.integrations.vllm.store_thread import StoreThread, bound_cpus, pin_to, spare_cpus
+from lmcache_core.integrations.vllm.store_thread import StoreThread, bound_cpus, node_cpus, pin_to, spare_cpus
 from lmcache_core.integrations.vllm.worker import WorkerSide
 from lmcache_core.layout_registry import LayoutHints
 
@@ -56,6 +56,21 @@ def test_explicit_omp_bindings_name_the_cpus_of_every_rank() -> None:
     assert bound_cpus(" 1 ") == {1}
     for text in ("auto", "nobind", "all", "", None, "0-", "a-b", "1,x"):
         assert bound_cpus(text) == set(), text
+
+
+def test_numa_nodes_keep_other_ranks_cpus_out(tmp_path: Path) -> None:
+    # a two-node host as Linux lists it: automatic binding gives each rank one node
+    for node, cpus in (("node0", "0-3,8-11"), ("node1", "4-7,12-15")):
+        (tmp_path / node).mkdir()
+        (tmp_path / node / "cpulist").write_text(cpus + "\n")
+    (tmp_path / "possible").write_text("0-1\n")  # not a node
+    assert node_cpus({1}, tmp_path) == {0, 1, 2, 3, 8, 9, 10, 11}
+    assert node_cpus({1, 5}, tmp_path) == set(range(16))
+    assert node_cpus({99}, tmp_path) is None
+    assert node_cpus({0}, tmp_path / "missing") is None
+    mine = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
+    if mine and mine <= set(range(4)):  # this thread on node 0 of the fake host
+        assert spare_cpus(tmp_path) <= {0, 1, 2, 3, 8, 9, 10, 11} - mine
 
 
 def test_store_thread_runs_batches_in_order_and_join_waits_for_them() -> None:

@@ -20,8 +20,12 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+#: Where Linux lists each NUMA node's CPUs (``node0/cpulist``: ``0-15,32-47``).
+NODES_DIR = Path("/sys/devices/system/node")
 
 #: ``store_overlap`` values: ``auto`` (a store thread when the engine thread leaves CPUs spare),
 #: ``on`` (a store thread in any case; pinned to spare CPUs when there are any), ``off``.
@@ -47,18 +51,34 @@ def bound_cpus(bind: str | None) -> set[int]:
     return out
 
 
-def spare_cpus() -> set[int]:
-    """CPUs of this host outside the calling thread's affinity and outside every rank's
-    ``VLLM_CPU_OMP_THREADS_BIND`` (empty where unknown).
+def node_cpus(cpus: set[int], nodes_dir: Path = NODES_DIR) -> set[int] | None:
+    """The CPUs of every NUMA node that holds one of ``cpus`` (Linux sysfs ``node*/cpulist``);
+    None where the nodes cannot be read."""
+    out: set[int] = set()
+    try:
+        for node in nodes_dir.glob("node[0-9]*"):
+            members = bound_cpus((node / "cpulist").read_text().strip())
+            if members & cpus:
+                out |= members
+    except OSError:
+        return None
+    return out or None
+
+
+def spare_cpus(nodes_dir: Path = NODES_DIR) -> set[int]:
+    """CPUs outside the calling thread's affinity and outside every rank's explicit
+    ``VLLM_CPU_OMP_THREADS_BIND``, on the calling thread's NUMA nodes (empty where unknown).
 
     vLLM CPU has bound the engine thread to its OpenMP CPUs by the time the KV is registered;
-    the rest are the reserved ones (other ranks' CPUs excluded when the binding is explicit).
+    with automatic binding each rank takes one NUMA node and the node's last CPUs are reserved,
+    so the thread's own nodes keep other ranks' CPUs out (and the copy near the KV's memory).
     The kernel still applies the process's cpuset when a thread asks for them (:func:`pin_to`)."""
     if not hasattr(os, "sched_getaffinity"):
         return set()
-    mine = os.sched_getaffinity(0)
-    taken = set(mine) | bound_cpus(os.environ.get("VLLM_CPU_OMP_THREADS_BIND"))
-    return set(range(os.cpu_count() or 1)) - taken
+    mine = set(os.sched_getaffinity(0))
+    near = node_cpus(mine, nodes_dir)
+    candidates = near if near is not None else set(range(os.cpu_count() or 1))
+    return candidates - mine - bound_cpus(os.environ.get("VLLM_CPU_OMP_THREADS_BIND"))
 
 
 def pin_to(cpus: Iterable[int]) -> bool:
